@@ -1,0 +1,230 @@
+"""The forward SDEs dx = f(t)x dt + g(t) dw of Song et al. (2021): VP, sub-VP and VE, behind one interface.
+
+All three have a linear drift, so the marginal is Gaussian in closed form, p_{0t}(x_t | x_0) =
+N(s(t) x_0, σ(t)² I) (Song et al. 2021, eq. 29 / App. B). A subclass gives the four scalar functions
+f(t), g(t), s(t) and σ(t) of a (batch,) time tensor; everything else is derived here once. Time
+coefficients come back shaped (batch, 1, …, 1) so they broadcast against any x: points or images.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .schedules import BetaSchedule, LinearBeta
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def expand_as(c: Tensor, x: Tensor) -> Tensor:
+    """Reshape a (batch,) coefficient to (batch, 1, …, 1) so that it broadcasts against x."""
+    return c.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class SDE(ABC):
+    """A linear forward SDE on [0, T] with a Gaussian prior N(0, prior_std² I)."""
+
+    def __init__(self, T: float = 1.0):
+        if not T > 0:
+            raise ValueError(f"T must be > 0, got {T}")
+        self.T = float(T)
+
+    @abstractmethod
+    def f(self, t: Tensor) -> Tensor:
+        """Drift coefficient: the drift is f(t)·x."""
+
+    @abstractmethod
+    def g(self, t: Tensor) -> Tensor:
+        """Diffusion coefficient g(t)."""
+
+    @abstractmethod
+    def scale(self, t: Tensor) -> Tensor:
+        """s(t): the marginal mean is s(t)·x₀ (√ᾱ(t) for VP)."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """σ(t): the marginal standard deviation (√(1 − ᾱ(t)) for VP)."""
+
+    @property
+    @abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the prior p_T that sampling starts from."""
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """λ(t) = log(s(t)/σ(t)), the half-log signal-to-noise ratio of Lu et al. (2022, eq. 3.3)."""
+        return torch.log(self.scale(t)) - torch.log(self.sigma(t))
+
+    def log_snr_inverse(self, lam: Tensor) -> Tensor:
+        """t with λ(t) = lam, by bisection on [0, T] (λ decreases in t)."""
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+        for _ in range(100 if lam.dtype == torch.float64 else 50):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift f(t)x and diffusion g(t) of dx = f(t)x dt + g(t) dw."""
+        return expand_as(self.f(t), x) * x, expand_as(self.g(t), x)
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean s(t)x₀ and std σ(t) of p_{0t}(x_t | x₀) (Song et al. 2021, eq. 29)."""
+        return expand_as(self.scale(t), x0) * x0, expand_as(self.sigma(t), x0)
+
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """x_T ~ N(0, prior_std² I)."""
+        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, prior_std² I), summed over all but the batch dimension: shape (batch,)."""
+        d = z[0].numel()
+        sq = z.pow(2).flatten(1).sum(1)
+        return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+        """The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) or the probability-flow ODE (eq. 13)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+@dataclass
+class ReverseSDE:
+    """dx = [f(t)x − c·g(t)² ∇log p_t(x)] dt + g(t) dw̄, run from T to 0; c = 1 (SDE) or ½ and no noise (ODE)."""
+
+    forward: SDE
+    score_fn: ScoreFn
+    probability_flow: bool = False
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Reverse drift and diffusion; the drift is the dx/dt of the equation read with dt < 0."""
+        drift, g = self.forward.sde(x, t)
+        c = 0.5 if self.probability_flow else 1.0
+        drift = drift - c * g**2 * self.score_fn(x, t)
+        return drift, torch.zeros_like(g) if self.probability_flow else g
+
+
+class _BetaSDE(SDE):
+    def __init__(self, schedule: BetaSchedule | None = None, T: float = 1.0):
+        super().__init__(T)
+        self.schedule = schedule if schedule is not None else LinearBeta()
+
+    def f(self, t: Tensor) -> Tensor:
+        return -0.5 * self.schedule.beta(t)
+
+    def scale(self, t: Tensor) -> Tensor:
+        return torch.exp(-0.5 * self.schedule.integral(t))
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class VPSDE(_BetaSDE):
+    """Variance preserving: dx = −½β(t)x dt + √β(t) dw (Song et al. 2021, eq. 11); σ² = 1 − e^{−B(t)}."""
+
+    def g(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.schedule.beta(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(-self.schedule.integral(t)))
+
+    def log_snr_inverse(self, lam: Tensor) -> Tensor:
+        """Closed form: ᾱ = 1/(1 + e^{−2λ}), so B(t) = softplus(−2λ) and t = B⁻¹(softplus(−2λ))."""
+        return self.schedule.integral_inverse(torch.nn.functional.softplus(-2 * lam))
+
+    def discretize(self, N: int = 1000) -> DDPMSchedule:
+        """The discrete DDPM chain this SDE is the limit of (Song et al. 2021, App. B; Ho et al. 2020).
+
+        t_i = i·T/(N−1) and β_i = β(t_i)·T/N (score_sde's convention), so for LinearBeta(0.1, 20) and
+        N = 1000, β_i = linspace(1e-4, 0.02, 1000): DDPM's schedule. The forward kernel
+        q(x_i | x_{i−1}) = N(√(1−β_i) x_{i−1}, β_i I) (seed eq. 13.7) composes to
+        q(x_i | x_0) = N(√ᾱ_i x_0, (1 − ᾱ_i) I), ᾱ_i = ∏_{j≤i}(1 − β_j) (eqs. 13.9–13.11). Since
+        −log(1 − β_j) = β_j + O(β_j²) and Σ_{j≤i} β_j is a Riemann sum of ∫β, log ᾱ_i = −∫₀^{t_i} β ds up to
+        O(T·max β/N + Σ β_j²): the continuous marginal s(t)² = e^{−B(t)} is the N → ∞ limit of ᾱ_i.
+        """
+        if N < 2:
+            raise ValueError(f"N must be >= 2, got {N}")
+        t = torch.linspace(0, self.T, N, dtype=torch.float64)
+        betas = self.schedule.beta(t) * self.T / N
+        if not bool((betas < 1).all()):
+            raise ValueError(f"N={N} is too small for this schedule: β_i = β(t_i)·T/N reaches {betas.max():.3g} ≥ 1")
+        alphas = 1 - betas
+        return DDPMSchedule(t=t, betas=betas, alphas=alphas, alphas_cumprod=torch.cumprod(alphas, 0))
+
+
+class SubVPSDE(_BetaSDE):
+    """Sub-VP: dx = −½β(t)x dt + √(β(t)(1 − e^{−2B(t)})) dw (Song et al. 2021, eq. 12); σ = 1 − e^{−B(t)}."""
+
+    def g(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.schedule.beta(t) * -torch.expm1(-2 * self.schedule.integral(t)))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(-self.schedule.integral(t))
+
+
+class VESDE(SDE):
+    """Variance exploding: dx = σ(t)√(2 log(σ_max/σ_min)) dw with σ(t) = σ_min(σ_max/σ_min)^{t/T} (eq. 9).
+
+    The marginal variance of x_t given x_0 is exactly σ(t)² − σ_min² (the SDE adds no noise at t = 0);
+    score_sde rounds it to σ(t)², which this class does not.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
+        super().__init__(T)
+        if not sigma_min > 0:
+            raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
+        if not sigma_max > sigma_min:
+            raise ValueError(f"sigma_max must be > sigma_min, got sigma_max={sigma_max} <= sigma_min={sigma_min}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def _sigma_geometric(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t / self.T * self._log_ratio)
+
+    def f(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def g(self, t: Tensor) -> Tensor:
+        return self._sigma_geometric(t) * math.sqrt(2 * self._log_ratio / self.T)
+
+    def scale(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * t / self.T * self._log_ratio))
+
+    def log_snr_inverse(self, lam: Tensor) -> Tensor:
+        """Closed form: σ(t)² = σ_min²(e^{2tL/T} − 1) = e^{−2λ}, L = log(σ_max/σ_min)."""
+        return self.T * torch.log1p(torch.exp(-2 * lam) / self.sigma_min**2) / (2 * self._log_ratio)
+
+    @property
+    def prior_std(self) -> float:
+        return math.sqrt(self.sigma_max**2 - self.sigma_min**2)
+
+
+@dataclass
+class DDPMSchedule:
+    """The discrete chain of Ho et al. (2020): β_i, α_i = 1 − β_i, ᾱ_i = ∏_{j≤i} α_j at times t_i."""
+
+    t: Tensor
+    betas: Tensor
+    alphas: Tensor
+    alphas_cumprod: Tensor

@@ -1,0 +1,133 @@
+"""The SDEs against closed forms and a Monte-Carlo simulation of their own drift and diffusion."""
+
+import pytest
+import torch
+
+from sde_diffusion import VESDE, VPSDE, CosineBeta, LinearBeta, SubVPSDE
+
+SDES = {
+    "vp_linear": lambda: VPSDE(LinearBeta()),
+    "vp_cosine": lambda: VPSDE(CosineBeta()),
+    "subvp_linear": lambda: SubVPSDE(LinearBeta()),
+    "subvp_cosine": lambda: SubVPSDE(CosineBeta()),
+    "ve": lambda: VESDE(0.01, 50.0),
+}
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_marginal_matches_euler_maruyama_monte_carlo(name):
+    """Simulate dx = f dt + g dw with sde() on a fine grid; mean and variance inside 4 standard errors."""
+    sde = SDES[name]()
+    g = torch.Generator().manual_seed(0)
+    n, steps, t_end = 40_000, 4000, 0.6
+    x0 = torch.full((n, 1), 1.5, dtype=torch.float64)
+    x, dt = x0.clone(), t_end / steps
+    for i in range(steps):
+        t = torch.full((n,), i * dt, dtype=torch.float64)
+        drift, diffusion = sde.sde(x, t)
+        x = x + drift * dt + diffusion * dt**0.5 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    mean, std = sde.marginal_prob(x0[:1], torch.tensor([t_end], dtype=torch.float64))
+    var = std.squeeze() ** 2
+    se_mean = (var / n) ** 0.5
+    se_var = var * (2 / (n - 1)) ** 0.5
+    assert abs(x.mean() - mean.squeeze()) < 4 * se_mean
+    assert abs(x.var() - var) < 4 * se_var
+
+
+@pytest.mark.parametrize("schedule", [LinearBeta(), CosineBeta()])
+def test_vp_preserves_variance_and_subvp_std(schedule):
+    t = torch.linspace(1e-4, 1, 101, dtype=torch.float64)
+    vp, subvp = VPSDE(schedule), SubVPSDE(schedule)
+    torch.testing.assert_close(vp.scale(t) ** 2 + vp.sigma(t) ** 2, torch.ones_like(t), atol=1e-12, rtol=0)
+    torch.testing.assert_close(subvp.sigma(t), 1 - torch.exp(-schedule.integral(t)), atol=1e-12, rtol=0)
+    assert torch.all(subvp.sigma(t) <= vp.sigma(t))
+
+
+def test_subvp_diffusion_is_song_eq_12():
+    sched = LinearBeta()
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    expected = (sched.beta(t) * (1 - torch.exp(-2 * sched.integral(t)))).sqrt()
+    torch.testing.assert_close(SubVPSDE(sched).g(t), expected)
+
+
+def test_ve_sigma_and_diffusion():
+    sde = VESDE(0.01, 50.0)
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    geometric = 0.01 * (50.0 / 0.01) ** t
+    torch.testing.assert_close(sde.sigma(t) ** 2, geometric**2 - 0.01**2)
+    # g² = dσ²/dt for a driftless SDE.
+    t.requires_grad_(True)
+    (dvar,) = torch.autograd.grad((sde.sigma(t[1:]) ** 2).sum(), t)
+    torch.testing.assert_close(dvar[1:], sde.g(t[1:].detach()) ** 2)
+    assert abs(sde.prior_std**2 - sde.sigma(torch.ones(1, dtype=torch.float64)) ** 2) < 1e-9
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_prior_logp_is_normal_log_density(name):
+    sde = SDES[name]()
+    z = sde.prior_sampling((7, 3, 4, 4), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, sde.prior_std).log_prob(z).flatten(1).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z), ref)
+    assert sde.prior_logp(z).shape == (7,)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_any_rank_and_log_snr_inverse(name):
+    sde = SDES[name]()
+    x = torch.randn(5, 3, 8, 8)
+    t = torch.rand(5)
+    drift, diffusion = sde.sde(x, t)
+    mean, std = sde.marginal_prob(x, t)
+    assert drift.shape == mean.shape == x.shape and diffusion.shape == std.shape == (5, 1, 1, 1)
+    tt = torch.linspace(0.01, 1.0, 23, dtype=torch.float64)
+    torch.testing.assert_close(sde.log_snr_inverse(sde.log_snr(tt)), tt, atol=1e-8, rtol=0)
+
+
+def test_reverse_drift_for_gaussian_data():
+    """Data N(0, c²): p_t = N(0, s²c² + σ²), score −x/(s²c² + σ²); the reverse drift follows eqs. 6 and 13."""
+    sde, c = VPSDE(), 0.7
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64)
+    var = (sde.scale(t) ** 2 * c**2 + sde.sigma(t) ** 2)[:, None]
+    score = lambda x, t: -x / (sde.scale(t) ** 2 * c**2 + sde.sigma(t) ** 2)[:, None]  # noqa: E731
+    beta = sde.schedule.beta(t)[:, None]
+    drift, g = sde.reverse(score).sde(x, t)
+    torch.testing.assert_close(drift, -0.5 * beta * x + beta * x / var)
+    torch.testing.assert_close(g, beta.sqrt())
+    drift, g = sde.reverse(score, probability_flow=True).sde(x, t)
+    torch.testing.assert_close(drift, -0.5 * beta * x + 0.5 * beta * x / var)
+    assert torch.all(g == 0)
+
+
+def test_discretize_recovers_ddpm():
+    d = VPSDE(LinearBeta(0.1, 20.0)).discretize(1000)
+    torch.testing.assert_close(d.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(d.alphas_cumprod, torch.cumprod(1 - d.betas, 0))
+
+
+@pytest.mark.parametrize("schedule", [LinearBeta(), CosineBeta(beta_max=20.0)])
+@pytest.mark.parametrize("N", [100, 1000])
+def test_discrete_alpha_bar_approaches_continuous(schedule, N):
+    """|log ᾱ_i + B(t_i)| ≤ 2T·max β/(N−1) + Σ_{j≤i} β_j²: the Riemann-sum error of Σβ_j plus the
+    second-order term of −log(1 − β_j) (β_j ≤ ½ here, so −log(1−β) − β ≤ β²)."""
+    sde = VPSDE(schedule)
+    d = sde.discretize(N)
+    gap = (d.alphas_cumprod.log() + schedule.integral(d.t)).abs()
+    bound = 2 * sde.T * schedule.beta(d.t).max() / (N - 1) + torch.cumsum(d.betas**2, 0)
+    assert torch.all(gap <= bound), (gap - bound).max()
+    assert gap[-1] < 0.25 * (1000 / N)  # and it does shrink with N
+
+
+@pytest.mark.parametrize(
+    ("factory", "param"),
+    [
+        (lambda: VESDE(sigma_min=0.0), "sigma_min"),
+        (lambda: VESDE(sigma_min=1.0, sigma_max=0.5), "sigma_max"),
+        (lambda: VPSDE(T=0.0), "T"),
+        (lambda: VPSDE().discretize(1), "N"),
+        (lambda: VPSDE().discretize(5), "N"),
+    ],
+)
+def test_bad_parameters(factory, param):
+    with pytest.raises(ValueError, match=param):
+        factory()
