@@ -30,8 +30,15 @@ def test_integral_matches_scipy_quad(name):
     got = sched.integral(t)
     for ti, gi in zip(t.tolist(), got.tolist(), strict=True):
         points = [sched.t_clip] if isinstance(sched, CosineBeta) and sched.t_clip < ti else None
-        ref, _ = quad(lambda s: float(sched.beta(torch.tensor(s, dtype=torch.float64))), 0, ti,
-                      epsabs=1e-13, epsrel=1e-13, points=points, limit=200)
+        ref, _ = quad(
+            lambda s: float(sched.beta(torch.tensor(s, dtype=torch.float64))),
+            0,
+            ti,
+            epsabs=1e-13,
+            epsrel=1e-13,
+            points=points,
+            limit=200,
+        )
         assert abs(gi - ref) <= 1e-8 * max(1.0, abs(ref)), (name, ti, gi, ref)
 
 
@@ -61,7 +68,9 @@ def test_cosine_alpha_bar_is_nichol_dhariwal():
     def f(u):
         return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-    torch.testing.assert_close(torch.exp(-sched.integral(t)), f(t) / f(torch.zeros((), dtype=torch.float64)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.exp(-sched.integral(t)), f(t) / f(torch.zeros((), dtype=torch.float64)), atol=1e-12, rtol=0
+    )
     beyond = torch.tensor([sched.t_clip + 1e-6, 1.0], dtype=torch.float64)
     assert torch.all(sched.beta(beyond) == sched.beta_max)
 
