@@ -1,0 +1,151 @@
+"""Experiment tracking with Weights & Biases, reduced to what the apps need, and tolerant of wandb failing.
+
+`start_run(...)` returns a `Tracker`. If wandb cannot start (no service, unwritable dir, bad settings) or a later
+call fails, the tracker warns once and turns into a no-op, so training and evaluation carry on and everything the
+app writes locally (metrics.json, plots, checkpoints) is unaffected. This is the only module that imports wandb.
+
+Series: the training loop logs `train/*` and evaluation logs `eval/*`, both against the step metric
+`trainer/step` (not wandb's internal step), so a resumed run that logs a step again is not silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STEP_METRIC = "trainer/step"
+
+
+class Tracker:
+    """One wandb run (or none). Every method is a no-op once the run is gone; the first failure warns once."""
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    @property
+    def active(self) -> bool:
+        """Whether a wandb run is live."""
+        return self._run is not None
+
+    @property
+    def run_id(self) -> str | None:
+        """The wandb run id, stored in checkpoints so a resumed job continues the same run."""
+        return self._run.id if self._run is not None else None
+
+    @property
+    def run_dir(self) -> str | None:
+        """The run's local files directory (`.../wandb/offline-run-*/files`)."""
+        return self._run.dir if self._run is not None else None
+
+    def _call(self, what: str, fn: Callable[[Any], None]) -> None:
+        if self._run is None:
+            return
+        try:
+            fn(self._run)
+        except Exception as err:  # noqa: BLE001 - any logger fault must not stop the job
+            warnings.warn(f"wandb {what} failed ({type(err).__name__}: {err}); continuing without wandb", stacklevel=3)
+            run, self._run = self._run, None
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log scalars (and media); `step` is recorded as `trainer/step`."""
+        row = dict(metrics)
+        if step is not None:
+            row[STEP_METRIC] = step
+        self._call("log", lambda run: run.log(row))
+
+    def log_images(self, images: Mapping[str, str | os.PathLike], step: int | None = None) -> None:
+        """Log image files (PNG paths) as `wandb.Image`s."""
+
+        def _log(run: Any) -> None:
+            import wandb
+
+            row: dict[str, Any] = {key: wandb.Image(str(path), caption=Path(path).name) for key, path in images.items()}
+            if step is not None:
+                row[STEP_METRIC] = step
+            run.log(row)
+
+        self._call("log_images", _log)
+
+    def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Log a list of dicts as one `wandb.Table` (columns = the union of keys, in first-seen order)."""
+
+        def _log(run: Any) -> None:
+            import wandb
+
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            run.log({key: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
+
+        self._call("log_table", _log)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        """Set final values in the run summary (shown in the runs table)."""
+        self._call("summary", lambda run: run.summary.update(dict(values)))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (always call it, e.g. in `finally`, so each multirun job is its own run)."""
+        self._call("finish", lambda run: run.finish(exit_code=exit_code))
+        self._run = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+
+def start_run(
+    *,
+    dir: str | os.PathLike,
+    config: Mapping[str, Any],
+    project: str = "sde-diffusion",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    job_type: str = "train",
+    tags: Iterable[str] = (),
+    mode: str = "offline",
+    resume_id: str | None = None,
+    series: Iterable[str] = ("train/*", "eval/*"),
+) -> Tracker:
+    """`wandb.init` with everything explicit: files under `dir` (wandb's cache and config dirs too, unless set),
+    offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run. On any failure,
+    warn once and return a no-op `Tracker`."""
+    if mode == "disabled":
+        return Tracker()
+    root = Path(dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_CACHE_DIR", str(root / "cache"))
+        os.environ.setdefault("WANDB_CONFIG_DIR", str(root / "config"))
+        os.environ.setdefault("WANDB_DATA_DIR", str(root / "data"))
+        import wandb
+
+        run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            name=name,
+            job_type=job_type,
+            tags=list(tags),
+            config=dict(config),
+            dir=str(root),
+            mode=mode,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, x_disable_stats=True, init_timeout=60),
+        )
+        run.define_metric(STEP_METRIC)
+        for pattern in series:
+            run.define_metric(pattern, step_metric=STEP_METRIC)
+    except Exception as err:  # noqa: BLE001 - wandb must never stop a job
+        warnings.warn(f"wandb could not start ({type(err).__name__}: {err}); continuing without wandb", stacklevel=2)
+        return Tracker()
+    return Tracker(run)
