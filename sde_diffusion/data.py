@@ -1,0 +1,224 @@
+"""Data sets held in memory and batched by generator-drawn indices: no DataLoader, no download.
+
+Every set has `shape` (one example's shape), `oracle` (the exact density when the set is a Gaussian mixture),
+`scaler` (images: raw integer levels <-> model space [-1, 1]), `batch(n, generator)` and
+`reference(n, generator)`. All randomness of a batch comes from the generator passed in, so the trainer's
+generator state is the data stream's position and a resumed run continues the same stream. Batches are
+float32 on the CPU, in model space. Finite sets draw i.i.d. indices (with replacement) from their training
+split; `reference` draws from a held-out split that training never sees.
+
+2-D sets follow the recipes of FFJORD (Grathwohl et al. 2019), which most papers' toy figures use, and lie
+in roughly [−4, 4]².
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .analytic import GaussianMixture, eight_gaussians, mixture
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """The affine map between raw integer levels {0, …, levels − 1} and model space [−1, 1].
+
+    x_model = x_raw · 2/(levels − 1) − 1, so per dimension dx_model/dx_raw = 2/(levels − 1) = `slope` and a
+    density changes as log p_raw(x) = log p_model(to_model(x)) + D·log(slope) (for bits/dim).
+    """
+
+    levels: int
+
+    def __post_init__(self):
+        if self.levels < 2:
+            raise ValueError(f"levels must be >= 2, got {self.levels}")
+
+    @property
+    def slope(self) -> float:
+        return 2.0 / (self.levels - 1)
+
+    def to_model(self, x: Tensor) -> Tensor:
+        """Raw levels -> [−1, 1]."""
+        return x * self.slope - 1.0
+
+    def to_raw(self, x: Tensor) -> Tensor:
+        """[−1, 1] -> raw levels, as floats (not rounded)."""
+        return (x + 1.0) / self.slope
+
+
+class MixtureSet:
+    """Draws from a GaussianMixture: `oracle` is the mixture, so its exact score and metrics apply."""
+
+    scaler = None
+
+    def __init__(self, oracle: GaussianMixture):
+        self.oracle = oracle
+        self.shape = (oracle.dim,)
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        """n i.i.d. draws, float32."""
+        return self.oracle.sample(n, generator).float()
+
+    def reference(self, n: int, generator: torch.Generator) -> Tensor:
+        """An independent draw of n points for evaluation."""
+        return self.batch(n, generator)
+
+
+class EightGaussians(MixtureSet):
+    """Eight Gaussians of std 0.15 on a circle of radius 4: the oracle's `eight_gaussians()`."""
+
+    def __init__(self, radius: float = 4.0, std: float = 0.15):
+        super().__init__(eight_gaussians(radius, std))
+
+
+class MixtureData(MixtureSet):
+    """The oracle's seeded random anisotropic mixture `mixture(dim, k, seed)`."""
+
+    def __init__(self, dim: int = 16, k: int = 10, seed: int = 0):
+        super().__init__(mixture(dim, k, seed))
+
+
+class _Toy2D:
+    shape = (2,)
+    oracle = None
+    scaler = None
+
+    def reference(self, n: int, generator: torch.Generator) -> Tensor:
+        """An independent draw of n points for evaluation."""
+        return self.batch(n, generator)
+
+
+class Checkerboard(_Toy2D):
+    """Uniform on the black squares of a 4×4 checkerboard covering [−4, 4]² (FFJORD)."""
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        x1 = torch.rand(n, generator=generator) * 4 - 2
+        x2 = torch.rand(n, generator=generator) - 2 * torch.randint(2, (n,), generator=generator)
+        x2 = x2 + torch.floor(x1) % 2
+        return 2 * torch.stack([x1, x2], 1)
+
+
+class SwissRoll(_Toy2D):
+    """sklearn's swiss roll, (t cos t, t sin t) + noise with t ~ U(1.5π, 4.5π), divided by 5 (FFJORD)."""
+
+    def __init__(self, noise: float = 1.0):
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.noise = noise
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
+        x = torch.stack([t * t.cos(), t * t.sin()], 1) + self.noise * torch.randn(n, 2, generator=generator)
+        return x / 5
+
+
+class Moons(_Toy2D):
+    """sklearn's two interleaved half circles plus noise, scaled by 2 and centred (FFJORD)."""
+
+    def __init__(self, noise: float = 0.1):
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.noise = noise
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        theta = math.pi * torch.rand(n, generator=generator)
+        inner = torch.randint(2, (n,), generator=generator).float()
+        x = (1 - 2 * inner) * theta.cos() + inner
+        y = (1 - 2 * inner) * theta.sin() + 0.5 * inner
+        xy = torch.stack([x, y], 1) + self.noise * torch.randn(n, 2, generator=generator)
+        return 2 * xy + torch.tensor([-1.0, -0.2])
+
+
+class _FiniteSet:
+    """A finite array split once into a training part and a held-out part; batches draw i.i.d. indices."""
+
+    oracle = None
+
+    def __init__(self, data: Tensor, holdout: int, split_seed: int, scaler: Scaler | None):
+        n = data.shape[0]
+        if not 0 <= holdout < n:
+            raise ValueError(f"holdout must be in [0, {n - 1}] for {n} examples, got {holdout}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        self._train = data[perm[holdout:]]
+        self._held_out = data[perm[:holdout]] if holdout else self._train
+        self.scaler = scaler
+        self.shape = tuple(data.shape[1:])
+
+    def _draw(self, pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        x = pool[torch.randint(pool.shape[0], (n,), generator=generator)].float()
+        return self.scaler.to_model(x) if self.scaler is not None else x
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        """n examples drawn with replacement from the training split, in model space."""
+        return self._draw(self._train, n, generator)
+
+    def reference(self, n: int, generator: torch.Generator) -> Tensor:
+        """n examples drawn with replacement from the held-out split (the training split if holdout = 0)."""
+        return self._draw(self._held_out, n, generator)
+
+
+class Digits(_FiniteSet):
+    """sklearn's digits (ships with scikit-learn): 1 797 8×8 images, 17 levels 0..16, shape (1, 8, 8).
+
+    A fixed seeded permutation holds out `holdout` images (default 297, leaving 1 500 for training) for
+    `reference`. Pixels map to [−1, 1] with Scaler(levels=17).
+    """
+
+    def __init__(self, holdout: int = 297, split_seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
+        super().__init__(images, holdout, split_seed, Scaler(17))
+
+
+class TensorFile(_FiniteSet):
+    """A user's array of N examples from a `.npy` or `.pt` file: (N, D) vectors or (N, C, H, W) images.
+
+    uint8 data is read as 256 levels; pass `levels` for other integer data; float data is used as it is
+    (already in model space). `holdout` is the held-out fraction used by `reference`. `.pt` files are read
+    with torch.load(weights_only=True), `.npy` with allow_pickle=False: loading runs no code.
+    """
+
+    def __init__(self, path: str, levels: int | None = None, holdout: float = 0.1, split_seed: int = 0):
+        data = _load_array(Path(path))
+        if data.dtype == torch.uint8 and levels is None:
+            levels = 256
+        if not data.is_floating_point() and levels is None:
+            raise ValueError(f"data file {path}: integer dtype {data.dtype} needs `levels` (e.g. 256 for 8-bit)")
+        if not 0 <= holdout < 1:
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
+        n_held = round(holdout * data.shape[0])
+        if holdout > 0 and not 1 <= n_held < data.shape[0]:
+            raise ValueError(f"data file {path}: {data.shape[0]} examples are too few for holdout={holdout}")
+        super().__init__(data, n_held, split_seed, Scaler(levels) if levels is not None else None)
+
+
+def _load_array(path: Path) -> Tensor:
+    """Read and validate (N, D) or (N, C, H, W) data; every problem is a ValueError naming the file."""
+    if not path.is_file():
+        raise ValueError(f"data file {path}: not found")
+    if path.suffix not in (".npy", ".pt"):
+        raise ValueError(f"data file {path}: unknown extension {path.suffix!r}; allowed: .npy, .pt")
+    try:
+        if path.suffix == ".npy":
+            data = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"data file {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if not isinstance(data, Tensor):
+        raise ValueError(f"data file {path}: holds a {type(data).__name__}, expected one array")
+    if data.ndim not in (2, 4):
+        raise ValueError(
+            f"data file {path}: shape {tuple(data.shape)} has rank {data.ndim}; allowed: (N, D) or (N, C, H, W)"
+        )
+    if data.numel() == 0:
+        raise ValueError(f"data file {path}: empty array of shape {tuple(data.shape)}")
+    if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+        raise ValueError(f"data file {path}: contains NaN or Inf")
+    return data

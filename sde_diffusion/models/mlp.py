@@ -1,0 +1,41 @@
+"""A time-conditioned MLP for vectors: [x, features(τ)] -> hidden SiLU layers -> output of x's shape."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .time_embedding import time_features as make_time_features
+
+
+class MLP(nn.Module):
+    """ε̂(x, τ) for flat data: the time features are concatenated to the input (as in score_sde's toy models).
+
+    `shape` is one example's shape (any rank; it is flattened), `layers` the number of hidden layers.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        hidden: int = 256,
+        layers: int = 3,
+        time_features: str = "fourier",
+        time_dim: int = 64,
+    ):
+        super().__init__()
+        if hidden < 1 or layers < 1:
+            raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+        self.shape = tuple(shape)
+        d = math.prod(self.shape)
+        self.time = make_time_features(time_features, time_dim)
+        dims = [d + time_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, d))
+
+    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+        h = torch.cat([x.flatten(1), self.time(tau)], 1)
+        return self.net(h).view_as(x)

@@ -1,0 +1,163 @@
+"""Data sets against their definitions: the oracle's moments, the support of each toy set, the digits split,
+determinism in the passed generator only, and the validation of user files."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sde_diffusion import eight_gaussians, mixture
+from sde_diffusion.data import (
+    Checkerboard,
+    Digits,
+    EightGaussians,
+    MixtureData,
+    Moons,
+    Scaler,
+    SwissRoll,
+    TensorFile,
+)
+
+SETS = [EightGaussians, Checkerboard, SwissRoll, Moons, MixtureData, Digits]
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("cls", SETS)
+def test_batches_come_from_the_passed_generator_only(cls):
+    d = cls()
+    torch.manual_seed(1)
+    a = d.batch(64, _gen(3))
+    torch.manual_seed(2)  # the global RNG must not matter
+    b = d.batch(64, _gen(3))
+    g = _gen(3)
+    c1, c2 = d.batch(64, g), d.batch(64, g)
+    assert a.dtype == torch.float32 and a.shape == (64, *d.shape)
+    assert torch.equal(a, b) and torch.equal(a, c1) and not torch.equal(c1, c2)
+    assert d.reference(8, _gen(0)).shape == (8, *d.shape)
+
+
+@pytest.mark.parametrize("d, oracle", [(EightGaussians(), eight_gaussians()), (MixtureData(3, 4, 1), mixture(3, 4, 1))])
+def test_mixture_sets_match_their_oracle_moments(d, oracle):
+    assert torch.equal(d.oracle.means, oracle.means)
+    w, mu = oracle.weights, oracle.means
+    mean = w @ mu
+    cov = torch.einsum("k,kij->ij", w, oracle.covs + mu[:, :, None] * mu[:, None, :]) - mean[:, None] * mean
+    n = 100_000
+    x = d.batch(n, _gen()).double()
+    se = (cov.diagonal() / n).sqrt()
+    assert ((x.mean(0) - mean).abs() < 4 * se).all()
+    assert torch.allclose(torch.cov(x.T), cov, atol=0.02 * cov.diagonal().max())
+
+
+def test_checkerboard_is_uniform_on_the_black_squares():
+    x = Checkerboard().batch(80_000, _gen()) / 2
+    assert x.abs().max() <= 2
+    cells = torch.floor(x).long()
+    assert ((cells[:, 0] + cells[:, 1]) % 2 == 0).all()
+    counts = torch.bincount((cells[:, 0] + 2) * 4 + (cells[:, 1] + 2), minlength=16).float()
+    black = counts[counts > 0]
+    assert len(black) == 8 and (black / 10_000 - 1).abs().max() < 0.05
+
+
+def test_swiss_roll_without_noise_lies_on_the_spiral():
+    x = SwissRoll(noise=0.0).batch(2000, _gen()).double() * 5
+    t = x.norm(dim=1)
+    assert t.min() >= 1.5 * math.pi - 1e-4 and t.max() <= 4.5 * math.pi + 1e-4
+    assert torch.allclose(x, torch.stack([t * t.cos(), t * t.sin()], 1), atol=1e-3)
+
+
+def test_moons_without_noise_lie_on_two_half_circles():
+    p = (Moons(noise=0.0).batch(4000, _gen()) - torch.tensor([-1.0, -0.2])) / 2
+    outer = (p.norm(dim=1) - 1).abs() < 1e-5
+    inner = ((p - torch.tensor([1.0, 0.5])).norm(dim=1) - 1).abs() < 1e-5
+    assert (outer | inner).all()
+    assert (p[outer, 1] >= -1e-6).all() and (p[inner, 1] <= 0.5 + 1e-6).all()
+    assert abs(outer.float().mean() - 0.5) < 0.05
+
+
+def test_scaler_maps_levels_to_minus_one_one_and_back():
+    s = Scaler(17)
+    raw = torch.arange(17.0)
+    assert s.to_model(raw)[0] == -1 and s.to_model(raw)[-1] == 1
+    assert torch.allclose(s.to_raw(s.to_model(raw)), raw)
+    assert s.slope == pytest.approx(2 / 16)
+    with pytest.raises(ValueError, match="levels"):
+        Scaler(1)
+
+
+def test_digits_split_partitions_the_images_and_lies_on_17_levels():
+    from sklearn.datasets import load_digits
+
+    d = Digits()
+    assert d.shape == (1, 8, 8) and d.scaler.levels == 17
+    assert d._train.shape[0] == 1500 and d._held_out.shape[0] == 297
+    key = lambda t: sorted(map(tuple, t.reshape(len(t), -1).tolist()))  # noqa: E731
+    assert key(torch.cat([d._train, d._held_out])) == key(torch.as_tensor(load_digits().images))
+    x = d.batch(512, _gen())
+    raw = d.scaler.to_raw(x)
+    assert x.min() >= -1 and x.max() <= 1 and torch.allclose(raw, raw.round(), atol=1e-5)
+    ref = d.scaler.to_raw(d.reference(2000, _gen())).round().to(torch.uint8)
+    held = {tuple(r) for r in d._held_out.reshape(297, -1).tolist()}
+    assert all(tuple(r) in held for r in ref.reshape(2000, -1).tolist())
+
+
+def test_tensor_file_reads_npy_and_pt(tmp_path):
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=_gen())
+    np.save(tmp_path / "img.npy", images.numpy())
+    d = TensorFile(str(tmp_path / "img.npy"))
+    assert d.shape == (1, 4, 4) and d.scaler.levels == 256
+    assert d._train.shape[0] == 45 and d._held_out.shape[0] == 5
+    x = d.batch(100, _gen())
+    assert x.min() >= -1 and x.max() <= 1
+    vec = torch.randn(20, 3, generator=_gen())
+    torch.save(vec, tmp_path / "v.pt")
+    d = TensorFile(str(tmp_path / "v.pt"), holdout=0.0)
+    assert d.scaler is None and d.shape == (3,)
+    rows = {tuple(r) for r in vec.tolist()}
+    assert all(tuple(r) in rows for r in d.batch(50, _gen()).tolist())
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize(
+    "name, array, problem",
+    [
+        ("missing.npy", None, "not found"),
+        ("empty.npy", np.zeros((0, 2), np.float32), "empty"),
+        ("nan.npy", np.array([[0.0, np.nan], [1.0, 2.0]], np.float32), "NaN or Inf"),
+        ("inf.pt", torch.tensor([[0.0, float("inf")], [1.0, 2.0]]), "NaN or Inf"),
+        ("rank1.npy", np.zeros(5, np.float32), "rank 1"),
+        ("rank3.npy", np.zeros((4, 8, 8), np.float32), "rank 3"),
+        ("dict.pt", {"x": torch.zeros(3, 2)}, "holds a dict"),
+        ("ints.npy", np.zeros((4, 2), np.int64), "levels"),
+        ("data.csv", "1,2\n", "extension"),
+        ("evil.pt", "marker", "unreadable"),
+    ],
+)
+def test_tensor_file_rejects_bad_files_naming_the_path(tmp_path, name, array, problem):
+    path = tmp_path / name
+    if isinstance(array, np.ndarray):
+        np.save(path, array)
+        path = path.with_suffix(".npy")
+    elif name.endswith(".csv"):
+        path.write_text(array)
+    elif array == "marker":
+        with open(path, "wb") as f:
+            pickle.dump(_Marker(str(tmp_path / "marker")), f, protocol=2)
+    elif array is not None:
+        torch.save(array, path)
+    with pytest.raises(ValueError, match=problem) as e:
+        TensorFile(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "marker").exists()
