@@ -1,0 +1,78 @@
+"""The wandb tracker: an offline run read back from its .wandb file holds what was logged; failures degrade to a
+no-op with one warning."""
+
+import warnings
+
+import pytest
+from wandb_reader import find_run_files, read_run
+
+from sde_diffusion.tracking import STEP_METRIC, Tracker, start_run
+
+
+def test_offline_run_reads_back(tmp_path):
+    losses = [0.9, 0.5, 0.25]
+    tracker = start_run(dir=tmp_path, config={"train": {"lr": 0.003}}, group="sweep-1", name="lr=0.003", tags=["t"])
+    assert tracker.active
+    for i, loss in enumerate(losses):
+        tracker.log({"train/loss": loss}, step=10 * (i + 1))
+    tracker.log_table("eval/samplers", [{"sampler": "em", "sw2": 0.1}, {"sampler": "ode", "sw2": 0.2}])
+    tracker.summary({"eval/em/sw2": 0.1})
+    run_id = tracker.run_id
+    tracker.finish()
+    assert not tracker.active
+
+    (path,) = find_run_files(tmp_path)
+    run = read_run(path)
+    assert (run.run_id, run.group, run.name, run.job_type, run.tags) == (run_id, "sweep-1", "lr=0.003", "train", ["t"])
+    assert run.config["train"] == {"lr": 0.003}
+    assert run.series("train/loss") == losses
+    assert run.series(STEP_METRIC)[:3] == [10, 20, 30]
+    assert run.summary["eval/em/sw2"] == 0.1
+    assert run.summary["eval/samplers/nrows"] == 2
+    assert run.exit_code == 0
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    first = start_run(dir=tmp_path, config={})
+    first.log({"train/loss": 1.0}, step=1)
+    run_id = first.run_id
+    first.finish()
+    second = start_run(dir=tmp_path, config={}, resume_id=run_id)
+    assert second.run_id == run_id
+    second.finish()
+
+
+def test_unstartable_wandb_warns_once_and_is_a_noop(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="wandb could not start"):
+        tracker = start_run(dir=blocker / "sub", config={})
+    assert not tracker.active and tracker.run_id is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.log({"train/loss": 1.0}, step=1)
+        tracker.finish()
+
+
+class _BrokenRun:
+    id = "broken"
+    calls = 0
+
+    def log(self, row):
+        raise OSError("disk full")
+
+    def finish(self, exit_code=0):
+        self.calls += 1
+
+
+def test_failing_write_warns_once_then_stops_calling_wandb():
+    run = _BrokenRun()
+    tracker = Tracker(run)
+    with pytest.warns(UserWarning, match="wandb log failed.*disk full"):
+        tracker.log({"train/loss": 1.0}, step=1)
+    assert not tracker.active and run.calls == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.log({"train/loss": 2.0}, step=2)
+        tracker.summary({"x": 1})
+        tracker.finish()
