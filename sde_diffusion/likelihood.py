@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
+from .data import Scaler
 from .sde import SDE, ScoreFn
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -153,16 +154,6 @@ def log_likelihood(
         z, integral, nfe = _solve_fixed(rhs, x.detach(), eps, sde.T, steps, heun=solver == "heun")
     prior_logp = sde.prior_logp(z)
     return Likelihood(prior_logp + integral, prior_logp, integral, z, nfe)
-
-
-class Scaler(Protocol):
-    """Maps raw data levels 0, …, levels−1 to model space and back (affine for the data sets here)."""
-
-    levels: int
-
-    def to_model(self, x: Tensor) -> Tensor: ...
-
-    def to_raw(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass

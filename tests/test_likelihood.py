@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
+from sde_diffusion.data import Scaler
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 
 EPS = 1e-5
@@ -115,19 +116,6 @@ def test_float32_input_stays_float32_and_close():
     assert (result.log_p.double() - ref).abs().max() <= 1e-2
 
 
-@dataclass
-class AffineScaler:
-    """Levels 0..levels−1 onto [−1, 1], x = 2k/(levels − 1) − 1, as the image data sets do."""
-
-    levels: int
-
-    def to_model(self, k):
-        return 2 * k / (self.levels - 1) - 1
-
-    def to_raw(self, x):
-        return (x + 1) * (self.levels - 1) / 2
-
-
 def _uniform_levels_and_matched_gaussian(levels: int):
     """Every point of {0..K−1}² in model space, and the Gaussian with the moments of its dequantisation.
 
@@ -135,7 +123,7 @@ def _uniform_levels_and_matched_gaussian(levels: int):
     moments has cross-entropy = its own entropy = ½ log₂(2πe K²/12) bits/dim, i.e. log₂ K (the data's entropy)
     plus ½ log₂(πe/6) ≈ 0.2546 bits/dim for Gaussian vs uniform shape.
     """
-    scaler = AffineScaler(levels)
+    scaler = Scaler(levels)
     k = torch.cartesian_prod(torch.arange(levels), torch.arange(levels)).double()
     a = 2 / (levels - 1)
     var = a**2 * levels**2 / 12
@@ -161,7 +149,7 @@ def test_dequantisation_noise_raises_nll_by_its_variance():
     """E_u[−log p(x + a(u − ½))] + log p(x) = −(a²/24) tr ∇² log p(x) + O(a⁴): for N(m, s² I) exactly
     a²D/(24 s²) — uniform noise of one bin's width a costs its variance a²/12 times the curvature. Here 17 levels
     (digits), s = a and x = m (no linear term, so less Monte Carlo noise): 1/(24 ln 2) ≈ 0.060 bits/dim."""
-    scaler = AffineScaler(17)
+    scaler = Scaler(17)
     a = 2 / 16
     x = scaler.to_model(torch.full((64, 2), 8.0, dtype=torch.float64))
     gauss = GaussianMixture(torch.ones(1), x[:1], a**2 * torch.eye(2, dtype=torch.float64)[None])
@@ -191,7 +179,7 @@ def test_bad_arguments_raise():
             log_likelihood(sde, score, x, **kwargs)
     with pytest.raises(ValueError, match="x must"):
         log_likelihood(sde, score, x[0])
-    scaler = AffineScaler(17)
+    scaler = Scaler(17)
     with pytest.raises(ValueError, match="quantised"):
         bits_per_dim(sde, score, scaler.to_model(torch.full((2, 2), 3.5)), scaler)
     with pytest.raises(ValueError, match="n_draws"):
@@ -199,8 +187,8 @@ def test_bad_arguments_raise():
 
 
 def test_non_affine_scaler_is_refused():
-    @dataclass
-    class ClampingScaler(AffineScaler):
+    @dataclass(frozen=True)
+    class ClampingScaler(Scaler):
         def to_model(self, k):
             return super().to_model(k).clamp(-1, 1)
 
