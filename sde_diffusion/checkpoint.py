@@ -1,0 +1,80 @@
+"""Crash-safe checkpoint files: atomic writes, and loads that run no code and fail in one clear line.
+
+A save writes a temporary file in the target's directory, fsyncs it, renames it over the target with
+os.replace (atomic on POSIX and Windows) and fsyncs the directory, so a kill at any moment leaves either the
+old or the new checkpoint, never a torn one. A load uses torch.load(weights_only=True), which unpickles only
+tensors and plain containers: a file crafted to run code when unpickled is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+TRAINER_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, corrupt, unsafe, or not what the caller expects."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """torch.save `state` to `path` atomically (temp file in the same directory, fsync, os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # persist the rename itself (POSIX)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", required: Iterable[str] = TRAINER_KEYS
+) -> dict:
+    """torch.load(path, weights_only=True) as a dict holding the `required` keys, else CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: empty file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            problem = f"refused to unpickle {unsafe.group(1)}: not plain tensors and containers, possibly malicious"
+        else:
+            problem = f"truncated or corrupt, not a readable torch.save file ({type(e).__name__}: {_detail(e)})"
+        raise CheckpointError(f"checkpoint {path}: {problem}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(state).__name__}, expected a dict of training state")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint, missing keys {missing}")
+    return state
+
+
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _detail(e: Exception) -> str:
+    """The informative line of a torch.load error, without torch's advice paragraphs."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(_BOILERPLATE)]
+    return lines[0][:120] if lines else ""

@@ -1,0 +1,250 @@
+"""The training loop: AdamW, linear warm-up + cosine decay, gradient clipping, an EMA of the weights, callbacks.
+
+One step draws a batch with the trainer's data generator, the DSM loss's t and ε with its noise generator,
+and applies one AdamW update. Everything a step depends on is in `state_dict()` (weights, EMA, optimiser,
+scheduler, step, both generators and the global torch/numpy/python RNGs, which dropout uses), so training N
+steps equals training k, saving, loading into a new Trainer and training N − k: bitwise on the CPU.
+
+A non-finite loss or gradient is caught before the optimiser touches the weights: nan_policy="stop" raises
+NonFiniteLossError naming the step and the likely cause, "skip" drops the update and counts it.
+The library imports no Hydra and no wandb: an app passes callbacks for logging, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError
+from .losses import WEIGHTINGS, dsm_loss
+from .sde import SDE
+
+NAN_POLICIES = ("stop", "skip")
+Callback = Callable[["Trainer", dict], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm of a step is NaN or infinite; the weights are those before the step."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; anything else as torch.device(device)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global RNGs (model initialisation and dropout draw from them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global RNG is what user code shares)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `steps`
+    (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(1, steps - warmup), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Trains a ScoreModel on `data` (an object with `batch(n, generator)`) by denoising score matching.
+
+    `model` is the module trained; `train_model` is the module the loss calls (the same one, or a
+    DistributedDataParallel wrapper of it); `ema_model` holds the EMA weights and is the one to sample from.
+    EMA decay at step n is min(ema_decay, (1 + n)/(10 + n)) (score_sde's ExponentialMovingAverage), so short
+    runs do not keep the random initialisation in their average.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sde: SDE,
+        data,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        warmup: int = 100,
+        grad_clip: float | None = 1.0,
+        ema_decay: float = 0.999,
+        loss_eps: float = 1e-5,
+        weighting: str = "simple",
+        seed: int = 0,
+        nan_policy: str = "stop",
+        device: str | torch.device = "cpu",
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ):
+        _check(steps >= 1, "steps", steps, ">= 1")
+        _check(batch_size >= 1, "batch_size", batch_size, ">= 1")
+        _check(lr > 0, "lr", lr, "> 0")
+        _check(weight_decay >= 0, "weight_decay", weight_decay, ">= 0")
+        _check(warmup >= 0, "warmup", warmup, ">= 0")
+        _check(grad_clip is None or grad_clip > 0, "grad_clip", grad_clip, "> 0 or None")
+        _check(0 <= ema_decay < 1, "ema_decay", ema_decay, "in [0, 1)")
+        _check(0 < loss_eps < sde.T, "loss_eps", loss_eps, f"in (0, T={sde.T})")
+        _check(weighting in WEIGHTINGS, "weighting", weighting, f"one of {WEIGHTINGS}")
+        _check(nan_policy in NAN_POLICIES, "nan_policy", nan_policy, f"one of {NAN_POLICIES}")
+        self.sde, self.data = sde, data
+        self.steps, self.batch_size, self.grad_clip, self.ema_decay = steps, batch_size, grad_clip, ema_decay
+        self.loss_eps, self.weighting, self.nan_policy = loss_eps, weighting, nan_policy
+        self.callbacks, self.progress = list(callbacks), progress
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.train_model: nn.Module = self.model
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, steps))
+        data_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
+        self.data_generator = torch.Generator().manual_seed(int(data_seed))
+        self.noise_generator = torch.Generator(self.device).manual_seed(int(noise_seed))
+        self.step = 0
+        self.skipped_steps = 0
+
+    def fit(self) -> None:
+        """Train from `self.step` to `steps`, calling every callback with the logs after each step."""
+        self.train_model.train()
+        with tqdm(total=self.steps, initial=self.step, disable=not self.progress, desc="train") as bar:
+            while self.step < self.steps:
+                logs = self.train_step()
+                for callback in self.callbacks:
+                    callback(self, logs)
+                bar.update(1)
+                if self.step % 100 == 0:
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+    def train_step(self) -> dict:
+        """One AdamW step on one batch; returns {"step", "loss", "lr", "grad_norm", "skipped_steps"}."""
+        x0 = self.data.batch(self.batch_size, self.data_generator).to(self.device, non_blocking=True)
+        loss = dsm_loss(self.sde, self.train_model, x0, self.loss_eps, self.weighting, self.noise_generator).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        loss_value, grad_value = loss.item(), grad_norm.item()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if math.isfinite(loss_value) and math.isfinite(grad_value):
+            self.optimizer.step()
+            self._update_ema()
+        elif self.nan_policy == "stop":
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(self._diagnose(x0, loss_value, grad_value, lr))
+        else:
+            self.skipped_steps += 1
+        self.scheduler.step()
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_value,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))
+        ema_params, params = list(self.ema_model.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
+        for ema_buffer, buffer in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def _diagnose(self, x0: Tensor, loss: float, grad_norm: float, lr: float) -> str:
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        if not bool(torch.isfinite(x0).all()):
+            cause = "the data batch contains NaN/Inf values: check the data set"
+        elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            cause = "the weights are already non-finite"
+        else:
+            cause = f"the training diverged: lower the learning rate (lr={lr:.3g}) or set grad_clip"
+        return (
+            f"non-finite {what} at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); likely cause: {cause}; "
+            f"the weights are those after step {self.step}; nan_policy='skip' skips such steps instead"
+        )
+
+    def state_dict(self) -> dict:
+        """Everything the next step depends on; plain tensors and containers (torch.load(weights_only=True))."""
+        np_state = np.random.get_state()  # noqa: NPY002
+        py_state = random.getstate()
+        rng = {
+            "data": self.data_generator.get_state(),
+            "noise": self.noise_generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
+            "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; a state for another model raises CheckpointError naming the differing keys."""
+        _check_fits(self.model, state["model"], "model")
+        _check_fits(self.ema_model, state["ema"], "ema")
+        self.model.load_state_dict(state["model"])
+        self.ema_model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        rng = state["rng"]
+        self.data_generator.set_state(rng["data"])
+        self.noise_generator.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        n = rng["numpy"]
+        np.random.set_state(  # noqa: NPY002
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
+        p = rng["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _check(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_fits(module: nn.Module, state: dict, key: str) -> None:
+    """CheckpointError listing missing, unexpected and mis-shaped keys when `state` is not for `module`."""
+    own = module.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = {
+        k: (tuple(state[k].shape), tuple(own[k].shape))
+        for k in own.keys() & state.keys()
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    }
+    if missing or unexpected or shapes:
+        parts = [
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            "shape (checkpoint vs model) " + ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in list(shapes.items())[:5])
+            if shapes
+            else "",
+        ]
+        raise CheckpointError(f"checkpoint's {key!r} does not fit this model: " + "; ".join(p for p in parts if p))

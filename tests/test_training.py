@@ -1,0 +1,206 @@
+"""The training loop: bitwise reproducibility and lossless resume on the CPU, the NaN guard, the learning-rate
+schedule and the EMA against their formulas, and a short run that approaches the oracle's DSM minimum."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sde_diffusion import VPSDE
+from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.losses import dsm_loss
+from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.training import NonFiniteLossError, Trainer, seed_everything
+
+
+def _mlp_trainer(seed=0, steps=30, init_seed=0, **kw):
+    seed_everything(init_seed)
+    data = EightGaussians()
+    model = ScoreModel(MLP(data.shape, hidden=32, layers=2), VPSDE())
+    return Trainer(model, VPSDE(), data, steps=steps, batch_size=64, warmup=5, seed=seed, progress=False, **kw)
+
+
+def _unet_trainer(seed=0, steps=12, init_seed=0):
+    seed_everything(init_seed)
+    data = Digits()
+    net = UNet(data.shape, channels=8, mults=(1, 2), dropout=0.2)  # dropout draws from the global RNG
+    return Trainer(
+        ScoreModel(net, VPSDE()), VPSDE(), data, steps=steps, batch_size=8, warmup=3, seed=seed, progress=False
+    )
+
+
+def _weights(trainer):
+    return [
+        t.clone() for t in list(trainer.model.state_dict().values()) + list(trainer.ema_model.state_dict().values())
+    ]
+
+
+def _equal(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_same_seed_gives_bitwise_the_same_weights():
+    a, b, c = _mlp_trainer(), _mlp_trainer(), _mlp_trainer(seed=1)
+    for t in (a, b, c):
+        t.fit()
+    assert _equal(_weights(a), _weights(b)) and not _equal(_weights(a), _weights(c))
+
+
+@pytest.mark.parametrize("make, n, k", [(_mlp_trainer, 30, 13), (_unet_trainer, 12, 5)])
+def test_resume_from_a_checkpoint_is_bitwise_lossless(tmp_path, make, n, k):
+    full = make(steps=n)
+    full.fit()
+    first = make(steps=n)
+    first.steps = k
+    first.fit()
+    first.steps = n
+    save_checkpoint(tmp_path / "ck.pt", first.state_dict())
+    torch.rand(100), np.random.rand()  # noqa: NPY002 (the global RNGs move on before the new process loads)
+    resumed = make(steps=n, init_seed=123)  # a new process: different initial weights, same config
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ck.pt"))
+    assert resumed.step == k
+    resumed.fit()
+    assert _equal(_weights(full), _weights(resumed))
+    assert _equal(
+        list(full.optimizer.state_dict()["state"][0].values()),
+        list(resumed.optimizer.state_dict()["state"][0].values()),
+    )
+    assert torch.equal(full.data_generator.get_state(), resumed.data_generator.get_state())
+
+
+def test_loading_a_state_for_another_model_names_the_keys():
+    state = _mlp_trainer().state_dict()
+    seed_everything(0)
+    other = Trainer(
+        ScoreModel(MLP((2,), hidden=16, layers=3), VPSDE()), VPSDE(), EightGaussians(), steps=5, batch_size=4
+    )
+    with pytest.raises(CheckpointError, match=r"'model' does not fit.*unexpected|missing.*net\.6"):
+        other.load_state_dict(state)
+
+
+class _NaNAt:
+    """EightGaussians whose `at`-th batch (1-based) holds a NaN."""
+
+    def __init__(self, at):
+        self.inner, self.at, self.calls, self.shape = EightGaussians(), at, 0, (2,)
+
+    def batch(self, n, generator):
+        self.calls += 1
+        x = self.inner.batch(n, generator)
+        if self.calls == self.at:
+            x[0, 0] = float("nan")
+        return x
+
+
+def _nan_trainer(policy, steps=8, logs=None):
+    seed_everything(0)
+    model = ScoreModel(MLP((2,), hidden=16, layers=1), VPSDE())
+    cbs = [lambda t, log: logs.append(log)] if logs is not None else []
+    return Trainer(
+        model, VPSDE(), _NaNAt(5), steps=steps, batch_size=16, seed=0, nan_policy=policy, progress=False, callbacks=cbs
+    )
+
+
+def test_nan_in_the_data_stops_before_touching_the_weights():
+    clean = _nan_trainer("stop", steps=4)
+    clean.fit()
+    t = _nan_trainer("stop")
+    with pytest.raises(NonFiniteLossError, match=r"at step 5 .*data batch contains NaN") as e:
+        t.fit()
+    assert "\n" not in str(e.value)
+    assert t.step == 4 and _equal(_weights(t), _weights(clean))
+
+
+def test_nan_skip_policy_skips_and_counts():
+    logs = []
+    t = _nan_trainer("skip", logs=logs)
+    t.fit()
+    assert t.step == 8 and t.skipped_steps == 1
+    assert [log["skipped_steps"] for log in logs] == [0, 0, 0, 0, 1, 1, 1, 1] and math.isnan(logs[4]["loss"])
+    assert all(torch.isfinite(w).all() for w in _weights(t))
+
+
+def test_huge_learning_rate_trips_the_guard_with_the_lr_in_the_message():
+    seed_everything(0)
+    model = ScoreModel(MLP((2,), hidden=64, layers=3), VPSDE())
+    t = Trainer(
+        model, VPSDE(), EightGaussians(), steps=200, batch_size=64, lr=1e15, warmup=0, grad_clip=None, progress=False
+    )
+    with pytest.raises(NonFiniteLossError, match=r"diverged: lower the learning rate \(lr=1e\+15"):
+        t.fit()
+
+
+def test_learning_rate_and_ema_follow_their_formulas():
+    logs, params = [], []
+    record = lambda t, log: (logs.append(log), params.append([p.detach().clone() for p in t.model.parameters()]))  # noqa: E731
+    t = _mlp_trainer(steps=20, callbacks=[record], lr=1e-2)
+    ema = [p.detach().clone() for p in t.model.parameters()]
+    t.fit()
+    warmup, steps = 5, 20
+    expected_lr = [
+        1e-2 * ((s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
+        for s in range(steps)
+    ]
+    assert [log["lr"] for log in logs] == pytest.approx(expected_lr, rel=1e-12)
+    assert [log["step"] for log in logs] == list(range(1, 21)) and all(log["grad_norm"] > 0 for log in logs)
+    for n, p in enumerate(params):  # EMA with decay min(0.999, (1 + n)/(10 + n)) after step n
+        d = min(0.999, (1 + n) / (10 + n))
+        ema = [d * e.double() + (1 - d) * q.double() for e, q in zip(ema, p, strict=True)]
+    for e, q in zip(ema, t.ema_model.parameters(), strict=True):
+        assert torch.allclose(e.float(), q, atol=1e-6)
+
+
+def test_gradient_clipping_bounds_the_applied_gradient():
+    norms = []
+    t = _mlp_trainer(
+        steps=3,
+        grad_clip=1e-3,
+        callbacks=[
+            lambda t, log: norms.append(
+                (log["grad_norm"], torch.cat([p.grad.flatten() for p in t.model.parameters()]).norm().item())
+            )
+        ],
+    )
+    t.fit()
+    assert all(reported > 1e-3 and applied == pytest.approx(1e-3, rel=1e-4) for reported, applied in norms)
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"loss_eps": 0.0}, "loss_eps"),
+        ({"weighting": "snr"}, "weighting"),
+        ({"nan_policy": "ignore"}, "nan_policy"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+        ({"warmup": -1}, "warmup"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_naming_the_parameter(kw, name):
+    args = {"steps": 10, "batch_size": 8} | kw
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        Trainer(ScoreModel(MLP((2,)), VPSDE()), VPSDE(), EightGaussians(), **args)
+
+
+@pytest.mark.slow
+def test_short_mlp_run_approaches_the_oracle_dsm_minimum():
+    """1500 steps on eight_gaussians: the EMA model's DSM loss is within 10% of the exact score's (the minimum)."""
+    seed_everything(0)
+    sde, data = VPSDE(), EightGaussians()
+    t = Trainer(
+        ScoreModel(MLP(data.shape, hidden=128), sde), sde, data, steps=1500, batch_size=256, lr=5e-3, progress=False
+    )
+    t.fit()
+    x0 = data.batch(50_000, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        learned = dsm_loss(sde, t.ema_model, x0, generator=torch.Generator().manual_seed(2)).mean()
+        untrained = dsm_loss(
+            sde, ScoreModel(MLP(data.shape, hidden=128), sde), x0, generator=torch.Generator().manual_seed(2)
+        ).mean()
+    exact = dsm_loss(sde, data.oracle.score_fn(sde), x0, generator=torch.Generator().manual_seed(2)).mean()
+    assert exact < learned < 1.1 * exact < untrained
