@@ -1,16 +1,23 @@
 """PF-ODE likelihood against exact densities: the Gaussian-mixture oracle, a Gaussian's closed-form flow, and a
 dequantisation case whose bits/dim is known in closed form."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.likelihood import bits_per_dim, evaluate_likelihood, log_likelihood
 
+ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
 MIXTURES = {"mixture16": mixture(dim=16, k=10), "eight": eight_gaussians()}
@@ -163,6 +170,25 @@ def test_dequantisation_noise_raises_nll_by_its_variance():
     assert abs(float(shift.mean()) - expected) <= 3 * stderr
 
 
+def test_evaluate_likelihood_summaries():
+    sde, mix = SDES["vp"], MIXTURES["mixture16"]
+    x = mix.sample(8, torch.Generator().manual_seed(0))
+    whole = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=8)
+    split = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=3)
+    assert (whole["n"], whole["dim"]) == (8, 16)
+    assert abs(whole["nll"] - split["nll"]) <= 1e-3 and whole["nll_sem"] > 0
+    assert whole["oracle_nll"] == pytest.approx(float(-mix.log_prob(x).mean()))
+    assert whole["abs_error_per_dim"] <= whole["prior_mismatch_per_dim"] + 2e-4
+    assert whole["bpd"] == pytest.approx(whole["nll"] / (16 * math.log(2)))
+
+    levels = 5
+    scaler, x, gauss, _, _ = _uniform_levels_and_matched_gaussian(levels)
+    g = torch.Generator().manual_seed(0)
+    images = evaluate_likelihood(sde, gauss.score_fn(sde), x, scaler=scaler, batch_size=10, n_draws=8, generator=g)
+    assert abs(images["bpd"] - math.log2(levels) - 0.5 * math.log2(math.pi * math.e / 6)) <= 0.03
+    assert "oracle_nll" not in images
+
+
 def test_bad_arguments_raise():
     sde, mix = SDES["vp"], MIXTURES["eight"]
     score, x = mix.score_fn(sde), mix.sample(2)
@@ -196,3 +222,48 @@ def test_non_affine_scaler_is_refused():
     scaler = ClampingScaler(5)
     with pytest.raises(ValueError, match="affine"):
         bits_per_dim(sde, gauss.score_fn(sde), scaler.to_model(torch.zeros(4, 2)), scaler)
+
+
+def run_app(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_app_on_the_oracle_writes_metrics_and_a_wandb_run(tmp_path):
+    proc = run_app("likelihood.py", "likelihood.n=32", "likelihood.batch_size=32", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert (m["source"], m["n"], m["dim"], m["dequantised"]) == ("oracle", 32, 16, False)
+    # the exact score leaves only the prior mismatch and the solver error (≈ 6e-5 nats/dim)
+    assert m["abs_error_per_dim"] <= m["prior_mismatch_per_dim"] + 2e-4
+    assert abs(m["nll"] - m["oracle_nll"]) <= 1e-3 * m["dim"]
+    assert m["bpd"] == pytest.approx(m["nll"] / (m["dim"] * math.log(2)))
+    assert m["nfe"] > 0 and m["wall_s_per_sample"] > 0
+    (path,) = find_run_files(tmp_path)
+    run = read_run(path)
+    assert run.job_type == "likelihood" and run.exit_code == 0
+    assert run.summary["likelihood/bpd"] == pytest.approx(m["bpd"])
+    assert run.config["likelihood"]["divergence"] == "exact"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("likelihood.divergence=trace", "likelihood.divergence"),
+        ("data=moons", "data"),
+        ("checkpoint=nope.pt", "checkpoint"),
+    ],
+)
+def test_app_rejects_bad_config_in_one_line(tmp_path, override, key):
+    proc = run_app("likelihood.py", override, "logger=none", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert f"config error: {key}" in proc.stderr and "Traceback" not in proc.stderr
