@@ -31,7 +31,7 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def time_grid(sde: SDE, steps: int, eps: float, x: Tensor) -> Tensor:
     """steps + 1 uniformly spaced times from T down to eps, float64 on x's device (score_sde's linspace(T, eps))."""
-    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64, device=x.device)
+    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64).to(x.device)
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:

@@ -118,8 +118,8 @@ def ancestral(
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be one of ['beta', 'beta_tilde'], got {variance!r}")
     chain = sde.discretize(steps)
+    t = chain_times(sde, chain).to(x.device)
     chain = DDPMSchedule(*(v.to(x.device) for v in (chain.t, chain.betas, chain.alphas, chain.alphas_cumprod)))
-    t = chain_times(sde, chain)
     for i in trange(steps - 1, 0, -1, disable=not progress, desc="ancestral"):
         mean, std = ddpm_posterior(x, score_fn(x, at(t[i], x)), chain, i, variance)
         x = mean + std * randn_like(x, generator)

@@ -15,7 +15,7 @@ SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras")
 
 
 def timesteps(sde: SDE, steps: int, eps: float, spacing: str = "time_uniform", rho: float = 7.0, device=None) -> Tensor:
-    """steps + 1 decreasing times from T to eps (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`).
+    """steps + 1 decreasing times from T to eps (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
 
     time_uniform: linspace(T, eps); time_quadratic: linspace(√T, √eps)²; logsnr: uniform in λ;
     karras: σ̃_i = (σ̃_max^{1/ρ} + i/M (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ, t_i = λ⁻¹(−log σ̃_i).
@@ -24,17 +24,18 @@ def timesteps(sde: SDE, steps: int, eps: float, spacing: str = "time_uniform", r
         raise ValueError(f"spacing must be one of {list(SPACINGS)}, got {spacing!r}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
-    f64 = dict(dtype=torch.float64, device=device)
+    f64 = dict(dtype=torch.float64)
     if spacing == "time_uniform":
-        return torch.linspace(sde.T, eps, steps + 1, **f64)
-    if spacing == "time_quadratic":
-        return torch.linspace(sde.T**0.5, eps**0.5, steps + 1, **f64) ** 2
-    ends = sde.log_snr(torch.tensor([sde.T, eps], **f64))
-    if spacing == "logsnr":
-        lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, **f64)
+        t = torch.linspace(sde.T, eps, steps + 1, **f64)
+    elif spacing == "time_quadratic":
+        t = torch.linspace(sde.T**0.5, eps**0.5, steps + 1, **f64) ** 2
     else:
-        lo, hi = torch.exp(-ends / rho)
-        lam = -rho * torch.log(torch.linspace(float(lo), float(hi), steps + 1, **f64))
-    t = sde.log_snr_inverse(lam)
-    t[0], t[-1] = sde.T, eps  # the inverse is exact only to rounding; pin the ends
-    return t
+        ends = sde.log_snr(torch.tensor([sde.T, eps], **f64))
+        if spacing == "logsnr":
+            lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, **f64)
+        else:
+            lo, hi = torch.exp(-ends / rho)
+            lam = -rho * torch.log(torch.linspace(float(lo), float(hi), steps + 1, **f64))
+        t = sde.log_snr_inverse(lam)
+        t[0], t[-1] = sde.T, eps  # the inverse is exact only to rounding; pin the ends
+    return t.to(device)
