@@ -105,7 +105,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_model: nn.Module = self.model
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self._params, self._ema_params = list(self.model.parameters()), list(self.ema_model.parameters())
+        self._buffer_pairs = list(zip(self.ema_model.buffers(), self.model.buffers(), strict=True))
+        self.optimizer = torch.optim.AdamW(self._params, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, steps))
         data_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
         self.data_generator = torch.Generator().manual_seed(int(data_seed))
@@ -131,7 +133,7 @@ class Trainer:
         loss = dsm_loss(self.sde, self.train_model, x0, self.loss_eps, self.weighting, self.noise_generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        grad_norm = nn.utils.clip_grad_norm_(self._params, self.grad_clip or math.inf)
         loss_value, grad_value = loss.item(), grad_norm.item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(loss_value) and math.isfinite(grad_value):
@@ -155,9 +157,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))
-        ema_params, params = list(self.ema_model.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, params, 1 - decay)
-        for ema_buffer, buffer in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+        torch._foreach_lerp_(self._ema_params, self._params, 1 - decay)
+        for ema_buffer, buffer in self._buffer_pairs:
             ema_buffer.copy_(buffer)
 
     def _diagnose(self, x0: Tensor, loss: float, grad_norm: float, lr: float) -> str:

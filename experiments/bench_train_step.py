@@ -1,0 +1,109 @@
+"""One training step of the library (Trainer.train_step) against a bare PyTorch DSM loop, same network and batch.
+
+Two bare loops: "bare" does what the Trainer does (AdamW, gradient clipping, warm-up + cosine LR, EMA update,
+loss.item()) written inline with the network called directly (no ScoreModel), so library / bare is the
+library's own overhead (target <= 1.05); "minimal" is forward, backward and AdamW only, so library / minimal
+also prices clipping, the schedule and the EMA. Blocks of the three are interleaved and the fastest block is
+reported (timeit's advice: the least disturbed block on a shared CPU).
+
+    OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--rounds 7] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sde_diffusion import VPSDE
+from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.training import Trainer, resolve_device, seed_everything, warmup_cosine
+
+
+def bare_loop(net, data, batch_size, device, full: bool, steps_total: int = 10_000):
+    """A plain DSM training step: x_t = √ᾱ x₀ + √(1 − ᾱ) ε, loss = mean ‖net(x_t, t) − ε‖² (linear VP β)."""
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 100, steps_total))
+    ema = [p.detach().clone() for p in net.parameters()]
+    g_data, g_noise = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(1)
+    step = 0
+
+    def one_step():
+        nonlocal step
+        x0 = data.batch(batch_size, g_data).to(device)
+        t = 1e-5 + (1 - 1e-5) * torch.rand(x0.shape[0], generator=g_noise, device=device)
+        noise = torch.randn(x0.shape, generator=g_noise, device=device)
+        log_alpha_bar = -(0.1 * t + 0.5 * (20 - 0.1) * t**2)
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        x_t = log_alpha_bar.mul(0.5).exp().view(shape) * x0 + (-torch.expm1(log_alpha_bar)).sqrt().view(shape) * noise
+        loss = (net(x_t, t) - noise).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if full:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        if full:
+            sched.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, list(net.parameters()), 1 - min(0.999, (1 + step) / (10 + step)))
+            loss.item()
+        step += 1
+
+    return one_step
+
+
+def time_block(fn, n: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+
+def bench(name, make_net, data, batch_size, steps_per_block, rounds, device):
+    seed_everything(0)
+    sde = VPSDE()
+    trainer = Trainer(
+        ScoreModel(make_net(), sde), sde, data, steps=10_000, batch_size=batch_size, device=device, progress=False
+    )
+    trainer.model.train()
+    variants = {
+        "library": trainer.train_step,
+        "bare": bare_loop(make_net().to(device), data, batch_size, device, full=True),
+        "minimal": bare_loop(make_net().to(device), data, batch_size, device, full=False),
+    }
+    times = {k: [] for k in variants}
+    for fn in variants.values():  # warm-up
+        time_block(fn, 5, device)
+    for _ in range(rounds):
+        for k, fn in variants.items():
+            times[k].append(time_block(fn, steps_per_block, device))
+    ms = {k: 1e3 * min(v) for k, v in times.items()}
+    print(
+        f"| {name:<24} | {batch_size:5d} | {ms['minimal']:8.2f} | {ms['bare']:8.2f} | {ms['library']:8.2f} "
+        f"| {ms['library'] / ms['bare']:7.3f} | {ms['library'] / ms['minimal']:7.3f} |"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    print(f"device {device}, {torch.get_num_threads()} torch threads; ms per step, best of {args.rounds} blocks")
+    print("| network                  | batch | minimal  |   bare   | library  | lib/bare | lib/min |")
+    print("|--------------------------|-------|----------|----------|----------|---------|---------|")
+    eight, digits = EightGaussians(), Digits()
+    bench("MLP 3x256, 8 gaussians", lambda: MLP((2,)), eight, 512, 30, args.rounds, device)
+    bench("MLP 3x128, 8 gaussians", lambda: MLP((2,), hidden=128), eight, 256, 60, args.rounds, device)
+    bench("UNet 32ch, digits 8x8", lambda: UNet((1, 8, 8)), digits, 128, 5, args.rounds, device)
+
+
+if __name__ == "__main__":
+    main()
