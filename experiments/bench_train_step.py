@@ -3,15 +3,16 @@
 Two bare loops: "bare" does what the Trainer does (AdamW, gradient clipping, warm-up + cosine LR, EMA update,
 loss.item()) written inline with the network called directly (no ScoreModel), so library / bare is the
 library's own overhead (target <= 1.05); "minimal" is forward, backward and AdamW only, so library / minimal
-also prices clipping, the schedule and the EMA. Blocks of the three are interleaved and the fastest block is
-reported (timeit's advice: the least disturbed block on a shared CPU).
+also prices clipping, the schedule and the EMA. The three take one step each in turn and the median step time is
+reported, so the drift of a shared CPU hits all three alike.
 
-    OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--rounds 7] [--device cpu]
+    OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--steps 200] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -54,18 +55,17 @@ def bare_loop(net, data, batch_size, device, full: bool, steps_total: int = 10_0
     return one_step
 
 
-def time_block(fn, n: int, device) -> float:
+def time_step(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(n):
-        fn()
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n
+    return time.perf_counter() - start
 
 
-def bench(name, make_net, data, batch_size, steps_per_block, rounds, device):
+def bench(name, make_net, data, batch_size, steps, device):
     seed_everything(0)
     sde = VPSDE()
     trainer = Trainer(
@@ -78,12 +78,12 @@ def bench(name, make_net, data, batch_size, steps_per_block, rounds, device):
         "minimal": bare_loop(make_net().to(device), data, batch_size, device, full=False),
     }
     times = {k: [] for k in variants}
-    for fn in variants.values():  # warm-up
-        time_block(fn, 5, device)
-    for _ in range(rounds):
+    for i in range(steps + 3):  # one step of each in turn, so a shared CPU's drift hits all three alike
         for k, fn in variants.items():
-            times[k].append(time_block(fn, steps_per_block, device))
-    ms = {k: 1e3 * min(v) for k, v in times.items()}
+            t = time_step(fn, device)
+            if i >= 3:  # warm-up
+                times[k].append(t)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     print(
         f"| {name:<24} | {batch_size:5d} | {ms['minimal']:8.2f} | {ms['bare']:8.2f} | {ms['library']:8.2f} "
         f"| {ms['library'] / ms['bare']:7.3f} | {ms['library'] / ms['minimal']:7.3f} |"
@@ -92,17 +92,17 @@ def bench(name, make_net, data, batch_size, steps_per_block, rounds, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (U-Net: a tenth)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    print(f"device {device}, {torch.get_num_threads()} torch threads; ms per step, best of {args.rounds} blocks")
+    print(f"device {device}, {torch.get_num_threads()} torch threads; median ms per step")
     print("| network                  | batch | minimal  |   bare   | library  | lib/bare | lib/min |")
     print("|--------------------------|-------|----------|----------|----------|---------|---------|")
     eight, digits = EightGaussians(), Digits()
-    bench("MLP 3x256, 8 gaussians", lambda: MLP((2,)), eight, 512, 30, args.rounds, device)
-    bench("MLP 3x128, 8 gaussians", lambda: MLP((2,), hidden=128), eight, 256, 60, args.rounds, device)
-    bench("UNet 32ch, digits 8x8", lambda: UNet((1, 8, 8)), digits, 128, 5, args.rounds, device)
+    bench("MLP 3x256, 8 gaussians", lambda: MLP((2,)), eight, 512, args.steps, device)
+    bench("MLP 3x128, 8 gaussians", lambda: MLP((2,), hidden=128), eight, 256, args.steps, device)
+    bench("UNet 32ch, digits 8x8", lambda: UNet((1, 8, 8)), digits, 128, max(1, args.steps // 10), device)
 
 
 if __name__ == "__main__":
