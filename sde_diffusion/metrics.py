@@ -26,10 +26,14 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64).to(x.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
-    px, py = (x @ theta).sort(0).values, (y @ theta.to(y.device)).sort(0).values.to(x.device)
-    if len(px) != len(py):
-        q = (torch.arange(len(px), dtype=torch.float64, device=x.device) + 0.5) / len(px)
-        py = torch.quantile(py, q, dim=0)
+    px, py = (theta.T @ x.T).sort(1).values.T, (theta.T.to(y.device) @ y.T).sort(1).values.T.to(x.device)
+    if len(px) != len(py):  # y's quantiles at x's plotting positions (i + ½)/n, linearly interpolated
+        pos = ((torch.arange(len(px), dtype=torch.float64, device=x.device) + 0.5) * len(py) / len(px) - 0.5).clamp(
+            0, len(py) - 1
+        )
+        lo = pos.floor().long()
+        w = (pos - lo)[:, None]
+        py = py[lo] * (1 - w) + py[(lo + 1).clamp(max=len(py) - 1)] * w
     return float(((px - py) ** 2).mean().sqrt())
 
 

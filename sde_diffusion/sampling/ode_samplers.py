@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
+from scipy.integrate import RK45
 from torch import Tensor
 from tqdm import tqdm, trange
 
@@ -66,29 +66,37 @@ def rk45(
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> tuple[Tensor, Tensor]:
-    """Adaptive Dormand–Prince RK45 (`scipy.integrate.solve_ivp`, as score_sde's ode_sampler); `steps` is unused.
+    """Adaptive Dormand–Prince RK45 (scipy's, as score_sde's solve_ivp ode_sampler); `steps` is unused.
 
     The state crosses to NumPy (float64) for scipy and back to x's device and dtype at every evaluation.
-    A non-finite drift or a failed solve raises `SamplingError` naming the time reached.
+    A non-finite drift or a failed step raises `SamplingError` naming the time reached.
     """
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
     shape, dtype, device = x.shape, x.dtype, x.device
-    bar = tqdm(total=sde.T - eps, disable=not progress, desc="rk45", bar_format="{l_bar}{bar}| t={postfix}")
 
     def fun(t: float, y: np.ndarray) -> np.ndarray:
         xt = torch.from_numpy(y).to(device=device, dtype=dtype).view(shape)
         d = pf_drift(sde, score_fn, xt, torch.tensor(t, dtype=torch.float64, device=device))
         if not bool(torch.isfinite(d).all()):
-            raise SamplingError(f"rk45: the probability-flow drift is not finite at t={t:.6g} (solving T → {eps})")
-        bar.n = sde.T - t
-        bar.set_postfix_str(f"{t:.4g}")
+            raise FloatingPointError(f"the probability-flow drift is not finite at t={t:.6g}")
         return d.flatten().to(torch.float64).cpu().numpy()
 
-    y0 = x.flatten().to(torch.float64).cpu().numpy()
-    sol = solve_ivp(fun, (sde.T, eps), y0, method="RK45", rtol=rtol, atol=atol)
-    bar.close()
-    if not sol.success:
-        raise SamplingError(f"rk45 stopped at t={sol.t[-1]:.6g} (solving {sde.T} → {eps}): {sol.message}")
-    x = torch.from_numpy(sol.y[:, -1]).to(device=device, dtype=dtype).view(shape)
+    def stopped(t: float, why: object) -> SamplingError:
+        return SamplingError(f"rk45 stopped at t={t:.6g} (solving T={sde.T} → eps={eps}): {why}")
+
+    try:  # RK45's initial-step heuristic already evaluates the drift
+        solver = RK45(fun, sde.T, x.flatten().to(torch.float64).cpu().numpy(), eps, rtol=rtol, atol=atol)
+    except FloatingPointError as e:
+        raise stopped(sde.T, e) from e
+    with tqdm(total=sde.T - eps, disable=not progress, desc="rk45") as bar:
+        while solver.status == "running":
+            try:
+                message = solver.step()
+            except FloatingPointError as e:
+                raise stopped(solver.t, e) from e
+            if solver.status == "failed":
+                raise stopped(solver.t, message)
+            bar.update(bar.total - (solver.t - eps) - bar.n)
+    x = torch.from_numpy(solver.y).to(device=device, dtype=dtype).view(shape)
     return x, torch.tensor(eps, dtype=torch.float64, device=device)

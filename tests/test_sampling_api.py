@@ -1,0 +1,140 @@
+"""The `sample` entry point: validation, shapes, dtype, devices, reproducibility, chunking, NFE and failures."""
+
+import pytest
+import torch
+
+from sde_diffusion import VESDE, VPSDE, eight_gaussians
+from sde_diffusion.sampling import SAMPLERS, SamplingError, sample
+
+SDE = VPSDE()
+MIX = eight_gaussians()
+STEPS = {"ancestral": 50}  # DDPM's chain needs β_i = β(t_i)/N < 1
+
+
+def image_score(x, t):
+    """The oracle's score for samples shaped (n, 1, 2, 1): any-rank inputs through a flat score."""
+    return MIX.score_fn(SDE)(x.flatten(1), t).view_as(x)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_any_rank_dtype_reproducible_and_no_graph(name):
+    def score(x, t):
+        assert not torch.is_grad_enabled() and t.shape == (x.shape[0],) and t.dtype == x.dtype
+        return image_score(x, t)
+
+    def run(seed):
+        return sample(SDE, score, (6, 1, 2, 1), sampler=name, steps=STEPS.get(name, 8), dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+    a, b, c = run(0), run(0), run(1)
+    assert a.x.shape == (6, 1, 2, 1) and a.x.dtype == torch.float64 and not a.x.requires_grad
+    assert torch.isfinite(a.x).all()
+    torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+    assert not torch.equal(a.x, c.x)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "opts", "nfe"),
+    [
+        ("euler_maruyama", 7, {}, 8),
+        ("pc", 7, {"corrector_steps": 2}, 22),
+        ("ancestral", 50, {}, 50),
+        ("ode_euler", 7, {}, 8),
+        ("ode_heun", 7, {}, 15),
+        ("dpm_solver", 7, {"method": "multistep"}, 8),
+        ("dpm_solver", 7, {"method": "singlestep", "order": 3}, 8),
+        ("torchsde", 7, {}, 9),
+    ],
+)
+def test_nfe_is_counted_honestly(name, steps, opts, nfe):
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return MIX.score_fn(SDE)(x, t)
+
+    r = sample(SDE, score, (5, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0), **opts)
+    assert r.nfe == len(calls) == nfe
+
+
+def test_rk45_nfe_is_the_solvers():
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return MIX.score_fn(SDE)(x, t)
+
+    r = sample(SDE, score, (5, 2), sampler="rk45", denoise=False, generator=torch.Generator().manual_seed(0))
+    assert r.nfe == len(calls) > 20
+
+
+@pytest.mark.parametrize("name", ["ode_heun", "dpm_solver", "rk45", "euler_maruyama"])
+def test_batch_size_chunks_give_the_same_samples_for_deterministic_solvers(name):
+    x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    score = MIX.score_fn(SDE)
+    whole = sample(SDE, score, (10, 2), sampler=name, steps=10, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    chunked = sample(SDE, score, (10, 2), sampler=name, steps=10, x_T=x_T, batch_size=3,
+                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert chunked.x.shape == (10, 2)
+    if name == "euler_maruyama":  # noise is drawn per chunk: a different but valid draw
+        assert torch.isfinite(chunked.x).all() and chunked.nfe == whole.nfe
+    else:
+        torch.testing.assert_close(chunked.x, whole.x, rtol=1e-4, atol=1e-4)
+
+
+def test_rk45_failure_names_the_time_reached():
+    def score(x, t):
+        out = MIX.score_fn(SDE)(x, t)
+        return out if float(t[0]) > 0.5 else out * float("nan")
+
+    with pytest.raises(SamplingError, match=r"rk45 stopped at t=(1|0\.[5-9]\d*) .*not finite at t=0\.[0-4]"):
+        sample(SDE, score, (4, 2), sampler="rk45", generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if n not in ("rk45", "torchsde")])
+def test_tensors_stay_on_the_input_device(name):
+    """The meta device stands in for an accelerator: any hidden .cpu() or float() of a sample would fail."""
+    x_T = torch.randn(4, 3, device="meta")
+    r = sample(SDE, lambda x, t: -x * t[:, None], (4, 3), sampler=name, steps=STEPS.get(name, 5), x_T=x_T)
+    assert r.x.device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_cuda_samples_stay_on_cuda(name):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda")
+    assert r.x.device.type == "cuda" and torch.isfinite(r.x).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sampler": "heun"}, r"sampler must be one of \['euler_maruyama'"),
+        ({"sampler": "ode_euler", "order": 2}, r"unknown option\(s\) \['order'\].*valid options: \['spacing', 'rho'\]"),
+        ({"sampler": "dpm_solver", "order": 4}, r"order must be one of \[1, 2, 3\]"),
+        ({"sampler": "dpm_solver", "method": "adaptive"}, r"method must be one of \['multistep', 'singlestep'\]"),
+        ({"sampler": "dpm_solver", "algorithm": "unipc"}, r"algorithm must be one of"),
+        ({"sampler": "dpm_solver", "spacing": "cosine"}, r"spacing must be one of \['time_uniform', 'logsnr'"),
+        ({"sampler": "ode_heun", "rho": 0}, r"rho must be > 0"),
+        ({"sampler": "pc", "predictor": "ancestral"}, r"predictor must be one of"),
+        ({"sampler": "pc", "snr": -1.0}, r"snr must be > 0"),
+        ({"sampler": "pc", "corrector_steps": -1}, r"corrector_steps must be an int >= 0"),
+        ({"sampler": "ancestral", "variance": "learned"}, r"variance must be one of \['beta', 'beta_tilde'\]"),
+        ({"sampler": "rk45", "rtol": 0.0}, r"rtol and atol must be > 0"),
+        ({"sampler": "torchsde", "method": "heun"}, r"method must be one of \['euler', 'milstein', 'srk'\]"),
+        ({"steps": 0}, r"steps must be an int >= 1"),
+        ({"steps": 2.5}, r"steps must be an int >= 1"),
+        ({"eps": 0.0}, r"eps must be in \(0, T=1.0\)"),
+        ({"batch_size": 0}, r"batch_size must be None or an int >= 1"),
+        ({"x_T": torch.zeros(3, 2)}, r"x_T has shape \(3, 2\), expected shape=\(4, 2\)"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_what_is_allowed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(SDE, MIX.score_fn(SDE), (4, 2), **{"steps": 10, **kwargs})
+
+
+def test_ancestral_needs_a_vp_sde():
+    with pytest.raises(ValueError, match="'ancestral' needs a VPSDE.*got VESDE"):
+        sample(VESDE(), lambda x, t: -x, (4, 2), sampler="ancestral", steps=10)
