@@ -26,14 +26,17 @@ def dsm_loss(
     eps: float = 1e-5,
     weighting: str = "simple",
     generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample DSM loss, shape (batch,), for x0 of any shape (batch, …); t and ε drawn from `generator`."""
+    """Per-sample DSM loss, shape (batch,), for x0 of any shape (batch, …); t and ε drawn from `generator` by
+    `dsm_draws`, unless given (e.g. one process's slice of a global draw)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-    t = eps + (sde.T - eps) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    if t is None or noise is None:
+        t, noise = dsm_draws(sde, x0.shape, eps, generator, x0.dtype, x0.device)
     sigma = sde.sigma(t)
     x_t = expand_as(sde.scale(t), x0) * x0 + expand_as(sigma, x0) * noise
     r = expand_as(sigma, x0) * model(x_t, t) + noise
@@ -43,3 +46,16 @@ def dsm_loss(
     if weighting == "sigma2":
         return sq.sum(1)
     return sq.sum(1) * (sde.g(t) / sigma).square()
+
+
+def dsm_draws(
+    sde: SDE,
+    shape: tuple[int, ...],
+    eps: float,
+    generator: torch.Generator | None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """t ~ U(eps, T) of shape (batch,) and ε ~ N(0, I) of `shape`, drawn in this order from `generator`."""
+    t = eps + (sde.T - eps) * torch.rand(shape[0], generator=generator, dtype=dtype, device=device)
+    return t, torch.randn(shape, generator=generator, dtype=dtype, device=device)

@@ -19,14 +19,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .losses import WEIGHTINGS, dsm_loss
+from .distributed import rank_seed, shard
+from .losses import WEIGHTINGS, dsm_draws, dsm_loss
 from .sde import SDE
 
 NAN_POLICIES = ("stop", "skip")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the loss
 Callback = Callable[["Trainer", dict], None]
 
 
@@ -64,6 +68,14 @@ class Trainer:
     DistributedDataParallel wrapper of it); `ema_model` holds the EMA weights and is the one to sample from.
     EMA decay at step n is min(ema_decay, (1 + n)/(10 + n)) (score_sde's ExponentialMovingAverage), so short
     runs do not keep the random initialisation in their average.
+
+    Several processes (`world_size` > 1, in an initialised torch.distributed process group): `batch_size` is the
+    global batch; every rank draws all of it (data, t, ε) from identically seeded generators and computes the loss
+    on its slice, DDP averages the gradients, so the run equals a 1-process run up to float summation order and
+    rank 0's state_dict() resumes any world size dividing the batch. The global RNGs (dropout) are per rank:
+    rank r > 0 re-seeds them from (seed, r) at start and from (seed, r, step) on load, so with dropout a resumed
+    run's ranks > 0 draw fresh masks. precision "bf16"/"fp16" runs the loss under torch.autocast (fp16 with a
+    GradScaler, whose overflow steps are skipped and counted); `compile` wraps `train_model` in torch.compile.
     """
 
     def __init__(
@@ -86,6 +98,10 @@ class Trainer:
         device: str | torch.device = "cpu",
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
+        precision: str = "fp32",
+        compile: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         _check(steps >= 1, "steps", steps, ">= 1")
         _check(batch_size >= 1, "batch_size", batch_size, ">= 1")
@@ -97,13 +113,28 @@ class Trainer:
         _check(0 < loss_eps < sde.T, "loss_eps", loss_eps, f"in (0, T={sde.T})")
         _check(weighting in WEIGHTINGS, "weighting", weighting, f"one of {WEIGHTINGS}")
         _check(nan_policy in NAN_POLICIES, "nan_policy", nan_policy, f"one of {NAN_POLICIES}")
+        _check(precision in PRECISIONS, "precision", precision, f"one of {tuple(PRECISIONS)}")
+        _check(0 <= rank < world_size, "rank", rank, f"in [0, world_size={world_size})")
+        group = dist.get_world_size() if dist.is_initialized() else 1
+        _check(world_size in (1, group), "world_size", world_size, f"1 or the process group's size {group}")
         self.sde, self.data = sde, data
         self.steps, self.batch_size, self.grad_clip, self.ema_decay = steps, batch_size, grad_clip, ema_decay
         self.loss_eps, self.weighting, self.nan_policy = loss_eps, weighting, nan_policy
         self.callbacks, self.progress = list(callbacks), progress
         self.device = resolve_device(device)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shard = shard(rank, world_size, batch_size)
         self.model = model.to(self.device)
         self.train_model: nn.Module = self.model
+        if world_size > 1:  # DDP broadcasts rank 0's weights and buffers: every rank's EMA below starts from them
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            if rank > 0:
+                seed_everything(rank_seed(seed, rank))
+        if compile:
+            self.train_model = torch.compile(self.train_model)
+        self.autocast_dtype = PRECISIONS[precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._params, self._ema_params = list(self.model.parameters()), list(self.ema_model.parameters())
         self._buffer_pairs = list(zip(self.ema_model.buffers(), self.model.buffers(), strict=True))
@@ -128,22 +159,34 @@ class Trainer:
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
     def train_step(self) -> dict:
-        """One AdamW step on one batch; returns {"step", "loss", "lr", "grad_norm", "skipped_steps"}."""
-        x0 = self.data.batch(self.batch_size, self.data_generator).to(self.device, non_blocking=True)
-        loss = dsm_loss(self.sde, self.train_model, x0, self.loss_eps, self.weighting, self.noise_generator).mean()
+        """One AdamW step on one batch; returns {"step", "loss", "lr", "grad_norm", "skipped_steps"}; the loss is
+        the mean over the global batch (all ranks)."""
+        x0 = self.data.batch(self.batch_size, self.data_generator)
+        t, noise = dsm_draws(self.sde, x0.shape, self.loss_eps, self.noise_generator, x0.dtype, self.device)
+        x0 = x0[self.shard].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss = dsm_loss(
+                self.sde, self.train_model, x0, self.loss_eps, self.weighting, t=t[self.shard], noise=noise[self.shard]
+            ).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self._params, self.grad_clip or math.inf)
+        if self.world_size > 1:
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world_size
         loss_value, grad_value = loss.item(), grad_norm.item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(loss_value) and math.isfinite(grad_value):
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
             self._update_ema()
-        elif self.nan_policy == "stop":
+        elif self.nan_policy == "stop" and not (self.scaler.is_enabled() and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._diagnose(x0, loss_value, grad_value, lr))
-        else:
+        else:  # nan_policy "skip", or an fp16 gradient overflow (the scaler lowers its scale)
             self.skipped_steps += 1
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return {
@@ -192,7 +235,7 @@ class Trainer:
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        state = {
             "model": self.model.state_dict(),
             "ema": self.ema_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -201,6 +244,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "rng": rng,
         }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`; a state for another model raises CheckpointError naming the differing keys."""
@@ -223,6 +269,10 @@ class Trainer:
         random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if self.rank > 0:  # the checkpoint holds rank 0's global RNGs
+            seed_everything(rank_seed(self.seed, self.rank, self.step))
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:

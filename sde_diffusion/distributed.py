@@ -1,0 +1,138 @@
+"""Multi-process training with PyTorch's own engine: `torchrun` starts the processes, this module joins them.
+
+    torchrun --nproc_per_node=2 experiments/train.py          # 2 processes on one machine (gloo on CPU, nccl on GPU)
+
+`init()` reads the variables torchrun (or SLURM via submitit, which sets the same ones) exports — RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — and joins the process group; without them it is a
+single-process run and every helper below is the identity. Backend: nccl when the device is CUDA, gloo otherwise.
+Each process of a CUDA run uses the GPU cuda:LOCAL_RANK.
+
+Batches: `train.batch_size` is the global batch. Every rank draws the whole batch (data, t, ε) from the same
+generators and trains on its slice `shard(rank, world_size, batch_size)`, so a K-process run takes the same
+steps as a single process up to the order of float sums, and a checkpoint (written by rank 0) resumes with any
+number of processes that divides the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank among `world_size` processes, and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes checkpoints, plots, metrics and the wandb run."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher setting WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> Context:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA, where `device` becomes
+    cuda:LOCAL_RANK); a no-op single-process Context when not launched."""
+    if not launched():
+        return Context(0, 1, 0, device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank_seed(seed: int, rank: int, *keys: int) -> int:
+    """A seed for rank `rank` derived from `seed` (and further `keys`, e.g. a step): `seed` itself on rank 0
+    without keys (so a 1-process run is unchanged), else numpy's SeedSequence([seed, rank, *keys])."""
+    if rank == 0 and not keys:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, *keys]).generate_state(1)[0])
+
+
+def shard(rank: int, world_size: int, n: int) -> slice:
+    """Rank `rank`'s contiguous slice of a global batch of `n`, which must divide evenly."""
+    if n % world_size:
+        raise ValueError(f"batch_size must be divisible by the number of processes {world_size}, got {n}")
+    size = n // world_size
+    return slice(rank * size, (rank + 1) * size)
+
+
+def split(n: int, rank: int, world_size: int) -> int:
+    """How many of `n` items (e.g. evaluation samples) rank `rank` handles: n // world_size, plus one for the
+    first n % world_size ranks."""
+    return n // world_size + (rank < n % world_size)
+
+
+def gather(x: Tensor) -> Tensor:
+    """Concatenate every rank's `x` (same trailing shape, any first dimension) along dim 0 in rank order, on
+    every rank; `x` itself without a process group. Tensors travel on x's device (CUDA under nccl)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    sizes = [torch.zeros((), dtype=torch.int64, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device))
+    longest = int(max(sizes))
+    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest `value` over ranks (e.g. an adaptive solver's NFE); `value` without a process group."""
+    if not dist.is_initialized():
+        return value
+    backend_cuda = dist.get_backend() == "nccl"
+    t = torch.tensor(value, device=torch.device("cuda", torch.cuda.current_device()) if backend_cuda else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's `obj` on every rank (e.g. its output directory); `obj` without a process group."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Leave the process group (call once at the end of a run, also after an error)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
