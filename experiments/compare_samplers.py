@@ -129,21 +129,23 @@ def to_markdown(rows: list[dict], floors: dict[str, list[dict]]) -> str:
 def plot(rows: list[dict], floors: dict[str, list[dict]], path: Path) -> None:
     """Metric vs NFE (log x), one line per sampler, one row per data set; the floor's mean dashed."""
     datas, metrics = list(floors), ["sw2", "mmd2", "flow_error"]
+    labels = list(dict.fromkeys(r["sampler"] for r in rows))
+    color = {label: plt.get_cmap("tab20")(k % 20) for k, label in enumerate(labels)}
     fig, axes = plt.subplots(len(datas), 3, figsize=(15, 4.5 * len(datas)), squeeze=False)
     for i, data in enumerate(datas):
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
-            for label in dict.fromkeys(r["sampler"] for r in rows):
+            for label in labels:
                 pts = sorted((r["nfe"], r[metric]) for r in rows if r["data"] == data and r["sampler"] == label)
                 pts = [p for p in pts if not math.isnan(p[1])]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=color[label], label=label)
             if metric in floors[data][0]:
                 ax.axhline(statistics.mean(r[metric] for r in floors[data]), color="k", ls="--", label="floor")
             ax.set_xscale("log")
             ax.set_yscale("log" if metric != "mmd2" else "symlog", **({"linthresh": 1e-4} if metric == "mmd2" else {}))
             ax.set(xlabel="NFE", ylabel=metric, title=f"{data}: {metric}")
-    axes[0, -1].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
