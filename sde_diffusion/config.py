@@ -109,6 +109,20 @@ def require_choice(cfg: DictConfig, key: str, choices: list[Any] | tuple[Any, ..
 
 
 @check
+def _check_required(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise config_error(missing[0], "???", f"a value is required: add {missing[0]}=... to the command line")
+
+
+@check
+def _check_data(cfg: DictConfig) -> None:
+    path = _get(cfg, "data.path")
+    if path not in (_ABSENT, None) and not Path(str(path)).is_file():
+        raise config_error("data.path", path, "the path of an existing .npy or .pt file")
+
+
+@check
 def _check_train(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "log_every"):
         require_number(cfg, f"train.{key}", integer=True, ge=1)
@@ -158,6 +172,7 @@ def _check_eval(cfg: DictConfig) -> None:
     require_number(cfg, "eval.seed", integer=True, ge=0)
     require_number(cfg, "eval.batch_size", integer=True, ge=1, optional=True)
     require_number(cfg, "eval.n_projections", integer=True, ge=1)
+    require_number(cfg, "eval.mmd_samples", integer=True, ge=2)
     samplers = _get(cfg, "eval.samplers")
     if samplers is _ABSENT:
         return
@@ -212,16 +227,10 @@ def build(cfg: DictConfig) -> Built:
     return Built(sde=sde, data=data, model=model)
 
 
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda if available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, SDE, Any, DictConfig]:
     """Rebuild a trained run from its checkpoint: (EMA score model in eval mode, sde, data, config)."""
     from .checkpoint import load_checkpoint
+    from .training import resolve_device
 
     state = load_checkpoint(checkpoint_path, map_location="cpu")
     if "config" not in state:
@@ -234,8 +243,7 @@ def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") ->
         raise ConfigError(
             f"checkpoint {checkpoint_path}: EMA weights do not fit the model of its config: {err}"
         ) from None
-    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    return built.model.to(device).eval(), built.sde, built.data, cfg
+    return built.model.to(resolve_device(device)).eval(), built.sde, built.data, cfg
 
 
 # ------------------------------------------------------------------------------------------------- tracking
@@ -269,4 +277,4 @@ def start_tracker(cfg: DictConfig, output_dir: str | Path, job_type: str | None 
         kwargs.update(group=group, name=name, resume_id=resume_id)
         if job_type is not None:
             kwargs["job_type"] = job_type
-    return instantiate(cfg.logger, _convert_="all", **kwargs)
+    return instantiate(cfg.logger, _partial_=True, _convert_="all")(**kwargs)

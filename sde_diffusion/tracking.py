@@ -122,9 +122,8 @@ def start_run(
     root = Path(dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("WANDB_CACHE_DIR", str(root / "cache"))
-        os.environ.setdefault("WANDB_CONFIG_DIR", str(root / "config"))
-        os.environ.setdefault("WANDB_DATA_DIR", str(root / "data"))
+        for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
+            os.environ.setdefault(var, str(root / "wandb" / sub))
         import wandb
 
         run = wandb.init(
