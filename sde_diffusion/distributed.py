@@ -2,10 +2,10 @@
 
     torchrun --nproc_per_node=2 experiments/train.py          # 2 processes on one machine (gloo on CPU, nccl on GPU)
 
-`init()` reads the variables torchrun (or SLURM via submitit, which sets the same ones) exports — RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — and joins the process group; without them it is a
-single-process run and every helper below is the identity. Backend: nccl when the device is CUDA, gloo otherwise.
-Each process of a CUDA run uses the GPU cuda:LOCAL_RANK.
+`init()` reads the variables torchrun exports — RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (under
+Hydra's submitit launcher, submitit's own TorchDistributedEnvironment exports them) — and joins the process
+group; without them it is a single-process run and every helper below is the identity. Backend: nccl when the
+device is CUDA (each process then uses the GPU cuda:LOCAL_RANK), gloo otherwise.
 
 Batches: `train.batch_size` is the global batch. Every rank draws the whole batch (data, t, ε) from the same
 generators and trains on its slice `shard(rank, world_size, batch_size)`, so a K-process run takes the same
@@ -40,15 +40,29 @@ class Context:
 
 
 def launched() -> bool:
-    """Whether this process was started by torchrun (or another launcher setting WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether this process is one of several: started by torchrun (WORLD_SIZE > 1) or a task of a submitit job
+    with several tasks (Hydra's submitit launcher with tasks_per_node or nodes > 1)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]) > 1
+    return "SUBMITIT_EXECUTOR" in os.environ and _submitit_tasks() > 1
+
+
+def _submitit_tasks() -> int:
+    import submitit
+
+    return submitit.JobEnvironment().num_tasks
 
 
 def init(device: torch.device) -> Context:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA, where `device` becomes
-    cuda:LOCAL_RANK); a no-op single-process Context when not launched."""
+    cuda:LOCAL_RANK); a no-op single-process Context when not launched. In a submitit job, submitit's
+    TorchDistributedEnvironment first exports the same variables torchrun would (every task sees every GPU)."""
     if not launched():
         return Context(0, 1, 0, device)
+    if "WORLD_SIZE" not in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
