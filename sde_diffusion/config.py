@@ -128,6 +128,7 @@ def _check_train(cfg: DictConfig) -> None:
         require_number(cfg, f"train.{key}", integer=True, ge=1)
     for key in ("warmup", "eval_every", "ckpt_every", "seed"):
         require_number(cfg, f"train.{key}", integer=True, ge=0)
+    require_number(cfg, "train.threads", integer=True, ge=1, optional=True)
     require_number(cfg, "train.lr", gt=0)
     require_number(cfg, "train.weight_decay", ge=0)
     require_number(cfg, "train.ema_decay", ge=0, lt=1)

@@ -26,7 +26,8 @@ def scatter_panels(samples: Mapping[str, Tensor], reference: Tensor, path: str |
     for ax, (title, x) in zip(axes[0], panels.items(), strict=True):
         xy = x.detach().flatten(1)[:max_points, :2].double().cpu().numpy()
         ax.scatter(xy[:, 0], xy[:, 1], s=1.5, alpha=0.5, color="C0" if title == "data" else "C1", rasterized=True)
-        ax.set(title=title, xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
+        ax.set_title(title, fontsize=9)
+        ax.set(xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -1,0 +1,227 @@
+"""Train a score model, sample it with the evaluation samplers, and write everything to the job's output dir.
+
+    python experiments/train.py                                   # the README's main job (eight_gaussians, ~2 min)
+    python experiments/train.py +experiment=digits_unet           # 8x8 digits with a U-Net
+    python experiments/train.py -m schedule=linear,cosine,constant  # one job (and wandb run) per β(t)
+
+Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, SW2, MMD², the oracle's exact
+metrics where the data set has one, each beside the sampling floor = the same metrics between two independent
+data draws of the same size), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
+loss.png, checkpoints/last.pt (model, EMA, optimiser, scheduler, step, RNG states, config, wandb run id),
+wandb/ (offline run; `wandb sync` it). Returns the first evaluation sampler's SW2 for Hydra sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sde_diffusion import metrics, plots
+from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sde_diffusion.config import RunError, build, start_tracker, validate
+from sde_diffusion.sampling import sample
+from sde_diffusion.training import NonFiniteLossError, Trainer
+
+log = logging.getLogger("train")
+
+
+def sample_metrics(x: torch.Tensor, reference: torch.Tensor, oracle: Any, cfg: DictConfig) -> dict[str, float]:
+    """SW2 and MMD² of samples `x` against `reference` (MMD² on the first eval.mmd_samples points: its cost is
+    quadratic); with an oracle, the mode-weight error and the mean negative log-likelihood of `x` under the exact
+    density."""
+    out = {
+        "sw2": metrics.sliced_wasserstein(x, reference, n_projections=cfg.eval.n_projections, seed=cfg.eval.seed),
+        "mmd2": metrics.mmd2(x[: cfg.eval.mmd_samples], reference[: cfg.eval.mmd_samples]),
+    }
+    if oracle is not None:
+        out["mode_weight_error"] = metrics.mode_weight_error(oracle, x)
+        out["oracle_nll"] = float(-oracle.log_prob(x.flatten(1).double()).mean())
+    return out
+
+
+def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) -> dict:
+    """Sample n points with every evaluation sampler from the EMA model; metrics against a held-out draw of the
+    data, and the floor = the metrics of a second, independent data draw."""
+    n = cfg.eval.n_samples
+    gen = torch.Generator().manual_seed(cfg.eval.seed)
+    reference, second = data.reference(n, gen), data.reference(n, gen)
+    result: dict[str, Any] = {"n_samples": n, "floor": sample_metrics(second, reference, data.oracle, cfg)}
+    model, device = trainer.ema_model.eval(), trainer.device
+    samples, rows = {}, {}
+    for i, (slot, sc) in enumerate(cfg.eval.samplers.items()):
+        generator = torch.Generator(device).manual_seed(cfg.eval.seed + 1 + i)
+        start = time.perf_counter()
+        with torch.no_grad():
+            res = sample(
+                sde,
+                model,
+                (n, *data.shape),
+                sampler=sc.name,
+                steps=sc.steps,
+                eps=sc.eps,
+                denoise=sc.denoise,
+                generator=generator,
+                device=device,
+                batch_size=cfg.eval.batch_size,
+                **sc.options,
+            )
+        wall = time.perf_counter() - start
+        x = res.x.float().cpu()
+        samples[slot] = x
+        row = {"sampler": sc.name, "steps": sc.steps, "nfe": res.nfe, "wall_s": wall}
+        row |= sample_metrics(x, reference, data.oracle, cfg)
+        row["sw2_over_floor"] = row["sw2"] / result["floor"]["sw2"]
+        rows[slot] = row
+        log.info("%s: %s", slot, _fmt(row))
+    result["samplers"] = rows
+    if data.scaler is not None and len(data.shape) == 3:
+        result["plots"] = [str(plots.image_grid(reference[:64], out / "samples_data.png", "data", scaler=data.scaler))]
+        for slot, x in samples.items():
+            title = f"{slot} ({rows[slot]['nfe']} NFE)"
+            result["plots"].append(
+                str(plots.image_grid(x[:64], out / f"samples_{slot}.png", title, scaler=data.scaler))
+            )
+    else:
+        titled = {
+            f"{k}\n{rows[k]['nfe']} NFE, SW2 = {rows[k]['sw2_over_floor']:.2f}x floor": x for k, x in samples.items()
+        }
+        result["plots"] = [str(plots.scatter_panels(titled, reference, out / "samples.png"))]
+    return result
+
+
+def _checkpoint(trainer: Trainer, cfg: DictConfig, path: Path, run_id: str | None, history: list) -> None:
+    state = trainer.state_dict()
+    state["config"] = OmegaConf.to_container(cfg, resolve=True)
+    state["wandb_run_id"] = run_id
+    state["loss_history"] = torch.tensor(history, dtype=torch.float64).reshape(-1, 2)
+    save_checkpoint(path, state)
+
+
+def _resume_state(cfg: DictConfig, ckpt_path: Path) -> dict | None:
+    resume = cfg.train.resume
+    if resume is None or (resume == "auto" and not ckpt_path.is_file()):
+        return None
+    return load_checkpoint(ckpt_path if resume == "auto" else resume)
+
+
+def train(cfg: DictConfig) -> float:
+    """The app: validate, build, (resume,) train with callbacks, evaluate, write and log the results."""
+    validate(cfg)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    built = build(cfg)
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    try:
+        state = _resume_state(cfg, ckpt_path)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+    history: list[tuple[int, float]] = [] if state is None else [tuple(r) for r in state["loss_history"].tolist()]
+    tracker = start_tracker(cfg, out, job_type="train", resume_id=None if state is None else state["wandb_run_id"])
+    window: list[float] = []
+
+    def on_step(trainer: Trainer, logs: dict) -> None:
+        step = logs["step"]
+        window.append(float(logs["loss"]))
+        if step % t.log_every == 0 or step == t.steps:
+            loss = sum(window) / len(window)
+            window.clear()
+            history.append((step, loss))
+            row = {"train/loss": loss, "train/lr": logs["lr"], "train/grad_norm": float(logs["grad_norm"])}
+            if "skipped_steps" in logs:
+                row["train/skipped_steps"] = logs["skipped_steps"]
+            tracker.log(row, step=step)
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            tracker.log(_eval_series(evaluate(cfg, trainer, built.data, built.sde, out)), step=step)
+        if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
+            _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
+
+    exit_code = 1
+    try:
+        trainer = Trainer(
+            built.model,
+            built.sde,
+            built.data,
+            steps=t.steps,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            warmup=t.warmup,
+            grad_clip=t.grad_clip,
+            ema_decay=t.ema_decay,
+            loss_eps=t.loss_eps,
+            weighting=t.weighting,
+            seed=t.seed,
+            nan_policy=t.nan_policy,
+            device=t.device,
+            callbacks=[on_step],
+            progress=t.progress,
+        )
+        if state is not None:
+            try:
+                trainer.load_state_dict(state)
+            except CheckpointError as err:
+                raise RunError(str(err)) from err
+            log.info("resumed from step %d", trainer.step)
+        start = time.perf_counter()
+        try:
+            trainer.fit()
+        except NonFiniteLossError as err:
+            _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
+            raise RunError(f"{err} (last good state saved to {ckpt_path})") from err
+        train_wall = time.perf_counter() - start
+        _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
+
+        result = evaluate(cfg, trainer, built.data, built.sde, out)
+        result |= {"train_steps": trainer.step, "train_wall_s": train_wall, "final_loss": history[-1][1]}
+        first = next(iter(result["samplers"]))
+        result["main_metric"] = {"name": f"{first}/sw2", "value": result["samplers"][first]["sw2"]}
+        result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png")))
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        log.info("floor: %s", result["floor"])
+        log.info("wrote %s", out / "metrics.json")
+
+        tracker.log(_eval_series(result), step=trainer.step)
+        tracker.log_table(
+            "eval/samplers",
+            [{"slot": k, **v} for k, v in result["samplers"].items()]
+            + [{"slot": "floor (data vs data)", **result["floor"]}],
+        )
+        tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
+        tracker.summary(
+            {**_eval_series(result), "main_metric": result["main_metric"]["value"], "train_wall_s": train_wall}
+        )
+        exit_code = 0
+        return float(result["main_metric"]["value"])
+    finally:
+        tracker.finish(exit_code=exit_code)
+
+
+def _fmt(row: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def _eval_series(result: dict) -> dict[str, float]:
+    """Flatten an evaluation to wandb series eval/<sampler>/<metric> and eval/floor/<metric>."""
+    row = {f"eval/floor/{k}": v for k, v in result["floor"].items()}
+    for slot, metrics_ in result["samplers"].items():
+        row |= {f"eval/{slot}/{k}": v for k, v in metrics_.items() if isinstance(v, int | float)}
+    return row
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

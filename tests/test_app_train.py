@@ -1,0 +1,138 @@
+"""End-to-end runs of experiments/train.py in a subprocess (tiny step counts): what lands in the output dir, what the
+offline wandb run holds, and how bad configs and multiruns behave."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from wandb_reader import find_run_files, read_run
+
+from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.config import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "train.steps=30",
+    "train.log_every=5",
+    "train.ckpt_every=10",
+    "train.progress=false",
+    "eval.n_samples=200",
+    "eval.samplers.euler_maruyama.steps=20",
+    "eval.samplers.dpm_solver.steps=5",
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.slow
+
+
+def run_app(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "train.py"), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("app") / "run"
+    proc = run_app(*TINY, f"hydra.run.dir={out}", cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_writes_metrics_checkpoint_and_plots(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert list(metrics["samplers"]) == ["euler_maruyama", "dpm_solver"]
+    em = metrics["samplers"]["euler_maruyama"]
+    assert em["nfe"] >= 20 and em["wall_s"] > 0
+    for key in ("sw2", "mmd2", "mode_weight_error", "oracle_nll"):
+        assert key in em and key in metrics["floor"]
+    assert em["sw2_over_floor"] == pytest.approx(em["sw2"] / metrics["floor"]["sw2"])
+    assert metrics["main_metric"] == {"name": "euler_maruyama/sw2", "value": em["sw2"]}
+    assert metrics["train_steps"] == 30
+    for name in ("samples.png", "loss.png"):
+        assert (tiny_run / name).read_bytes()[:8] == PNG
+
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    assert state["step"] == 30 and state["config"]["train"]["steps"] == 30
+    assert state["loss_history"].shape == (6, 2)
+
+    model, sde, data, cfg = load_run(tiny_run / "checkpoints" / "last.pt")
+    assert all(torch.equal(v, state["ema"][k]) for k, v in model.state_dict().items())
+    x = data.batch(8, torch.Generator().manual_seed(0))
+    assert model(x, torch.full((8,), 0.5)).shape == x.shape and cfg.train.steps == 30
+
+
+def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
+    (path,) = find_run_files(tiny_run / "wandb")
+    run = read_run(path)
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert run.run_id == state["wandb_run_id"] and run.job_type == "train" and run.exit_code == 0
+    assert run.group == "train" and run.config["train"]["steps"] == 30
+    history = state["loss_history"]
+    assert run.series("train/loss") == pytest.approx(history[:, 1].tolist())
+    assert [row["trainer/step"] for row in run.history if "train/loss" in row] == [5, 10, 15, 20, 25, 30]
+    assert len(run.series("train/grad_norm")) == 6 and len(run.series("train/lr")) == 6
+    em = metrics["samplers"]["euler_maruyama"]
+    assert run.summary["eval/euler_maruyama/sw2"] == pytest.approx(em["sw2"])
+    assert run.summary["eval/floor/sw2"] == pytest.approx(metrics["floor"]["sw2"])
+    assert run.summary["main_metric"] == pytest.approx(em["sw2"])
+    assert run.summary["eval/samplers/nrows"] == 3  # two samplers and the floor
+
+
+def test_digits_writes_image_grids(tmp_path):
+    out = tmp_path / "digits"
+    proc = run_app(
+        "+experiment=digits_unet",
+        "model.channels=8",
+        "train.steps=3",
+        "eval.n_samples=16",
+        "eval.samplers.euler_maruyama.steps=3",
+        "eval.samplers.dpm_solver.steps=3",
+        "logger=none",
+        "train.progress=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("samples_data.png", "samples_euler_maruyama.png", "samples_dpm_solver.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    assert "mode_weight_error" not in json.loads((out / "metrics.json").read_text())["floor"]  # no oracle
+    assert not (out / "wandb").exists()
+
+
+def test_bad_config_fails_up_front_with_one_line(tmp_path):
+    proc = run_app("train.lr=-1", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "config error: train.lr=-1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
+    proc = run_app("-m", "schedule=linear,constant", *TINY[:1], "train.progress=false", "eval.n_samples=50",
+                   "eval.samplers.euler_maruyama.steps=5", "eval.samplers.dpm_solver.steps=3",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [read_run(p) for p in find_run_files(tmp_path / "sweep")]
+    assert len(runs) == 2 and len({r.run_id for r in runs}) == 2
+    assert {r.group for r in runs} == {"train-sweep"}
+    names = sorted(r.name for r in runs)  # the job's overrides, without those that do not change results
+    assert [n.split(",")[-2:] for n in names] == [
+        ["schedule=constant", "train.steps=30"],
+        ["schedule=linear", "train.steps=30"],
+    ]
+    assert all("train.progress" not in n for n in names)
+    assert sorted(r.config["schedule"]["_target_"].rsplit(".", 1)[1] for r in runs) == ["ConstantBeta", "LinearBeta"]
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
