@@ -14,6 +14,8 @@ keys it knows and skips absent ones, so every app can run `validate` on its own 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -279,3 +283,23 @@ def start_tracker(cfg: DictConfig, output_dir: str | Path, job_type: str | None 
         if job_type is not None:
             kwargs["job_type"] = job_type
     return instantiate(cfg.logger, _partial_=True, _convert_="all")(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- job failures
+
+
+class RecordFailure(Callback):
+    """Hydra callback (`hydra.callbacks`): a job that raises writes `failure.json` (error type, message, overrides)
+    to its output dir and logs the error to the job's log. Hydra's launchers run every job of a sweep and re-raise
+    only the first failure at the end, so this is how experiments/summarize.py names every failed job."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Write the record if the job failed."""
+        if job_return.status != JobStatus.FAILED:
+            return
+        err = job_return._return_value
+        record = {"error": type(err).__name__, "message": str(err), "overrides": list(job_return.overrides or [])}
+        out = Path(config.hydra.runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "failure.json").write_text(json.dumps(record, indent=2))
+        logging.getLogger(config.hydra.job.name).error("job failed: %s: %s", record["error"], record["message"])
