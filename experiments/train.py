@@ -9,6 +9,11 @@ metrics where the data set has one, each beside the sampling floor = the same me
 data draws of the same size), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
 loss.png, checkpoints/last.pt (model, EMA, optimiser, scheduler, step, RNG states, config, wandb run id),
 wandb/ (offline run; `wandb sync` it). Returns the first evaluation sampler's SW2 for Hydra sweepers.
+
+    torchrun --standalone --nproc_per_node=2 experiments/train.py hydra.run.dir=outputs/ddp   # DDP (docs/scaling.md)
+
+Under torchrun (or the submitit_*_ddp launchers) every process runs this script: train.batch_size is the global
+batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import metrics, plots
+from sde_diffusion import distributed, metrics, plots
 from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sde_diffusion.config import RunError, build, start_tracker, validate
+from sde_diffusion.config import RunError, build, config_error, start_tracker, validate
 from sde_diffusion.sampling import sample
-from sde_diffusion.training import NonFiniteLossError, Trainer
+from sde_diffusion.tracking import Tracker
+from sde_diffusion.training import NonFiniteLossError, Trainer, resolve_device, seed_everything
 
 log = logging.getLogger("train")
 
@@ -47,23 +53,26 @@ def sample_metrics(x: torch.Tensor, reference: torch.Tensor, oracle: Any, cfg: D
     return out
 
 
-def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) -> dict:
+def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) -> dict | None:
     """Sample n points with every evaluation sampler from the EMA model; metrics against a held-out draw of the
-    data, and the floor = the metrics of a second, independent data draw."""
+    data, and the floor = the metrics of a second, independent data draw. With several processes each samples its
+    share of the n points (rank-aware seeds) and rank 0 gathers them and returns the result; the others None."""
     n = cfg.eval.n_samples
-    gen = torch.Generator().manual_seed(cfg.eval.seed)
-    reference, second = data.reference(n, gen), data.reference(n, gen)
-    result: dict[str, Any] = {"n_samples": n, "floor": sample_metrics(second, reference, data.oracle, cfg)}
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if rank == 0:
+        gen = torch.Generator().manual_seed(cfg.eval.seed)
+        reference, second = data.reference(n, gen), data.reference(n, gen)
+        result: dict[str, Any] = {"n_samples": n, "floor": sample_metrics(second, reference, data.oracle, cfg)}
     model, device = trainer.ema_model.eval(), trainer.device
     samples, rows = {}, {}
     for i, (slot, sc) in enumerate(cfg.eval.samplers.items()):
-        generator = torch.Generator(device).manual_seed(cfg.eval.seed + 1 + i)
+        generator = torch.Generator(device).manual_seed(distributed.rank_seed(cfg.eval.seed + 1 + i, rank))
         start = time.perf_counter()
         with torch.no_grad():
             res = sample(
                 sde,
                 model,
-                (n, *data.shape),
+                (distributed.split(n, rank, world_size), *data.shape),
                 sampler=sc.name,
                 steps=sc.steps,
                 eps=sc.eps,
@@ -73,14 +82,18 @@ def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) 
                 batch_size=cfg.eval.batch_size,
                 **sc.options,
             )
+        x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
         wall = time.perf_counter() - start
-        x = res.x.float().cpu()
+        if rank > 0:
+            continue
         samples[slot] = x
-        row = {"sampler": sc.name, "steps": sc.steps, "nfe": res.nfe, "wall_s": wall}
+        row = {"sampler": sc.name, "steps": sc.steps, "nfe": nfe, "wall_s": wall}
         row |= sample_metrics(x, reference, data.oracle, cfg)
         row["sw2_over_floor"] = row["sw2"] / result["floor"]["sw2"]
         rows[slot] = row
         log.info("%s: %s", slot, _fmt(row))
+    if rank > 0:
+        return None
     result["samplers"] = rows
     if data.scaler is not None and len(data.shape) == 3:
         result["plots"] = [str(plots.image_grid(reference[:64], out / "samples_data.png", "data", scaler=data.scaler))]
@@ -98,6 +111,8 @@ def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) 
 
 
 def _checkpoint(trainer: Trainer, cfg: DictConfig, path: Path, run_id: str | None, history: list) -> None:
+    if distributed.rank() > 0:  # every rank holds the same state (docs/scaling.md): rank 0 writes it
+        return
     state = trainer.state_dict()
     state["config"] = OmegaConf.to_container(cfg, resolve=True)
     state["wandb_run_id"] = run_id
@@ -115,10 +130,24 @@ def _resume_state(cfg: DictConfig, ckpt_path: Path) -> dict | None:
 def train(cfg: DictConfig) -> float:
     """The app: validate, build, (resume,) train with callbacks, evaluate, write and log the results."""
     validate(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
-    ckpt_path = out / "checkpoints" / "last.pt"
-    built = build(cfg)
     t = cfg.train
+    ctx = distributed.init(resolve_device(t.device))
+    try:
+        return _train(cfg, ctx)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: DictConfig, ctx: distributed.Context) -> float:
+    t = cfg.train
+    if t.batch_size % ctx.world_size:
+        raise config_error("train.batch_size", t.batch_size, f"must be divisible by the {ctx.world_size} processes")
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the run
+    out = Path(distributed.broadcast_object(HydraConfig.get().runtime.output_dir))  # rank 0's, if they differ
+    ckpt_path = out / "checkpoints" / "last.pt"
+    seed_everything(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    built = build(cfg)
     if t.threads:
         torch.set_num_threads(t.threads)
     try:
@@ -126,7 +155,8 @@ def train(cfg: DictConfig) -> float:
     except CheckpointError as err:
         raise RunError(str(err)) from err
     history: list[tuple[int, float]] = [] if state is None else [tuple(r) for r in state["loss_history"].tolist()]
-    tracker = start_tracker(cfg, out, job_type="train", resume_id=None if state is None else state["wandb_run_id"])
+    resume_id = None if state is None else state["wandb_run_id"]
+    tracker = start_tracker(cfg, out, job_type="train", resume_id=resume_id) if ctx.is_main else Tracker()
     window: list[float] = []
 
     def on_step(trainer: Trainer, logs: dict) -> None:
@@ -141,7 +171,9 @@ def train(cfg: DictConfig) -> float:
                 row["train/skipped_steps"] = logs["skipped_steps"]
             tracker.log(row, step=step)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            tracker.log(_eval_series(evaluate(cfg, trainer, built.data, built.sde, out)), step=step)
+            result = evaluate(cfg, trainer, built.data, built.sde, out)
+            if result is not None:
+                tracker.log(_eval_series(result), step=step)
         if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
             _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
 
@@ -162,9 +194,13 @@ def train(cfg: DictConfig) -> float:
             weighting=t.weighting,
             seed=t.seed,
             nan_policy=t.nan_policy,
-            device=t.device,
+            device=ctx.device,
             callbacks=[on_step],
-            progress=t.progress,
+            progress=t.progress and ctx.is_main,
+            precision=t.precision,
+            compile=t.compile,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
         if state is not None:
             try:
@@ -182,6 +218,9 @@ def train(cfg: DictConfig) -> float:
         _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
 
         result = evaluate(cfg, trainer, built.data, built.sde, out)
+        if result is None:  # ranks > 0: rank 0 writes and logs the results
+            exit_code = 0
+            return float(distributed.broadcast_object(None))
         result |= {"train_steps": trainer.step, "train_wall_s": train_wall, "final_loss": history[-1][1]}
         first = next(iter(result["samplers"]))
         result["main_metric"] = {"name": f"{first}/sw2", "value": result["samplers"][first]["sw2"]}
@@ -201,7 +240,7 @@ def train(cfg: DictConfig) -> float:
             {**_eval_series(result), "main_metric": result["main_metric"]["value"], "train_wall_s": train_wall}
         )
         exit_code = 0
-        return float(result["main_metric"]["value"])
+        return float(distributed.broadcast_object(result["main_metric"]["value"]))
     finally:
         tracker.finish(exit_code=exit_code)
 

@@ -140,6 +140,8 @@ def _check_train(cfg: DictConfig) -> None:
     require_number(cfg, "train.loss_eps", gt=0, lt=_get_T(cfg))
     require_choice(cfg, "train.weighting", ("simple", "likelihood", "sigma2"))
     require_choice(cfg, "train.nan_policy", ("stop", "skip"))
+    require_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
+    require_choice(cfg, "train.compile", (True, False))
     device = _get(cfg, "train.device")
     if device is not _ABSENT and not (
         device in ("auto", "cpu", "cuda", "mps") or (isinstance(device, str) and device.startswith("cuda:"))

@@ -2,14 +2,20 @@
 same global batch, up to float summation order; both ranks end with identical weights; the helpers' splits and
 gathers match their definitions; and `torchrun --nproc_per_node=2 experiments/train.py` runs end to end."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, distributed
+from sde_diffusion.checkpoint import load_checkpoint
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import Trainer, seed_everything
@@ -108,3 +114,49 @@ def test_helpers_are_identities_without_a_process_group():
 def test_trainer_rejects_a_world_size_without_a_process_group():
     with pytest.raises(ValueError, match="world_size"):
         _trainer(rank=1, world_size=2)
+
+
+APP = [
+    "train.steps=20",
+    "train.batch_size=64",
+    "train.log_every=5",
+    "train.ckpt_every=10",
+    "train.progress=false",
+    "eval.n_samples=101",  # odd: ranks sample 51 and 50
+    "eval.samplers.euler_maruyama.steps=10",
+    "eval.samplers.dpm_solver.steps=5",
+]
+
+
+def _run(command: list[str], out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*command, str(ROOT / "experiments" / "train.py"), *APP, f"hydra.run.dir={out}"],
+        cwd=out.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_run_the_app_like_one_process(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _run(torchrun, tmp_path / "ddp")
+    _run([sys.executable], tmp_path / "single")
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    assert [p.name for p in (ddp / "checkpoints").iterdir()] == ["last.pt"]  # rank 0 alone writes
+    (run_file,) = find_run_files(ddp / "wandb")  # one wandb run, rank 0's
+    state, reference = (
+        load_checkpoint(ddp / "checkpoints" / "last.pt"),
+        load_checkpoint(single / "checkpoints" / "last.pt"),
+    )
+    assert read_run(run_file).run_id == state["wandb_run_id"] and state["step"] == 20
+    # the logged losses are global-batch means: equal to the single process's up to float summation order
+    torch.testing.assert_close(state["loss_history"], reference["loss_history"], rtol=TOL, atol=0)
+    for key, value in reference["ema"].items():
+        torch.testing.assert_close(state["ema"][key], value, rtol=TOL, atol=TOL)
+    metrics = json.loads((ddp / "metrics.json").read_text())
+    assert metrics["n_samples"] == 101 and metrics["samplers"]["euler_maruyama"]["nfe"] == 11
