@@ -107,7 +107,9 @@ def main() -> None:
         k = args.procs
         for threads in sorted({1, k}):
             torch.set_num_threads(threads)
-            rows[f"1 proc x {threads} thread"] = [measure(net, b, device, p, args.steps) for net, b, p in jobs]
+            rows[f"1 proc x {threads} thread" + "s" * (threads > 1)] = [
+                measure(net, b, device, p, args.steps) for net, b, p in jobs
+            ]
         rows[f"DDP {k} procs x 1 thread"] = ddp(jobs, k, device, args.steps)
         baseline = "1 proc x 1 thread"
     else:
