@@ -3,6 +3,7 @@ offline wandb run holds, and how bad configs and multiruns behave."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_app(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    env.pop("HYDRA_FULL_ERROR")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)  # errors must be one line without it
     return subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "train.py"), *overrides],
         cwd=cwd,
@@ -89,6 +90,17 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     assert run.summary["eval/floor/sw2"] == pytest.approx(metrics["floor"]["sw2"])
     assert run.summary["main_metric"] == pytest.approx(em["sw2"])
     assert run.summary["eval/samplers/nrows"] == 3  # two samplers and the floor
+
+
+def test_resume_auto_continues_the_checkpoint_and_the_wandb_run(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, symlinks=True)
+    proc = run_app(*TINY, "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from step 30" in proc.stderr + proc.stdout + (run_dir / "train.log").read_text()
+    first, second = (read_run(p) for p in find_run_files(run_dir / "wandb"))
+    assert first.run_id == second.run_id == load_checkpoint(run_dir / "checkpoints" / "last.pt")["wandb_run_id"]
+    assert second.summary["main_metric"] == json.loads((run_dir / "metrics.json").read_text())["main_metric"]["value"]
 
 
 def test_digits_writes_image_grids(tmp_path):

@@ -114,5 +114,5 @@ def read_run(path: str | Path) -> OfflineRun:
 
 
 def find_run_files(root: str | Path) -> list[Path]:
-    """Every `run-*.wandb` file below `root`, sorted."""
-    return sorted(Path(root).rglob("run-*.wandb"))
+    """Every `run-*.wandb` file below `root`, sorted by path (so by start time), without wandb's `latest-run` link."""
+    return sorted(p for p in Path(root).rglob("run-*.wandb") if "latest-run" not in p.parts)
