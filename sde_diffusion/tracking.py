@@ -89,8 +89,17 @@ class Tracker:
         self._call("summary", lambda run: run.summary.update(dict(values)))
 
     def finish(self, exit_code: int = 0) -> None:
-        """Close the run (always call it, e.g. in `finally`, so each multirun job is its own run)."""
-        self._call("finish", lambda run: run.finish(exit_code=exit_code))
+        """Close the run (always call it, e.g. in `finally`, so each multirun job is its own run) and shut wandb's
+        service down, which is what waits until the run file is fully written (a bare `run.finish()` may return
+        earlier for the second run of a process); the next `start_run` starts a fresh service."""
+
+        def _finish(run: Any) -> None:
+            import wandb
+
+            run.finish(exit_code=exit_code)
+            wandb.teardown()
+
+        self._call("finish", _finish)
         self._run = None
 
     def __enter__(self) -> Tracker:
