@@ -1,0 +1,294 @@
+"""Summarize a Hydra multirun: one table (a column per swept key, one per metric) and a plot; failed jobs listed.
+
+    python experiments/summarize.py multirun/train/2026-01-01_12-00-00              # summary.csv/.md/.png there
+    python experiments/summarize.py DIR --metrics '*/mmd2' 'final_loss' --x schedule.beta_max
+    python experiments/summarize.py DIR --log offline        # + a wandb run (job_type "summary") in the sweep's group
+
+Reads every job dir below DIR that holds `.hydra/overrides.yaml` (any app: train.py, compare_samplers.py,
+likelihood.py; any launcher). A job's metrics are the numeric leaves of its `metrics.json`, flattened with "/"
+(e.g. `samplers/euler_maruyama/sw2`). A job without metrics.json is listed as failed with the error from its
+`failure.json` (written by the `sde_diffusion.config.RecordFailure` Hydra callback), else from the last ERROR line
+of its log, else as "no result". summary.csv holds every metric; summary.md and summary.png the `--metrics`
+selection. Swept keys are the overrides whose values differ between jobs; the others are listed as fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from omegaconf import OmegaConf
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DEFAULT_METRICS = ("*sw2", "final_loss")
+
+
+@dataclass
+class Job:
+    """One job of a sweep: its dir, its command-line overrides, its flattened metrics or its error."""
+
+    dir: Path
+    overrides: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"  # ok | failed | no result
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        """The job's dir relative to the sweep (Hydra's job number for the basic and joblib launchers)."""
+        return self.dir.name
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a JSON tree as {"a/b/c": value}; booleans, strings and lists are skipped."""
+    if isinstance(tree, dict):
+        out: dict[str, float] = {}
+        for key, value in tree.items():
+            out |= flatten(value, f"{prefix}{key}/")
+        return out
+    if isinstance(tree, int | float) and not isinstance(tree, bool):
+        return {prefix[:-1]: float(tree)}
+    return {}
+
+
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    """Hydra override strings ("key=value", "+key=value", "~key") as {key: value}, in order."""
+    out = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        out[key.lstrip("+")] = value if _ else "(deleted)"
+    return out
+
+
+def _last_error_line(job_dir: Path) -> str:
+    for log in sorted(job_dir.glob("*.log")):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "][ERROR]" in line]
+        if errors:
+            return errors[-1].split("] - ", 1)[-1]
+    return ""
+
+
+def read_job(job_dir: Path) -> Job:
+    """A job dir's overrides, and its metrics.json or, failing that, its error."""
+    overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+    job = Job(dir=job_dir, overrides=parse_overrides([str(o) for o in overrides]))
+    if (job_dir / "metrics.json").is_file():
+        job.metrics = flatten(json.loads((job_dir / "metrics.json").read_text()))
+    elif (job_dir / "failure.json").is_file():
+        record = json.loads((job_dir / "failure.json").read_text())
+        job.status, job.error = "failed", f"{record['error']}: {record['message']}"
+    else:
+        line = _last_error_line(job_dir)
+        job.status = "failed" if line else "no result"
+        job.error = line or "no metrics.json and no recorded error (still running, killed, or out of time?)"
+    return job
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job dir below `sweep_dir` (those holding .hydra/overrides.yaml), in job-number order."""
+    dirs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml") if ".submitit" not in p.parts]
+    dirs = [d for d in dirs if d != sweep_dir] or dirs  # a single run dir summarizes itself
+
+    def order(d: Path) -> tuple:
+        rel = d.relative_to(sweep_dir).parts
+        return tuple((0, int(p)) if p.isdigit() else (1, p) for p in rel)
+
+    return [read_job(d) for d in sorted(dirs, key=order)]
+
+
+def swept_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
+    """(keys whose values differ between jobs, {key: value} of the overrides shared by every job)."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    swept = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    if len(jobs) == 1:
+        swept = keys
+    fixed = {k: jobs[0].overrides[k] for k in keys if k not in swept}
+    return swept, fixed
+
+
+def select(columns: list[str], patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The columns matching any of the fnmatch `patterns`, in pattern order, then column order."""
+    out = [c for p in patterns for c in columns if fnmatch.fnmatchcase(c, p)]
+    return list(dict.fromkeys(out))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(jobs: list[Job], swept: list[str], fixed: dict[str, str], metrics: list[str], title: str) -> str:
+    """The table (job, status, swept keys, selected metrics), the fixed overrides and the failed jobs."""
+    header = ["job", "status", *swept, *metrics]
+    lines = [f"# {title}", ""]
+    if fixed:
+        lines += ["Fixed: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for j in jobs:
+        cells = [j.label, j.status, *(j.overrides.get(k, "") for k in swept)]
+        cells += [_fmt(j.metrics.get(m, math.nan)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [j for j in jobs if j.status != "ok"]
+    if failed:
+        lines += ["", f"Failed jobs ({len(failed)} of {len(jobs)}):", ""]
+        for j in failed:
+            lines.append(
+                f"- job {j.label} ({' '.join(f'{k}={j.overrides[k]}' for k in swept if k in j.overrides)}): {j.error}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(jobs: list[Job], swept: list[str], path: Path) -> list[dict[str, Any]]:
+    """Every metric of every job, one row per job; returns the rows."""
+    metric_cols = list(dict.fromkeys(m for j in jobs for m in j.metrics))
+    rows = [
+        {"job": j.label, "status": j.status, **{k: j.overrides.get(k, "") for k in swept}, **j.metrics,
+         "error": j.error}
+        for j in jobs
+    ]  # fmt: skip
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["job", "status", *swept, *metric_cols, "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: str | None = None) -> Path:
+    """One panel per metric (floor/* columns drawn as a dashed line in the panel of the same metric): the metric
+    against `x` (default: the first swept key with numeric values, else the first swept key as categories), one
+    line per combination of the other swept keys. Log axes where the values span a decade and are positive."""
+    ok = [j for j in jobs if j.status == "ok"]
+    panels = [m for m in metrics if not m.startswith("floor/")] or metrics
+    if x is None:
+        numeric = [k for k in swept if all(_number(j.overrides.get(k, "")) is not None for j in ok)]
+        x = (numeric or swept or [None])[0]
+    others = [k for k in swept if k != x]
+
+    def x_value(j: Job) -> str:
+        return j.overrides.get(x, "") if x in swept or x not in j.metrics else j.metrics[x]
+
+    xs = [x_value(j) for j in ok]
+    is_numeric = x is not None and all(_number(str(v)) is not None for v in xs)
+    categories = list(dict.fromkeys(map(str, xs)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=True):
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for j in ok:
+            if metric in j.metrics:
+                key = ", ".join(f"{k}={j.overrides.get(k, '')}" for k in others) or metric
+                xv = _number(str(x_value(j))) if is_numeric else categories.index(str(x_value(j)))
+                lines.setdefault(key, []).append((xv, j.metrics[metric]))
+        for key, pts in lines.items():
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, label=key)
+        floor = [j.metrics[f] for j in ok for f in (f"floor/{metric}", f"floor/{metric.rsplit('/', 1)[-1]}")
+                 if f in j.metrics][:1]  # fmt: skip
+        if floor:
+            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
+        values = [v for pts in lines.values() for _, v in pts] + floor
+        if values and min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_yscale("log")
+        if is_numeric and xs and min(map(float, xs)) > 0 and max(map(float, xs)) / min(map(float, xs)) >= 10:
+            ax.set_xscale("log")
+        if not is_numeric:
+            ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
+        ax.set(xlabel=x or "job", title=metric)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1 or floor:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: Path, mode: str) -> str | None:
+    """A wandb run (job_type "summary") in the sweep's group with the table and the plot; returns the group."""
+    from sde_diffusion.tracking import start_run
+
+    cfg = OmegaConf.load(jobs[0].dir / ".hydra" / "config.yaml")
+    hydra_cfg = OmegaConf.load(jobs[0].dir / ".hydra" / "hydra.yaml").hydra
+    logger = cfg.get("logger") or {}
+    group = logger.get("group") or f"{cfg.get('name', 'run')}-{Path(str(hydra_cfg.sweep.dir)).name}"
+    tracker = start_run(
+        dir=sweep_dir,
+        config={"sweep_dir": str(sweep_dir), "jobs": len(jobs), "failed": sum(j.status != "ok" for j in jobs)},
+        project=logger.get("project", "sde-diffusion"),
+        entity=logger.get("entity"),
+        group=group,
+        name="summary",
+        job_type="summary",
+        mode=mode,
+        series=(),
+    )
+    tracker.log_table("summary", rows)
+    tracker.log_images({"summary_plot": plot_path})
+    tracker.finish()
+    return group
+
+
+def summarize(
+    sweep_dir: Path, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS, x: str | None = None, log: str = "disabled"
+) -> list[Job]:
+    """Write summary.csv, summary.md and summary.png into `sweep_dir` (and a wandb summary run unless `log` is
+    "disabled"); returns the jobs."""
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise ValueError(f"sweep_dir={sweep_dir}: no job dirs (with .hydra/overrides.yaml) below it")
+    swept, fixed = swept_keys(jobs)
+    columns = list(dict.fromkeys(m for j in jobs for m in j.metrics))
+    selected = select(columns, metrics)
+    if columns and not selected:
+        raise ValueError(f"metrics={list(metrics)}: match none of the metric columns {columns}")
+    if x is not None and x not in swept and x not in columns:
+        raise ValueError(f"x={x!r}: must be a swept key {swept} or a metric column")
+    table = to_markdown(jobs, swept, fixed, selected, f"Sweep {sweep_dir}")
+    (sweep_dir / "summary.md").write_text(table)
+    rows = write_csv(jobs, swept, sweep_dir / "summary.csv")
+    plot_path = sweep_dir / "summary.png"
+    if selected:
+        plot(jobs, swept, selected, plot_path, x=x)
+    print(table)
+    if log != "disabled" and selected:
+        group = log_to_wandb(sweep_dir, jobs, rows, plot_path, log)
+        print(f"wandb summary run in group {group!r} under {sweep_dir / 'wandb'}")
+    failed = [j for j in jobs if j.status != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} jobs failed: " + ", ".join(j.label for j in failed), file=sys.stderr)
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (hydra.sweep.dir)")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="fnmatch patterns of columns")
+    parser.add_argument("--x", default=None, help="x axis of the plot: a swept key or a metric column")
+    parser.add_argument("--log", choices=["disabled", "offline", "online"], default="disabled", help="wandb mode")
+    args = parser.parse_args(argv)
+    try:
+        summarize(args.sweep_dir, args.metrics, x=args.x, log=args.log)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

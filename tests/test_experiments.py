@@ -1,0 +1,198 @@
+"""Sweeps end to end: Hydra multiruns of train.py and compare_samplers.py (basic, submitit_local and joblib
+launchers), one offline wandb run per job in one group per sweep, failed jobs named, and experiments/summarize.py
+turning a sweep dir into one table."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from wandb_reader import find_run_files, read_run
+
+from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
+from sde_diffusion.metrics import exact_flow_map, flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.sampling import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import summarize  # noqa: E402
+
+TINY = [
+    "train.steps=3",
+    "train.batch_size=64",
+    "train.log_every=1",
+    "train.progress=false",
+    "model.hidden=16",
+    "eval.n_samples=64",
+    "eval.mmd_samples=64",
+    "eval.n_projections=16",
+    "eval.samplers.euler_maruyama.steps=3",
+    "eval.samplers.dpm_solver.steps=3",
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(script: str, *args: str, cwd: Path, threads: str | None = "1") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    cmd = [sys.executable, script if script.startswith("/") else str(ROOT / "experiments" / script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_schedule_sweep_preset_2x2_gives_4_runs_in_one_group_and_a_4_row_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run("train.py", "-m", "+experiment=schedule_sweep", "hydra.sweeper.params.schedule='linear,cosine'",
+               "sde=vp,subvp", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4 and all((j / "metrics.json").is_file() for j in jobs)
+
+    runs = [read_run(p) for p in find_run_files(sweep)]
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
+    assert {r.group for r in runs} == {"schedule_sweep-sweep"} and {r.exit_code for r in runs} == {0}
+    pairs = {(r.config["schedule"]["_target_"].rsplit(".", 1)[1], r.config["sde"]["_target_"].rsplit(".", 1)[1])
+             for r in runs}  # fmt: skip
+    assert pairs == {(s, d) for s in ("LinearBeta", "CosineBeta") for d in ("VPSDE", "SubVPSDE")}
+    assert all("schedule=" in r.name and "sde=" in r.name for r in runs)  # run name = the job's overrides
+
+    summarize.main([str(sweep), "--log", "offline"])
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["schedule"], r["sde"]) for r in rows} == {(s, d) for s in ("linear", "cosine") for d in ("vp", "subvp")}
+    for row, job in zip(rows, jobs, strict=True):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert float(row["samplers/euler_maruyama/sw2"]) == pytest.approx(metrics["samplers"]["euler_maruyama"]["sw2"])
+        assert float(row["final_loss"]) == pytest.approx(metrics["final_loss"])
+    table = (sweep / "summary.md").read_text()
+    assert table.count("| ok |") == 4 and "train.steps=3" in table.split("|")[0]  # fixed overrides above the table
+    assert (sweep / "summary.png").read_bytes()[:8] == PNG
+    (summary_run,) = [read_run(p) for p in find_run_files(sweep / "wandb")]
+    assert summary_run.job_type == "summary" and summary_run.group == "schedule_sweep-sweep"
+    assert summary_run.summary["summary/nrows"] == 4
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_hide_the_others_and_is_named(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run("train.py", "-m", "schedule.beta_max=20,-1", *TINY, "logger=none", f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "schedule.beta_max=-1" in proc.stderr  # Hydra re-raises after all jobs ran
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
+    record = json.loads((sweep / "1" / "failure.json").read_text())
+    assert record["error"] == "ConfigError" and "schedule.beta_max=-1" in record["message"]
+
+    jobs = summarize.summarize(sweep)
+    assert [(j.label, j.status) for j in jobs] == [("0", "ok"), ("1", "failed")]
+    assert "schedule.beta_max=-1" in jobs[1].error
+    table = (sweep / "summary.md").read_text()
+    assert "Failed jobs (1 of 2)" in table and "- job 1 (schedule.beta_max=-1): ConfigError" in table
+
+
+@pytest.mark.slow
+def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
+    sweep, n = tmp_path / "sweep", 300
+    proc = run("compare_samplers.py", "-m", "sampler=euler_maruyama,dpm_solver", "sampler.steps=choice(5)", f"n={n}",
+               "floor_repeats=2", "oracles=[eight_gaussians]", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        assert {"comparison.csv", "comparison.md", "quality_vs_nfe.png", "metrics.json"} <= {
+            p.name for p in (sweep / job).iterdir()
+        }
+        assert (sweep / job / "quality_vs_nfe.png").read_bytes()[:8] == PNG
+
+    # The documented seeds: prior noise `seed`, sampler noise `seed + 1`, reference `seed + 500` (seed = 0).
+    oracle, sde = eight_gaussians(), VPSDE(LinearBeta())
+    x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0))
+    reference = oracle.sample(n, torch.Generator().manual_seed(500)).float()
+    for job, name in (("0", "euler_maruyama"), ("1", "dpm_solver")):
+        sc = OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml")
+        res = sample(sde, oracle.score_fn(sde), (n, 2), sampler=name, steps=5, eps=sc.eps, denoise=sc.denoise,
+                     x_T=x_T, generator=torch.Generator().manual_seed(1), **sc.options)  # fmt: skip
+        x = res.x.double()
+        with open(sweep / job / "comparison.csv") as f:
+            (row,) = list(csv.DictReader(f))
+        assert (row["sampler"], int(row["steps"]), int(row["nfe"])) == (name, 5, res.nfe)
+        assert float(row["sw2"]) == pytest.approx(sliced_wasserstein(x, reference), rel=1e-9)
+        assert float(row["mmd2"]) == pytest.approx(mmd2(x, reference), rel=1e-9)
+        assert float(row["mode_error"]) == pytest.approx(mode_weight_error(oracle, x), abs=1e-12)
+        if name == "dpm_solver":
+            exact = exact_flow_map(sde, oracle, x_T, sc.eps, denoise=sc.denoise)
+            assert float(row["flow_error"]) == pytest.approx(flow_error(x, exact), rel=1e-6)
+        assert "| eight_gaussians | LinearBeta | " + name in (sweep / job / "comparison.md").read_text()
+
+    runs = [read_run(p) for p in find_run_files(sweep)]
+    assert len({r.run_id for r in runs}) == 2 and {r.group for r in runs} == {"compare-sweep"}
+    assert {r.job_type for r in runs} == {"compare"} and all(r.summary["comparison/nrows"] == 2 for r in runs)
+    em_csv = float(next(csv.DictReader(open(sweep / "0" / "comparison.csv")))["sw2"])
+    assert [r.summary["eight_gaussians/sw2"] for r in runs if "euler" in r.name] == [pytest.approx(em_csv)]
+
+    jobs = summarize.summarize(sweep, metrics=["eight_gaussians/*"], x="eight_gaussians/nfe")
+    assert [j.overrides["sampler"] for j in jobs] == ["euler_maruyama", "dpm_solver"]
+    assert jobs[0].metrics["eight_gaussians/sw2"] == pytest.approx(em_csv)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run("train.py", "-m", "hydra/launcher=submitit_local", "schedule=linear,cosine", *TINY, "logger=none",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep / ".submitit").is_dir()  # the jobs ran in submitit's own processes
+    jobs = summarize.summarize(sweep)
+    assert [(j.overrides["schedule"], j.status) for j in jobs] == [("linear", "ok"), ("cosine", "ok")]
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_one_torch_thread_per_job(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from pathlib import Path\nimport hydra, torch\nfrom hydra.core.hydra_config import HydraConfig\n"
+        "@hydra.main(version_base='1.3', config_path=None)\ndef main(cfg):\n"
+        "    Path(HydraConfig.get().runtime.output_dir, 'threads').write_text(str(torch.get_num_threads()))\n"
+        "main()\n"
+    )
+    sweep = tmp_path / "sweep"
+    proc = run(str(app), "-m", "hydra/launcher=local", f"hydra.searchpath=[file://{ROOT / 'conf'}]", "+job=1,2,3",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path, threads=None)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=-1" in proc.stdout + proc.stderr
+    assert [(sweep / j / "threads").read_text() for j in "012"] == ["1", "1", "1"]
+
+
+def _job(root: Path, name: str, overrides: list[str], files: dict[str, str]) -> None:
+    (root / name / ".hydra").mkdir(parents=True)
+    (root / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    for file, text in files.items():
+        (root / name / file).write_text(text)
+
+
+def test_summarize_reads_metrics_and_lists_every_kind_of_failure(tmp_path):
+    ok = {"samplers": {"em": {"sw2": 0.5, "nfe": 11}}, "floor": {"sw2": 0.25}, "final_loss": 1.5, "plots": ["a.png"]}
+    _job(tmp_path, "0", ["schedule=linear", "train.steps=5"], {"metrics.json": json.dumps(ok)})
+    failure = {"error": "ConfigError", "message": "config error: train.lr=-1: must be > 0", "overrides": []}
+    _job(tmp_path, "1", ["schedule=cosine", "train.steps=5"], {"failure.json": json.dumps(failure)})
+    log = "[2026-01-01 00:00:00,000][train][INFO] - start\n[2026-01-01 00:00:01,000][train][ERROR] - out of memory\n"
+    _job(tmp_path, "2", ["schedule=constant", "train.steps=5"], {"train.log": log})
+    _job(tmp_path, "10", ["+schedule.beta=2", "train.steps=5"], {})
+
+    jobs = summarize.summarize(tmp_path)
+    assert [j.label for j in jobs] == ["0", "1", "2", "10"]  # job-number order, not string order
+    assert jobs[0].metrics == {"samplers/em/sw2": 0.5, "samplers/em/nfe": 11.0, "floor/sw2": 0.25, "final_loss": 1.5}
+    assert [j.status for j in jobs] == ["ok", "failed", "failed", "no result"]
+    assert jobs[1].error == "ConfigError: config error: train.lr=-1: must be > 0"
+    assert jobs[2].error == "out of memory" and "no metrics.json" in jobs[3].error
+    assert summarize.swept_keys(jobs) == (["schedule", "schedule.beta"], {"train.steps": "5"})
+    table = (tmp_path / "summary.md").read_text()
+    assert "| job | status | schedule | schedule.beta | samplers/em/sw2 | floor/sw2 | final_loss |" in table
+    assert "| 0 | ok | linear |  | 0.5 | 0.25 | 1.5 |" in table and "Failed jobs (3 of 4)" in table
+
+    assert summarize.main([str(tmp_path), "--metrics", "nothing*"]) == 2
+    assert summarize.main([str(tmp_path / "empty")]) == 2
