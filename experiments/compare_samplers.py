@@ -31,6 +31,7 @@ from pathlib import Path
 
 import hydra
 import matplotlib
+import matplotlib.ticker
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -178,6 +179,7 @@ def schedule_table(
 
 def _log_axes(ax: plt.Axes, metric: str) -> None:
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yscale("log" if metric != "mmd2" else "symlog", **({"linthresh": 1e-4} if metric == "mmd2" else {}))
 
 
