@@ -28,10 +28,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .sde import SDE
+from .sde import SDE, VPSDE
 
 _ABSENT = object()
 
@@ -130,7 +130,7 @@ def _check_data(cfg: DictConfig) -> None:
 def _check_train(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "log_every"):
         require_number(cfg, f"train.{key}", integer=True, ge=1)
-    for key in ("warmup", "eval_every", "ckpt_every", "seed"):
+    for key in ("warmup", "eval_every", "ckpt_every", "keep_last", "seed"):
         require_number(cfg, f"train.{key}", integer=True, ge=0)
     require_number(cfg, "train.threads", integer=True, ge=1, optional=True)
     require_number(cfg, "train.lr", gt=0)
@@ -150,6 +150,11 @@ def _check_train(cfg: DictConfig) -> None:
     resume = _get(cfg, "train.resume")
     if resume not in (_ABSENT, None, "auto") and not Path(str(resume)).is_file():
         raise config_error("train.resume", resume, "allowed: null, auto, or the path of an existing checkpoint file")
+
+
+@check
+def _check_logger(cfg: DictConfig) -> None:
+    require_choice(cfg, "logger.mode", ("offline", "online", "disabled"))
 
 
 def _get_T(cfg: DictConfig) -> float:
@@ -190,13 +195,35 @@ def _check_eval(cfg: DictConfig) -> None:
 
 
 def check_sampler(cfg: DictConfig, key: str) -> None:
-    """A sampler node (`name`, `steps`, `eps`, `denoise`, `options`, as in conf/sampler/) at `key`."""
-    from .sampling import SAMPLERS
+    """A sampler node (`name`, `steps`, `eps`, `denoise`, `options`, as in conf/sampler/) at `key`: a known name,
+    options that sampler takes, and a sampler that fits the SDE (ancestral = DDPM's chain needs a VP SDE)."""
+    from .sampling import SAMPLERS, solver_options
 
     require_choice(cfg, f"{key}.name", sorted(SAMPLERS))
-    require_number(cfg, f"{key}.steps", integer=True, ge=1)
+    name = _get(cfg, f"{key}.name")
+    require_number(cfg, f"{key}.steps", integer=True, ge=2 if name == "ancestral" else 1)
     require_number(cfg, f"{key}.eps", gt=0, lt=_get_T(cfg))
     require_choice(cfg, f"{key}.denoise", (True, False))
+    options = _get(cfg, f"{key}.options")
+    if isinstance(options, DictConfig):
+        unknown = sorted(set(options) - set(solver_options(name)))
+        if unknown:
+            allowed = ", ".join(solver_options(name)) or "none"
+            raise config_error(f"{key}.options.{unknown[0]}", options[unknown[0]], f"{name} takes options: {allowed}")
+    target = _get(cfg, "sde._target_")
+    if name == "ancestral" and isinstance(target, str) and not _is_vp(target):
+        raise config_error(
+            f"{key}.name", name, f"needs a VP SDE (DDPM's chain), not {target}: use sde=vp or another sampler"
+        )
+
+
+def _is_vp(target: str) -> bool:
+    """Whether `_target_` names a VPSDE (an unimportable target passes here and fails, named, in `build`)."""
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001
+        return True
+    return isinstance(cls, type) and issubclass(cls, VPSDE)
 
 
 # ------------------------------------------------------------------------------------------------- building
