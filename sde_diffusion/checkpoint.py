@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,10 +24,14 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, corrupt, unsafe, or not what the caller expects."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save `state` to `path` atomically (temp file in the same directory, fsync, os.replace)."""
+def save_checkpoint(path: str | os.PathLike, state: dict, keep_last: int = 0) -> None:
+    """torch.save `state` to `path` atomically (temp file in the same directory, fsync, os.replace); with
+    `keep_last` = k > 0, also keep the last k saves as `<stem>_step<N><suffix>` beside it (hard links to the saved
+    file, so no second write), deleting older ones. Temp files left by a process killed mid-save are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # one writer per path: these are from a killed save
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -43,6 +48,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    if keep_last > 0:
+        _keep(path, int(state["step"]), keep_last)
+
+
+def _keep(path: Path, step: int, keep_last: int) -> None:
+    """Link `path` as `<stem>_step<step>` and delete all but the newest `keep_last` such files."""
+    kept = path.with_name(f"{path.stem}_step{step:08d}{path.suffix}")
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(path, kept)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, kept)
+    pattern = re.compile(rf"{re.escape(path.stem)}_step(\d+){re.escape(path.suffix)}")
+    steps = sorted((int(m.group(1)), p) for p in path.parent.iterdir() if (m := pattern.fullmatch(p.name)))
+    for _, old in steps[:-keep_last]:
+        old.unlink(missing_ok=True)
 
 
 def load_checkpoint(

@@ -5,8 +5,9 @@ and applies one AdamW update. Everything a step depends on is in `state_dict()` 
 scheduler, step, both generators and the global torch/numpy/python RNGs, which dropout uses), so training N
 steps equals training k, saving, loading into a new Trainer and training N − k: bitwise on the CPU.
 
-A non-finite loss or gradient is caught before the optimiser touches the weights: nan_policy="stop" raises
-NonFiniteLossError naming the step and the likely cause, "skip" drops the update and counts it.
+A non-finite loss or gradient is caught before the optimiser touches the weights: nan_policy="stop" rewinds the
+step's random draws and raises NonFiniteLossError naming the step and the likely cause, so `state_dict()` is then
+the exact state after the last good step; "skip" drops the update and counts it.
 The library imports no Hydra and no wandb: an app passes callbacks for logging, evaluation and checkpoints.
 """
 
@@ -161,6 +162,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One AdamW step on one batch; returns {"step", "loss", "lr", "grad_norm", "skipped_steps"}; the loss is
         the mean over the global batch (all ranks)."""
+        rng = self.data_generator.get_state(), self.noise_generator.get_state(), torch.get_rng_state()
         x0 = self.data.batch(self.batch_size, self.data_generator)
         t, noise = dsm_draws(self.sde, x0.shape, self.loss_eps, self.noise_generator, x0.dtype, self.device)
         x0 = x0[self.shard].to(self.device, non_blocking=True)
@@ -183,6 +185,9 @@ class Trainer:
             self._update_ema()
         elif self.nan_policy == "stop" and not (self.scaler.is_enabled() and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
+            for generator, state in zip((self.data_generator, self.noise_generator), rng[:2], strict=True):
+                generator.set_state(state)  # state_dict() is now exactly the state after step `self.step`
+            torch.set_rng_state(rng[2])
             raise NonFiniteLossError(self._diagnose(x0, loss_value, grad_value, lr))
         else:  # nan_policy "skip", or an fp16 gradient overflow (the scaler lowers its scale)
             self.skipped_steps += 1
@@ -211,7 +216,8 @@ class Trainer:
         elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             cause = "the weights are already non-finite"
         else:
-            cause = f"the training diverged: lower the learning rate (lr={lr:.3g}) or set grad_clip"
+            cause = f"the training diverged: lower the learning rate (lr={lr:.3g})"
+            cause += "" if self.grad_clip else " or set grad_clip"
         return (
             f"non-finite {what} at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); likely cause: {cause}; "
             f"the weights are those after step {self.step}; nan_policy='skip' skips such steps instead"
@@ -287,7 +293,7 @@ def _check_fits(module: nn.Module, state: dict, key: str) -> None:
     unexpected = sorted(state.keys() - own.keys())
     shapes = {
         k: (tuple(state[k].shape), tuple(own[k].shape))
-        for k in own.keys() & state.keys()
+        for k in sorted(own.keys() & state.keys())
         if tuple(state[k].shape) != tuple(own[k].shape)
     }
     if missing or unexpected or shapes:
