@@ -68,20 +68,27 @@ def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) 
     for i, (slot, sc) in enumerate(cfg.eval.samplers.items()):
         generator = torch.Generator(device).manual_seed(distributed.rank_seed(cfg.eval.seed + 1 + i, rank))
         start = time.perf_counter()
-        with torch.no_grad():
-            res = sample(
-                sde,
-                model,
-                (distributed.split(n, rank, world_size), *data.shape),
-                sampler=sc.name,
-                steps=sc.steps,
-                eps=sc.eps,
-                denoise=sc.denoise,
-                generator=generator,
-                device=device,
-                batch_size=cfg.eval.batch_size,
-                **sc.options,
-            )
+        try:
+            with torch.no_grad():
+                res = sample(
+                    sde,
+                    model,
+                    (distributed.split(n, rank, world_size), *data.shape),
+                    sampler=sc.name,
+                    steps=sc.steps,
+                    eps=sc.eps,
+                    denoise=sc.denoise,
+                    generator=generator,
+                    device=device,
+                    batch_size=cfg.eval.batch_size,
+                    **sc.options,
+                )
+        except (RuntimeError, ValueError) as err:  # SamplingError (rk45), out of memory, a bad option
+            raise RunError(
+                f"evaluation sampler eval.samplers.{slot} ({sc.name}) failed at training step {trainer.step}: "
+                f"{str(err).splitlines()[0]} (the trained state is in checkpoints/last.pt; "
+                "a smaller eval.batch_size bounds memory)"
+            ) from err
         x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
         wall = time.perf_counter() - start
         if rank > 0:
@@ -117,14 +124,38 @@ def _checkpoint(trainer: Trainer, cfg: DictConfig, path: Path, run_id: str | Non
     state["config"] = OmegaConf.to_container(cfg, resolve=True)
     state["wandb_run_id"] = run_id
     state["loss_history"] = torch.tensor(history, dtype=torch.float64).reshape(-1, 2)
-    save_checkpoint(path, state)
+    save_checkpoint(path, state, keep_last=cfg.train.get("keep_last", 0))
 
 
-def _resume_state(cfg: DictConfig, ckpt_path: Path) -> dict | None:
+def _resume_state(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, dict] | None:
+    """(path, state) of the checkpoint to resume: train.resume=auto -> this run dir's last.pt if it exists."""
     resume = cfg.train.resume
     if resume is None or (resume == "auto" and not ckpt_path.is_file()):
         return None
-    return load_checkpoint(ckpt_path if resume == "auto" else resume)
+    path = ckpt_path if resume == "auto" else Path(resume)
+    try:
+        return path, load_checkpoint(path)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+
+
+# Keys that do not change what a run computes: a resumed run may change them freely.
+_RUN_ONLY = ("train.resume", "train.progress", "train.device", "train.threads", "train.compile", "train.log_every",
+             "train.eval_every", "train.ckpt_every", "train.keep_last", "logger", "eval")  # fmt: skip
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two plain configs (outside `_RUN_ONLY`)."""
+    out = []
+    for k in sorted(old.keys() | new.keys(), key=str):
+        key, a, b = f"{prefix}{k}", old.get(k, "<absent>"), new.get(k, "<absent>")
+        if key.startswith(_RUN_ONLY):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{key}.")
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 def train(cfg: DictConfig) -> float:
@@ -150,12 +181,9 @@ def _train(cfg: DictConfig, ctx: distributed.Context) -> float:
     built = build(cfg)
     if t.threads:
         torch.set_num_threads(t.threads)
-    try:
-        state = _resume_state(cfg, ckpt_path)
-    except CheckpointError as err:
-        raise RunError(str(err)) from err
-    history: list[tuple[int, float]] = [] if state is None else [tuple(r) for r in state["loss_history"].tolist()]
-    resume_id = None if state is None else state["wandb_run_id"]
+    resume_path, state = _resume_state(cfg, ckpt_path) or (None, {})  # a bare trainer state: no history, id, config
+    history: list[tuple[int, float]] = [tuple(r) for r in state.get("loss_history", torch.zeros(0, 2)).tolist()]
+    resume_id = state.get("wandb_run_id")
     tracker = start_tracker(cfg, out, job_type="train", resume_id=resume_id) if ctx.is_main else Tracker()
     window: list[float] = []
 
@@ -202,18 +230,24 @@ def _train(cfg: DictConfig, ctx: distributed.Context) -> float:
             rank=ctx.rank,
             world_size=ctx.world_size,
         )
-        if state is not None:
+        if resume_path is not None:
+            diff = config_diff(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
             try:
                 trainer.load_state_dict(state)
-            except CheckpointError as err:
-                raise RunError(str(err)) from err
-            log.info("resumed from step %d", trainer.step)
+            except (CheckpointError, KeyError, RuntimeError, ValueError) as err:
+                differs = f"; config keys that differ (checkpoint -> this run): {'; '.join(diff)}" if diff else ""
+                raise RunError(f"checkpoint {resume_path}: {str(err).splitlines()[0]}{differs}") from err
+            if diff:
+                log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(diff))
+            log.info("resumed from step %d of %s", trainer.step, resume_path)
         start = time.perf_counter()
         try:
             trainer.fit()
         except NonFiniteLossError as err:
             _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
-            raise RunError(f"{err} (last good state saved to {ckpt_path})") from err
+            raise RunError(
+                f"{err}; that state is saved to {ckpt_path} (continue with train.resume=auto, e.g. with a lower lr)"
+            ) from err
         train_wall = time.perf_counter() - start
         _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
 
@@ -222,6 +256,9 @@ def _train(cfg: DictConfig, ctx: distributed.Context) -> float:
             exit_code = 0
             return float(distributed.broadcast_object(None))
         result |= {"train_steps": trainer.step, "train_wall_s": train_wall, "final_loss": history[-1][1]}
+        result["skipped_steps"] = trainer.skipped_steps
+        if trainer.skipped_steps:
+            log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
         first = next(iter(result["samplers"]))
         result["main_metric"] = {"name": f"{first}/sw2", "value": result["samplers"][first]["sw2"]}
         result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png")))
