@@ -380,6 +380,16 @@ def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
     assert state["step"] == 30 and state["wandb_run_id"] is None and len(state["loss_history"]) == 6
 
 
+@pytest.mark.slow
+def test_failing_evaluation_sampler_is_one_line_and_the_trained_state_is_kept(tmp_path):
+    out = tmp_path / "run"
+    proc = run_app(tmp_path, out, "eval.samplers.dpm_solver.options.order=5", "logger=none")
+    line = error_line(proc)
+    assert line.startswith("evaluation sampler eval.samplers.dpm_solver (dpm_solver) failed at training step 30: ")
+    assert "order must be one of [1, 2, 3], got 5" in line
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 30
+
+
 # ------------------------------------------------------------------------------------------------ checkpoint files
 
 
