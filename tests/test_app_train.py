@@ -2,51 +2,27 @@
 offline wandb run holds, and how bad configs and multiruns behave."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from apps import TINY, run_app
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion.checkpoint import load_checkpoint
 from sde_diffusion.config import load_run
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=30",
-    "train.log_every=5",
-    "train.ckpt_every=10",
-    "train.progress=false",
-    "eval.n_samples=200",
-    "eval.samplers.euler_maruyama.steps=20",
-    "eval.samplers.dpm_solver.steps=5",
-]
+RUN = [*TINY, "eval.samplers.euler_maruyama.steps=20"]  # the metrics test counts >= 20 evaluations
 PNG = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.slow
 
 
-def run_app(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)  # errors must be one line without it
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "train.py"), *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("app") / "run"
-    proc = run_app(*TINY, f"hydra.run.dir={out}", cwd=out.parent)
+    proc = run_app("train.py", *RUN, f"hydra.run.dir={out}", cwd=out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -95,7 +71,7 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
 def test_resume_auto_continues_the_checkpoint_and_the_wandb_run(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir, symlinks=True)
-    proc = run_app(*TINY, "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_app("train.py", *RUN, "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from step 30" in proc.stderr + proc.stdout + (run_dir / "train.log").read_text()
     first, second = (read_run(p) for p in find_run_files(run_dir / "wandb"))
@@ -106,6 +82,7 @@ def test_resume_auto_continues_the_checkpoint_and_the_wandb_run(tiny_run, tmp_pa
 def test_digits_writes_image_grids(tmp_path):
     out = tmp_path / "digits"
     proc = run_app(
+        "train.py",
         "+experiment=digits_unet",
         "model.channels=8",
         "train.steps=3",
@@ -125,15 +102,15 @@ def test_digits_writes_image_grids(tmp_path):
 
 
 def test_bad_config_fails_up_front_with_one_line(tmp_path):
-    proc = run_app("train.lr=-1", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    proc = run_app("train.py", "train.lr=-1", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "config error: train.lr=-1" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
 def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
-    proc = run_app("-m", "schedule=linear,constant", *TINY[:1], "train.progress=false", "eval.n_samples=50",
-                   "eval.samplers.euler_maruyama.steps=5", "eval.samplers.dpm_solver.steps=3",
+    proc = run_app("train.py", "-m", "schedule=linear,constant", "train.steps=30", "train.progress=false",
+                   "eval.n_samples=50", "eval.samplers.euler_maruyama.steps=5", "eval.samplers.dpm_solver.steps=3",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [read_run(p) for p in find_run_files(tmp_path / "sweep")]

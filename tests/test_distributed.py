@@ -3,15 +3,14 @@ same global batch, up to float summation order; both ranks end with identical we
 gathers match their definitions; and `torchrun --nproc_per_node=2 experiments/train.py` runs end to end."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from apps import ROOT, TINY, app_env, run_app
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, distributed
@@ -20,7 +19,6 @@ from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import Trainer, seed_everything
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, BATCH = 25, 64
 # Float sums in another order (two half-batch means averaged by DDP vs one mean) differ by ~1e-7 relative per step;
 # over 25 AdamW steps the weights drift apart by ~6e-7 (measured), well inside this.
@@ -116,37 +114,18 @@ def test_trainer_rejects_a_world_size_without_a_process_group():
         _trainer(rank=1, world_size=2)
 
 
-APP = [
-    "train.steps=20",
-    "train.batch_size=64",
-    "train.log_every=5",
-    "train.ckpt_every=10",
-    "train.progress=false",
-    "eval.n_samples=101",  # odd: ranks sample 51 and 50
-    "eval.samplers.euler_maruyama.steps=10",
-    "eval.samplers.dpm_solver.steps=5",
-]
-
-
-def _run(command: list[str], out: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [*command, str(ROOT / "experiments" / "train.py"), *APP, f"hydra.run.dir={out}"],
-        cwd=out.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+APP = [*TINY, "train.steps=20", "eval.n_samples=101", "eval.samplers.euler_maruyama.steps=10"]  # ranks sample 51 and 50
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_run_the_app_like_one_process(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    _run(torchrun, tmp_path / "ddp")
-    _run([sys.executable], tmp_path / "single")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*torchrun, str(ROOT / "experiments" / "train.py"), *APP, f"hydra.run.dir={ddp}"],
+                          cwd=tmp_path, env=app_env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_app("train.py", *APP, f"hydra.run.dir={single}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (ddp / "checkpoints").iterdir()] == ["last.pt"]  # rank 0 alone writes
     (run_file,) = find_run_files(ddp / "wandb")  # one wandb run, rank 0's
     state, reference = (

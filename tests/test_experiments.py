@@ -4,13 +4,13 @@ turning a sweep dir into one table."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from apps import ROOT, TINY, app_env, run_app
 from omegaconf import OmegaConf
 from wandb_reader import find_run_files, read_run
 
@@ -18,38 +18,18 @@ from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
 from sde_diffusion.metrics import exact_flow_map, flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import sample
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402
 
-TINY = [
-    "train.steps=3",
-    "train.batch_size=64",
-    "train.log_every=1",
-    "train.progress=false",
-    "model.hidden=16",
-    "eval.n_samples=64",
-    "eval.mmd_samples=64",
-    "eval.n_projections=16",
-    "eval.samplers.euler_maruyama.steps=3",
-    "eval.samplers.dpm_solver.steps=3",
-]
+SHORT = [*TINY, "train.steps=3", "train.log_every=1"]  # 3 steps, each one logged
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run(script: str, *args: str, cwd: Path, threads: str | None = "1") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = threads
-    cmd = [sys.executable, script if script.startswith("/") else str(ROOT / "experiments" / script), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_schedule_sweep_preset_2x2_gives_4_runs_in_one_group_and_a_4_row_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run("train.py", "-m", "+experiment=schedule_sweep", "hydra.sweeper.params.schedule='linear,cosine'",
-               "sde=vp,subvp", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = run_app("train.py", "-m", "+experiment=schedule_sweep", "hydra.sweeper.params.schedule='linear,cosine'",
+                   "sde=vp,subvp", *SHORT, f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 4 and all((j / "metrics.json").is_file() for j in jobs)
@@ -82,8 +62,8 @@ def test_schedule_sweep_preset_2x2_gives_4_runs_in_one_group_and_a_4_row_summary
 @pytest.mark.slow
 def test_a_failing_job_does_not_hide_the_others_and_is_named(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run("train.py", "-m", "schedule.beta_max=20,-1", *TINY, "logger=none", f"hydra.sweep.dir={sweep}",
-               cwd=tmp_path)  # fmt: skip
+    proc = run_app("train.py", "-m", "schedule.beta_max=20,-1", *SHORT, "logger=none", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)  # fmt: skip
     assert proc.returncode != 0 and "schedule.beta_max=-1" in proc.stderr  # Hydra re-raises after all jobs ran
     assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
     record = json.loads((sweep / "1" / "failure.json").read_text())
@@ -99,8 +79,9 @@ def test_a_failing_job_does_not_hide_the_others_and_is_named(tmp_path):
 @pytest.mark.slow
 def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
     sweep, n = tmp_path / "sweep", 300
-    proc = run("compare_samplers.py", "-m", "sampler=euler_maruyama,dpm_solver", "sampler.steps=choice(5)", f"n={n}",
-               "floor_repeats=2", "oracles=[eight_gaussians]", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = run_app("compare_samplers.py", "-m", "sampler=euler_maruyama,dpm_solver", "sampler.steps=choice(5)",
+                   f"n={n}", "floor_repeats=2", "oracles=[eight_gaussians]", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
         assert {"comparison.csv", "comparison.md", "quality_vs_nfe.png", "metrics.json"} <= {
@@ -142,8 +123,8 @@ def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run("train.py", "-m", "hydra/launcher=submitit_local", "schedule=linear,cosine", *TINY, "logger=none",
-               f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = run_app("train.py", "-m", "hydra/launcher=submitit_local", "schedule=linear,cosine", *SHORT, "logger=none",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sweep / ".submitit").is_dir()  # the jobs ran in submitit's own processes
     jobs = summarize.summarize(sweep)
@@ -160,8 +141,10 @@ def test_local_launcher_runs_one_torch_thread_per_job(tmp_path):
         "main()\n"
     )
     sweep = tmp_path / "sweep"
-    proc = run(str(app), "-m", "hydra/launcher=local", f"hydra.searchpath=[file://{ROOT / 'conf'}]", "+job=1,2,3",
-               f"hydra.sweep.dir={sweep}", cwd=tmp_path, threads=None)  # fmt: skip
+    env = {k: v for k, v in app_env(tmp_path).items() if k != "OMP_NUM_THREADS"}  # the launcher must set it
+    proc = subprocess.run([sys.executable, str(app), "-m", "hydra/launcher=local",
+                           f"hydra.searchpath=[file://{ROOT / 'conf'}]", "+job=1,2,3", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=-1" in proc.stdout + proc.stderr
     assert [(sweep / j / "threads").read_text() for j in "012"] == ["1", "1", "1"]

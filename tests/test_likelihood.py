@@ -3,21 +3,17 @@ dequantisation case whose bits/dim is known in closed form."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
+from apps import run_app
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
 from sde_diffusion.likelihood import bits_per_dim, evaluate_likelihood, log_likelihood
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
 MIXTURES = {"mixture16": mixture(dim=16, k=10), "eight": eight_gaussians()}
@@ -224,21 +220,10 @@ def test_non_affine_scaler_is_refused():
         bits_per_dim(sde, gauss.score_fn(sde), scaler.to_model(torch.zeros(4, 2)), scaler)
 
 
-def run_app(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / script), *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_app_on_the_oracle_writes_metrics_and_a_wandb_run(tmp_path):
-    proc = run_app("likelihood.py", "likelihood.n=32", "likelihood.batch_size=32", f"hydra.run.dir={tmp_path}")
+    proc = run_app("likelihood.py", "likelihood.n=32", "likelihood.batch_size=32", f"hydra.run.dir={tmp_path}",
+                   cwd=tmp_path, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert (m["source"], m["n"], m["dim"], m["dequantised"]) == ("oracle", 32, 16, False)
@@ -264,7 +249,7 @@ def test_app_on_the_oracle_writes_metrics_and_a_wandb_run(tmp_path):
     ],
 )
 def test_app_rejects_bad_config_in_one_line(tmp_path, override, key):
-    proc = run_app("likelihood.py", override, "logger=none", f"hydra.run.dir={tmp_path}")
+    proc = run_app("likelihood.py", override, "logger=none", f"hydra.run.dir={tmp_path}", cwd=tmp_path, timeout=600)
     assert proc.returncode == 1
     assert f"config error: {key}" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -284,12 +269,20 @@ def test_app_on_a_digits_checkpoint_gives_positive_finite_bits_per_dim(tmp_path)
         "~sampler@eval.samplers.dpm_solver",
         "logger=none",
         f"hydra.run.dir={tmp_path / 'train'}",
+        cwd=tmp_path,
+        timeout=600,
     )
     assert train.returncode == 0, train.stderr[-2000:]
     out = tmp_path / "likelihood"
     checkpoint = tmp_path / "train" / "checkpoints" / "last.pt"
     proc = run_app(
-        "likelihood.py", f"checkpoint={checkpoint}", "likelihood.n=4", "likelihood.n_draws=1", f"hydra.run.dir={out}"
+        "likelihood.py",
+        f"checkpoint={checkpoint}",
+        "likelihood.n=4",
+        "likelihood.n_draws=1",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from apps import ROOT, TINY, app_env, run_app
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from wandb_reader import find_run_files, read_run
@@ -26,23 +27,6 @@ from sde_diffusion.config import build, load_run
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import NonFiniteLossError, Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=30",
-    "train.log_every=5",
-    "train.ckpt_every=10",
-    "train.batch_size=64",
-    "train.progress=false",
-    "train.threads=1",
-    "model.hidden=16",
-    "model.layers=1",
-    "eval.n_samples=64",
-    "eval.mmd_samples=64",
-    "eval.n_projections=16",
-    "eval.samplers.euler_maruyama.steps=5",
-    "eval.samplers.dpm_solver.steps=3",
-]
 
 
 class NaNAt(EightGaussians):
@@ -56,26 +40,6 @@ class NaNAt(EightGaussians):
         self.calls += 1
         x = super().batch(n, generator)
         return x.fill_(float("nan")) if self.calls in self.at else x
-
-
-def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), **extra}
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        env[var] = str(tmp_path / "wandb_home" / var.lower())
-    if "HYDRA_FULL_ERROR" not in extra:
-        env.pop("HYDRA_FULL_ERROR", None)  # errors must be one line without it
-    return env
-
-
-def run_app(tmp_path: Path, out: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "train.py"), *TINY, *overrides, f"hydra.run.dir={out}"],
-        cwd=tmp_path,
-        env=app_env(tmp_path, **env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -146,7 +110,7 @@ def test_bad_config_exits_with_one_line_naming_key_value_and_what_is_allowed(cas
     files = {kind: write_data(tmp_path / f"{kind}.npy", kind) for kind in ("empty", "nan", "rank3")}
     overrides, texts = BAD_CONFIGS[case]
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, *(o.format(**files) for o in overrides))
+    proc = run_app("train.py", *TINY, *(o.format(**files) for o in overrides), f"hydra.run.dir={out}", cwd=tmp_path)
     line = error_line(proc)
     assert line.startswith("config error: ")
     for text in texts:
@@ -158,7 +122,7 @@ def test_bad_config_exits_with_one_line_naming_key_value_and_what_is_allowed(cas
 @pytest.mark.parametrize("group", list(BAD_GROUPS))
 def test_unknown_group_option_lists_the_available_ones(group, tmp_path):
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, BAD_GROUPS[group])
+    proc = run_app("train.py", *TINY, BAD_GROUPS[group], f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"Could not find '{group}/nope'" in proc.stderr
     assert f"Available options in '{group}'" in proc.stderr
@@ -167,7 +131,8 @@ def test_unknown_group_option_lists_the_available_ones(group, tmp_path):
 
 @pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(tmp_path):
-    proc = run_app(tmp_path, tmp_path / "run", "train.lr=0", HYDRA_FULL_ERROR="1")
+    proc = run_app("train.py", *TINY, "train.lr=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                   env={"HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "config error: train.lr=0" in proc.stderr
 
 
@@ -193,10 +158,10 @@ def test_kill_9_then_resume_auto_equals_the_uninterrupted_run(tmp_path):
     at_kill = load_checkpoint(ckpt)
     assert 0 < at_kill["step"] < 400 and at_kill["step"] % 40 == 0 and not (killed / "metrics.json").exists()
 
-    resumed = run_app(tmp_path, killed, *KILL, "train.resume=auto")
+    resumed = run_app("train.py", *TINY, *KILL, "train.resume=auto", f"hydra.run.dir={killed}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {at_kill['step']} of {ckpt}" in (killed / "train.log").read_text()
-    full = run_app(tmp_path, whole, *KILL, "logger=none", "train.keep_last=2")
+    full = run_app("train.py", *TINY, *KILL, "logger=none", "train.keep_last=2", f"hydra.run.dir={whole}", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
 
     a, b = load_checkpoint(ckpt), load_checkpoint(whole / "checkpoints" / "last.pt")
@@ -273,7 +238,7 @@ def test_bad_checkpoint_is_one_line_naming_the_file_and_runs_no_code(kind, probl
     marker = tmp_path / "pwned"
     path = write_checkpoint(tmp_path / f"{kind}.pt", kind, marker)
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, f"train.resume={path}")
+    proc = run_app("train.py", *TINY, f"train.resume={path}", f"hydra.run.dir={out}", cwd=tmp_path)
     line = error_line(proc)
     assert line.startswith(f"checkpoint {path}: ") and problem in line, line
     assert not marker.exists()
@@ -296,7 +261,8 @@ def test_checkpoint_of_another_model_names_the_keys_and_config_values_that_diffe
     t.fit()
     path = tmp_path / "other.pt"
     save_checkpoint(path, t.state_dict() | {"config": OmegaConf.to_container(cfg, resolve=True), "wandb_run_id": None})
-    proc = run_app(tmp_path, tmp_path / "run", f"train.resume={path}", "logger=none")
+    proc = run_app("train.py", *TINY, f"train.resume={path}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path)  # fmt: skip
     line = error_line(proc)
     assert line.startswith(f"checkpoint {path}: checkpoint's 'model' does not fit this model")
     assert "net.net.0.weight: (8, 66) vs (16, 66)" in line  # the checkpoint's shape vs this model's
@@ -306,12 +272,13 @@ def test_checkpoint_of_another_model_names_the_keys_and_config_values_that_diffe
 # ------------------------------------------------------------------------------------------------- NaN guard
 
 NAN_DATA = ["data._target_=test_reliability.NaNAt", "+data.at=[13]", "train.ckpt_every=5"]
+TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}  # the app imports test_reliability.NaNAt
 
 
 @pytest.mark.slow
 def test_nan_in_the_data_stops_naming_the_step_and_keeps_a_loadable_state(tmp_path):
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, *NAN_DATA, "logger=none")
+    proc = run_app("train.py", *TINY, *NAN_DATA, "logger=none", f"hydra.run.dir={out}", cwd=tmp_path, env=TESTS_ON_PATH)
     line = error_line(proc)
     assert "non-finite loss at step 13" in line and "the data batch contains NaN/Inf" in line, line
     assert f"saved to {out / 'checkpoints' / 'last.pt'}" in line
@@ -324,7 +291,8 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_a_loadable_state(tmp_pa
 @pytest.mark.slow
 def test_huge_learning_rate_trips_the_guard_naming_the_learning_rate(tmp_path):
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, "train.lr=1e12", "train.warmup=0", "logger=none")
+    proc = run_app("train.py", *TINY, "train.lr=1e12", "train.warmup=0", "logger=none", f"hydra.run.dir={out}",
+                   cwd=tmp_path)  # fmt: skip
     line = error_line(proc)
     assert "non-finite loss at step" in line and "training diverged: lower the learning rate (lr=" in line
     state = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -335,7 +303,8 @@ def test_huge_learning_rate_trips_the_guard_naming_the_learning_rate(tmp_path):
 @pytest.mark.slow
 def test_skip_policy_counts_and_logs_skipped_steps(tmp_path):
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, "data._target_=test_reliability.NaNAt", "+data.at=[13,17]", "train.nan_policy=skip")
+    proc = run_app("train.py", *TINY, "data._target_=test_reliability.NaNAt", "+data.at=[13,17]",
+                   "train.nan_policy=skip", f"hydra.run.dir={out}", cwd=tmp_path, env=TESTS_ON_PATH)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped 2 steps with a non-finite loss or gradient" in (out / "train.log").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -369,7 +338,7 @@ def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "wandb").write_text("a file where wandb wants its directory")
-    proc = run_app(tmp_path, out)
+    proc = run_app("train.py", *TINY, f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("wandb could not start") == 1
     metrics = json.loads((out / "metrics.json").read_text())
@@ -383,7 +352,8 @@ def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
 @pytest.mark.slow
 def test_failing_evaluation_sampler_is_one_line_and_the_trained_state_is_kept(tmp_path):
     out = tmp_path / "run"
-    proc = run_app(tmp_path, out, "eval.samplers.dpm_solver.options.order=5", "logger=none")
+    proc = run_app("train.py", *TINY, "eval.samplers.dpm_solver.options.order=5", "logger=none",
+                   f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
     line = error_line(proc)
     assert line.startswith("evaluation sampler eval.samplers.dpm_solver (dpm_solver) failed at training step 30: ")
     assert "order must be one of [1, 2, 3], got 5" in line
