@@ -31,6 +31,16 @@ def npy_file(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> str:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("images")
+    for i in range(10):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    return str(path)
+
+
 def check_builds(cfg) -> None:
     """Validate, instantiate, and run the score model on one batch: output of the data's shape, finite."""
     validate(cfg)
@@ -51,9 +61,13 @@ def test_default_is_the_main_job():
 
 
 @pytest.mark.parametrize("group", ["data", "schedule", "sde", "model"])
-def test_every_option_composes_and_builds(group, npy_file):
+def test_every_option_composes_and_builds(group, npy_file, image_dir):
     for option in options(group):
-        extra = {"tensor_file": [f"data.path={npy_file}"], "unet": ["data=digits"]}.get(option, [])
+        extra = {
+            "tensor_file": [f"data.path={npy_file}"],
+            "image_folder": [f"data.path={image_dir}"],
+            "unet": ["data=digits"],
+        }.get(option, [])
         check_builds(load(f"{group}={option}", *extra))
 
 

@@ -1,5 +1,5 @@
 """Data sets against their definitions: the oracle's moments, the support of each toy set, the digits split,
-determinism in the passed generator only, and the validation of user files."""
+determinism in the passed generator only, the validation of user files, and image folders read pixel-exactly."""
 
 import math
 import pickle
@@ -13,6 +13,7 @@ from sde_diffusion.data import (
     Checkerboard,
     Digits,
     EightGaussians,
+    ImageFolder,
     MixtureData,
     Moons,
     Scaler,
@@ -161,3 +162,121 @@ def test_tensor_file_rejects_bad_files_naming_the_path(tmp_path, name, array, pr
         TensorFile(str(path))
     assert str(path) in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "marker").exists()
+
+
+def _write(path, pixels):
+    """Save a uint8 (H, W) or (H, W, 3) array as an image file (PNG is lossless)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _rows(images):
+    return sorted(map(tuple, images.reshape(len(images), -1).tolist()))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_round_trips_every_pixel_through_the_scaler(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    shape = (5, 7) if channels == 1 else (5, 7, 3)
+    written = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(20)]
+    for i, pixels in enumerate(written):
+        _write(tmp_path / f"img{i:02d}.png", pixels)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "._img00.png").write_bytes(b"macOS resource fork, not a PNG")
+    d = ImageFolder(str(tmp_path), channels=channels, holdout=0.2)
+    expected = torch.from_numpy(np.stack(written)).reshape(20, 5, 7, channels).permute(0, 3, 1, 2)
+    assert d.shape == (channels, 5, 7) and d.scaler.levels == 256 and d.labels is None and d.classes is None
+    assert torch.equal(d.images, expected)
+    assert _rows(torch.cat([d._train, d._held_out])) == _rows(expected) and d._held_out.shape[0] == 4
+    x = d.batch(64, _gen())
+    raw = d.scaler.to_raw(x)
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert (raw - raw.round()).abs().max() < 1e-3
+    train = {tuple(r) for r in d._train.reshape(16, -1).tolist()}
+    assert all(tuple(r) in train for r in raw.round().to(torch.uint8).reshape(64, -1).tolist())
+
+
+def test_image_folder_grayscale_of_rgb_is_itu_601_luma(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    _write(tmp_path / "a.png", rgb)
+    _write(tmp_path / "b.png", rgb[::-1].copy())
+    d = ImageFolder(str(tmp_path), channels=1, holdout=0.0)
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert d.shape == (1, 6, 6) and np.abs(d.images[0, 0].numpy() - luma).max() <= 1
+
+
+def test_image_folder_labels_come_from_class_subfolders(tmp_path):
+    for i in range(3):
+        _write(tmp_path / "cat" / f"{i}.png", np.full((4, 4, 3), 10 + i, np.uint8))
+    for i in range(2):
+        _write(tmp_path / "dog" / "nested" / f"{i}.png", np.full((4, 4, 3), 200 + i, np.uint8))
+    _write(tmp_path / "dog" / "x.JPG", np.full((4, 4, 3), 220, np.uint8))
+    _write(tmp_path / ".thumbnails" / "t.png", np.zeros((9, 9, 3), np.uint8))
+    d = ImageFolder(str(tmp_path), holdout=0.0)
+    assert d.classes == ("cat", "dog") and d.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    first = d.images[:, 0, 0, 0].int()
+    assert first[:5].tolist() == [10, 11, 12, 200, 201] and abs(int(first[5]) - 220) <= 1  # JPEG is lossy
+    assert torch.equal(d.labels, (first >= 200).long())
+
+
+def test_image_folder_crops_the_centre_square_and_resizes_without_overshoot(tmp_path):
+    wide = np.zeros((6, 12, 3), np.uint8)
+    wide[:, 3:9], wide[:, 9:] = 100, 255  # the central 6×6 square is constant 100
+    _write(tmp_path / "a" / "wide.png", wide)
+    step = np.full((16, 16, 3), 50, np.uint8)
+    step[:, 8:] = 200
+    _write(tmp_path / "b" / "step.png", step)
+    d = ImageFolder(str(tmp_path), size=5, holdout=0.0)
+    assert d.shape == (3, 5, 5) and (d.images[0] == 100).all()
+    edge = d.images[1].int()  # BILINEAR: weights >= 0, so values stay within [50, 200] (LANCZOS rings outside)
+    assert edge.min() == 50 and edge.max() == 200 and ((edge > 50) & (edge < 200)).any()
+
+
+def test_image_folder_levels_quantise_8_bit_values(tmp_path):
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    _write(tmp_path / "a.png", pixels)
+    _write(tmp_path / "b.png", pixels.T.copy())
+    d = ImageFolder(str(tmp_path), channels=1, levels=16, holdout=0.0)
+    assert d.scaler.levels == 16 and torch.equal(d.images[0, 0], torch.from_numpy(pixels // 16))
+
+
+@pytest.mark.parametrize(
+    "layout, kwargs, problem",
+    [
+        ("missing", {}, "not found or not a folder"),
+        ("empty", {}, r"no image files \(.png, .jpg, .jpeg\)"),
+        ("text_only", {}, "no image files"),
+        ("corrupt", {}, r"bad.png: unreadable \(UnidentifiedImageError"),
+        ("two_shapes", {}, r"b.png: 5×4 pixels, but a.png has 4×4; set `size`"),
+        ("mixed", {}, "both image files"),
+        ("empty_class", {}, "class subfolder 'dog' has no image files"),
+        ("ok", {"channels": 4}, "channels must be 1"),
+        ("ok", {"size": 0}, "size must be a positive integer"),
+        ("ok", {"levels": 257}, r"levels must be an integer in \[2, 256\]"),
+        ("ok", {"holdout": 0.9}, "too few for holdout=0.9"),
+    ],
+)
+def test_image_folder_rejects_bad_folders_naming_the_problem(tmp_path, layout, kwargs, problem):
+    root = tmp_path / "imgs"
+    square = np.zeros((4, 4, 3), np.uint8)
+    if layout != "missing":
+        root.mkdir()
+    if layout in ("ok", "corrupt", "two_shapes", "mixed"):
+        _write(root / "a.png", square)
+    if layout == "text_only":
+        (root / "readme.txt").write_text("hi")
+    if layout == "corrupt":
+        (root / "bad.png").write_bytes(b"not a png at all")
+    if layout == "two_shapes":
+        _write(root / "b.png", np.zeros((4, 5, 3), np.uint8))
+    if layout in ("mixed", "empty_class"):
+        _write(root / "cat" / "c.png", square)
+    if layout == "empty_class":
+        (root / "dog").mkdir()
+    with pytest.raises(ValueError, match=problem) as e:
+        ImageFolder(str(root), **kwargs)
+    assert "\n" not in str(e.value)
+    if "must be" not in problem:
+        assert str(root) in str(e.value)
