@@ -4,10 +4,12 @@ A save writes a temporary file in the target's directory, fsyncs it, renames it 
 os.replace (atomic on POSIX and Windows) and fsyncs the directory, so a kill at any moment leaves either the
 old or the new checkpoint, never a torn one. A load uses torch.load(weights_only=True), which unpickles only
 tensors and plain containers: a file crafted to run code when unpickled is refused before anything runs.
+`export_safetensors` writes the EMA weights as safetensors and the run config as JSON, for use without pickle.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,3 +101,45 @@ def _detail(e: Exception) -> str:
     """The informative line of a torch.load error, without torch's advice paragraphs."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(_BOILERPLATE)]
     return lines[0][:120] if lines else ""
+
+
+def export_safetensors(source: dict | torch.nn.Module, config: dict, out_dir: str | os.PathLike) -> Path:
+    """Write `out_dir`/model.safetensors (the EMA weights: a checkpoint's "ema", or a model's state dict) and
+    `out_dir`/config.json (the run config): tensors and JSON only, nothing pickled. Returns `out_dir`."""
+    if isinstance(source, torch.nn.Module):
+        weights = source.state_dict()
+    elif isinstance(source, dict) and "ema" in source:
+        weights = source["ema"]
+    else:
+        raise ValueError(f"source must be a training checkpoint dict (with 'ema') or a model, got {type(source)}")
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a plain dict (e.g. OmegaConf.to_container(cfg)), got {type(config)}")
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in weights.items()}
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def load_exported(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, config) from a folder written by `export_safetensors`; rebuild the score model with
+    `config.build(OmegaConf.create(config)).model.load_state_dict(state_dict)`. Problems are CheckpointErrors."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    for name in ("model.safetensors", "config.json"):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"exported model {folder}: {name} not found")
+    try:
+        state_dict = load_file(folder / "model.safetensors")
+        config = json.loads((folder / "config.json").read_text())
+    except Exception as e:
+        raise CheckpointError(f"exported model {folder}: unreadable ({type(e).__name__}: {_detail(e)})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"exported model {folder}: config.json holds a {type(config).__name__}, expected an object"
+        )
+    return state_dict, config

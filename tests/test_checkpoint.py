@@ -1,7 +1,9 @@
-"""Checkpoint files: atomic replacement, a round trip of a trainer state through weights_only loading, and
-one-line CheckpointErrors for missing, empty, truncated, random, foreign and malicious files."""
+"""Checkpoint files: atomic replacement, a round trip of a trainer state through weights_only loading,
+one-line CheckpointErrors for missing, empty, truncated, random, foreign and malicious files, and the
+safetensors + JSON export read back byte by byte against the safetensors format."""
 
 import contextlib
+import json
 import os
 import pickle
 import random
@@ -10,7 +12,13 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE
-from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sde_diffusion.checkpoint import (
+    CheckpointError,
+    export_safetensors,
+    load_checkpoint,
+    load_exported,
+    save_checkpoint,
+)
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import Trainer
@@ -112,3 +120,51 @@ def test_a_malicious_pickle_runs_nothing(tmp_path, writer):
     with contextlib.suppress(RuntimeError):  # the control: an unsafe load runs the payload (then may complain)
         torch.load(path, weights_only=False)
     assert os.path.exists(marker)
+
+
+def test_export_is_safetensors_and_json_that_load_back_identically(tmp_path):
+    state = _state() | {"config": {"sde": {"_target_": "sde_diffusion.VPSDE"}, "train": {"lr": 2e-4, "steps": 3}}}
+    out = export_safetensors(state, state["config"], tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    raw = (out / "model.safetensors").read_bytes()  # the format: u64 header length, JSON header, raw tensor bytes
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    assert header.pop("__metadata__") == {"format": "pt"} and set(header) == set(state["ema"])
+    data, ends = raw[8 + n :], []
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        expected = state["ema"][name]
+        assert entry["dtype"] == "F32" and entry["shape"] == list(expected.shape)
+        assert data[begin:end] == expected.numpy().astype("<f4").tobytes()
+        ends.append((begin, end))
+    assert sum(e - b for b, e in ends) == len(data)  # every byte is a tensor's: nothing else (no pickle) is in it
+    assert json.loads((out / "config.json").read_text()) == state["config"]
+    weights, config = load_exported(out)
+    assert config == state["config"] and weights.keys() == state["ema"].keys()
+    assert all(torch.equal(weights[k], v) for k, v in state["ema"].items())
+    model = ScoreModel(MLP((2,), hidden=8, layers=1), VPSDE())
+    model.load_state_dict(weights)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["ema"].values(), strict=True))
+    again = export_safetensors(model, config, tmp_path / "from_model")
+    assert (again / "model.safetensors").read_bytes() == raw
+
+
+@pytest.mark.parametrize("broken", ["missing_config", "truncated", "config_list"])
+def test_a_broken_export_is_a_one_line_error_naming_the_folder(tmp_path, broken):
+    out = export_safetensors(_state(), {"a": 1}, tmp_path / "export")
+    if broken == "missing_config":
+        (out / "config.json").unlink()
+    elif broken == "truncated":
+        (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
+    else:
+        (out / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="exported model") as e:
+        load_exported(out)
+    assert str(out) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_export_refuses_a_state_without_ema_and_a_non_dict_config(tmp_path):
+    with pytest.raises(ValueError, match="with 'ema'"):
+        export_safetensors({"model": {}}, {}, tmp_path)
+    with pytest.raises(ValueError, match="config must be a plain dict"):
+        export_safetensors(_state(), [("lr", 1)], tmp_path)
