@@ -37,9 +37,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sde_diffusion import analytic
-from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.analytic import GaussianMixture, exact_flow_map
 from sde_diffusion.config import check_sampler, config_error, instantiate_node, load_run, start_tracker
-from sde_diffusion.metrics import exact_flow_map, flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import DETERMINISTIC, sample
 from sde_diffusion.sde import SDE, ScoreFn
 

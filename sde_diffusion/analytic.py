@@ -9,10 +9,13 @@ Everything is computed in float64 and returned in the input's dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .losses import dsm_draws
+from .scipy_ode import solve
 from .sde import SDE, ScoreFn
 
 
@@ -89,6 +92,109 @@ class GaussianMixture:
         log_wn, _ = self._diffused(x, one, torch.zeros_like(one))
         return torch.softmax(log_wn, -1)
 
+    @property
+    def mean(self) -> Tensor:
+        """E[x] = Σ_k w_k μ_k, shape (D,)."""
+        return self.weights @ self.means
+
+    @property
+    def covariance(self) -> Tensor:
+        """Cov[x] = Σ_k w_k (Σ_k + (μ_k − E[x])(μ_k − E[x])ᵀ), the law of total covariance; shape (D, D)."""
+        d = self.means - self.mean
+        return torch.einsum("k,kij->ij", self.weights, self.covs + d[:, :, None] * d[:, None, :])
+
+    def _components(self, k: int | Sequence[int]) -> list[int]:
+        """The component indices of a class: one index or a sequence of distinct ones."""
+        idx = [k] if isinstance(k, int) else list(k)
+        n = len(self.weights)
+        if not idx or len(set(idx)) < len(idx) or not all(isinstance(i, int) and 0 <= i < n for i in idx):
+            raise ValueError(f"a class must be a component index or distinct indices in [0, {n}), got {k!r}")
+        return idx
+
+    def given_class(self, k: int | Sequence[int]) -> GaussianMixture:
+        """p(x | y) for the class y made of component(s) k: those components, with their weights renormalised."""
+        idx = self._components(k)
+        w = self.weights[idx]
+        return GaussianMixture(w / w.sum(), self.means[idx], self.covs[idx])
+
+    def classifier_log_prob(
+        self, sde: SDE, x: Tensor, t: Tensor, classes: Sequence[int | Sequence[int]] | None = None
+    ) -> Tensor:
+        """The exact time-t classifier log p_t(y | x), shape (batch, C): the log responsibilities of the K
+        components under the diffused mixture p_t (C = K), or with `classes` (C entries, each a component index or
+        a sequence of them) the logsumexp over each class's components.
+
+        Differentiable in x: ∇ₓ log p_t(y | x) + ∇ₓ log p_t(x) = ∇ₓ log p_t(x | y), the class-conditional score
+        (Bayes' rule; Song et al. 2021, eq. 14) of `given_class(y).score_fn(sde)`.
+        """
+        t = t.to(torch.float64).expand(x.shape[0])
+        log_wn, _ = self._diffused(x, sde.scale(t), sde.sigma(t))
+        log_r = torch.log_softmax(log_wn, -1)
+        if classes is not None:
+            log_r = torch.stack([torch.logsumexp(log_r[:, self._components(c)], -1) for c in classes], -1)
+        return log_r.to(x.dtype)
+
+    def _condition(self, A: Tensor, y: Tensor, noise_var: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Every component conditioned on y = Ax + n, n ~ N(0, noise_var·I) (Gaussian conditioning, Bishop 2006,
+        §2.3.3): log w_k N(y; Aμ_k, S_k) with S_k = AΣ_kAᵀ + noise_var·I, the means μ_k + K_k(y − Aμ_k) and the
+        covariances (I − K_kA)Σ_k(I − K_kA)ᵀ + noise_var·K_kK_kᵀ (Joseph's form: symmetric positive semi-definite
+        by construction), with the gain K_k = Σ_kAᵀS_k⁻¹. S_k is used only through its Cholesky factor."""
+        m, d = A.shape
+        a_sigma = A @ self.covs  # AΣ_k, (K, m, D)
+        chol, info = torch.linalg.cholesky_ex(a_sigma @ A.T + noise_var * torch.eye(m, dtype=torch.float64))
+        if bool(info.any()):
+            raise ValueError("A Σ_k Aᵀ + noise_std² I is singular: with noise_std = 0, A must have full row rank")
+        r = y - self.means @ A.T  # y − Aμ_k, (K, m)
+        z = torch.linalg.solve_triangular(chol, r[..., None], upper=False)[..., 0]
+        log_n = -0.5 * (z.square().sum(-1) + m * math.log(2 * math.pi)) - chol.diagonal(0, -2, -1).log().sum(-1)
+        gain = torch.cholesky_solve(a_sigma, chol).transpose(1, 2)  # Σ_kAᵀS_k⁻¹, (K, D, m)
+        means = self.means + (gain @ r[..., None])[..., 0]
+        b = torch.eye(d, dtype=torch.float64) - gain @ A
+        covs = b @ self.covs @ b.transpose(1, 2) + noise_var * gain @ gain.transpose(1, 2)
+        return self.weights.log() + log_n, means, 0.5 * (covs + covs.transpose(1, 2))
+
+    @staticmethod
+    def _reweighted(log_w: Tensor, means: Tensor, covs: Tensor) -> GaussianMixture:
+        """The mixture with weights softmax(log_w); components whose weight underflows to 0 in float64 are dropped."""
+        w = torch.softmax(log_w, 0)
+        keep = w > 0
+        return GaussianMixture(w[keep] / w[keep].sum(), means[keep], covs[keep])
+
+    def posterior(self, A: Tensor, y: Tensor, noise_std: float) -> GaussianMixture:
+        """p(x | y) for the measurement y = Ax + noise_std·n, n ~ N(0, I), over all D coordinates: the components
+        reweighted by N(y; Aμ_k, AΣ_kAᵀ + noise_std²I) and conditioned on y (`_condition`). A: (m, D), y: (m,).
+
+        noise_std must be > 0: given exact measurements the posterior is singular on the measured directions; for a
+        coordinate mask with noise_std = 0, `inpainting_posterior` gives the posterior of the missing coordinates.
+        The covariances have eigenvalues down to about noise_std², so noise_std ≪ 1e-7·‖Σ_k‖^½ loses them to
+        rounding. Components whose weight underflows to 0 are dropped, so indices need not match this mixture's.
+        """
+        A, y = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+        if A.ndim != 2 or A.shape[1] != self.dim or y.shape != A.shape[:1]:
+            raise ValueError(f"A must be (m, D={self.dim}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
+        if not (math.isfinite(noise_std) and noise_std > 0):
+            raise ValueError(f"noise_std must be finite and > 0 (use inpainting_posterior for 0), got {noise_std}")
+        return self._reweighted(*self._condition(A, y, noise_std**2))
+
+    def inpainting_posterior(self, mask: Tensor, y_obs: Tensor) -> GaussianMixture:
+        """p(x_u | x_o = y_obs) for exact observations of the coordinates o where the boolean `mask` (D,) is True:
+        a mixture over the missing coordinates u = ~mask only (in their order), whose components are reweighted by
+        N(y_obs; μ_k,o, Σ_k,oo), with means μ_k,u + Σ_k,uoΣ_k,oo⁻¹(y_obs − μ_k,o) and covariances
+        Σ_k,uu − Σ_k,uoΣ_k,oo⁻¹Σ_k,ou. A full posterior draw x has x[mask] = y_obs and x[~mask] from this mixture.
+        Components whose weight underflows to 0 are dropped.
+        """
+        mask, y_obs = torch.as_tensor(mask), torch.as_tensor(y_obs, dtype=torch.float64)
+        if mask.dtype != torch.bool or mask.shape != (self.dim,) or bool(mask.all()) or not bool(mask.any()):
+            raise ValueError(
+                f"mask must be a bool tensor of shape (D={self.dim},) with observed (True) and missing (False) "
+                f"coordinates, got dtype {mask.dtype}, shape {tuple(mask.shape)}, {int(mask.sum())} True"
+            )
+        if y_obs.shape != (int(mask.sum()),):
+            raise ValueError(f"y_obs must hold one value per observed coordinate, got shape {tuple(y_obs.shape)}")
+        log_w, means, covs = self._condition(torch.eye(self.dim, dtype=torch.float64)[mask], y_obs, 0.0)
+        u = ~mask
+        return self._reweighted(log_w, means[:, u], covs[:, u][:, :, u])
+
 
 def eight_gaussians(radius: float = 4.0, std: float = 0.15) -> GaussianMixture:
     """Eight equal-weight isotropic Gaussians on a circle: the standard 2-D toy set."""
@@ -107,3 +213,128 @@ def mixture(dim: int = 16, k: int = 10, seed: int = 0) -> GaussianMixture:
     eig = torch.exp(torch.empty(k, dim, dtype=torch.float64).uniform_(math.log(0.01), 0.0, generator=g))
     covs = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
     return GaussianMixture(weights / weights.sum(), means, 0.5 * (covs + covs.transpose(1, 2)))
+
+
+def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, eps: float, generator: torch.Generator | None):
+    """t ~ U(eps, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
+    x0 = oracle.sample(n, generator=generator)
+    t, noise = dsm_draws(sde, x0.shape, eps, generator, torch.float64)
+    return t, sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
+
+
+def eps_error(
+    sde: SDE,
+    score_fn: ScoreFn,
+    oracle: GaussianMixture,
+    n: int = 20_000,
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> float:
+    """The ε-prediction RMS error (E‖ε̂ − ε̂*‖²/D)^½ = (E‖σ(t)(s(x_t, t) − s*(x_t, t))‖²/D)^½ of `score_fn` against
+    the oracle's exact score s*, over n draws t ~ U(eps, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
+
+    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same eps) over the exact score's, as
+    ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
+    """
+    t, x = _noised_draws(sde, oracle, n, eps, generator)
+    s = score_fn(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to("cpu", torch.float64)
+    diff = sde.sigma(t)[:, None] * (s - oracle.score_fn(sde)(x, t))
+    return float(diff.square().mean().sqrt())
+
+
+class PerturbedScore:
+    """The exact score s* of `oracle` with a controlled error in its ε-prediction ε̂ = −σ(t)·s (Ho et al. 2020):
+    a stand-in for a trained network whose error is known.
+
+      kind "scale": ε̂ = (1 + size)·ε̂*, i.e. s = (1 + size)·s*: a network that over- (size > 0) or under-shoots (−1 <
+        size < 0) its ε; its ε-RMS error is |size|·RMS(ε̂*), with RMS(ε̂*) < 1 (VP, linear β: 0.87 on 8-Gaussians,
+        0.92 on the 16-D mixture).
+      kind "bias": ε̂ = ε̂* + size·b(x, t), i.e. s = s* − size·b/σ(t), with b a fixed smooth random field: random
+        Fourier features (Rahimi & Recht 2007) b_d = c Σ_f u_df cos(ω_fᵀx̃ + ν_f t/T + φ_f) of the standardised
+        x̃ = x/(s(t)² + σ(t)²)^½, ω_f ~ N(0, I/length_scale²), ν_f ~ N(0, (2π)²), φ_f ~ U[0, 2π), u_d uniform on
+        the unit sphere, all drawn from `seed`; c makes b of unit RMS over t ~ U(1e-5, T), x_t ~ p_t (measured on
+        2¹⁴ seeded draws), so its ε-RMS error (`eps_error`) is |size|.
+
+    `size` is a number or a name from SIZES: "small" ≈ the ε-RMS error of the default MLP (3×128) trained for the
+    default 4000 steps, "large" ≈ one trained for 500 (measured by `eps_error`, VP linear β: 0.051 and 0.27 on
+    8-Gaussians, 0.11 and 0.26 on the 16-D mixture). Returned in x's dtype; computed in float64.
+    """
+
+    KINDS = ("scale", "bias")
+    SIZES = {"small": 0.05, "large": 0.25}
+    FEATURES = 256
+
+    def __init__(
+        self,
+        oracle: GaussianMixture,
+        sde: SDE,
+        kind: str = "bias",
+        size: float | str = "small",
+        seed: int = 0,
+        length_scale: float = 1.0,
+    ):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        size = self.SIZES.get(size, size) if isinstance(size, str) else size
+        if isinstance(size, str) or not math.isfinite(size) or (kind == "scale" and size <= -1):
+            raise ValueError(
+                f"size must be one of {tuple(self.SIZES)} or a finite number (> −1 for scale), got {size!r}"
+            )
+        if not length_scale > 0:
+            raise ValueError(f"length_scale must be > 0, got {length_scale}")
+        self.oracle, self.sde, self.kind, self.size = oracle, sde, kind, float(size)
+        self._score = oracle.score_fn(sde)
+        g = torch.Generator().manual_seed(seed)
+        f, d = self.FEATURES, oracle.dim
+        self._omega = torch.randn(f, d, generator=g, dtype=torch.float64) / length_scale
+        self._nu = 2 * math.pi * torch.randn(f, generator=g, dtype=torch.float64)
+        self._phi = 2 * math.pi * torch.rand(f, generator=g, dtype=torch.float64)
+        u = torch.randn(d, f, generator=g, dtype=torch.float64)
+        self._u = u / u.norm(dim=1, keepdim=True)
+        t, x = _noised_draws(sde, oracle, 2**14, 1e-5, g)
+        self._u = self._u / self.bias(x, t).square().mean().sqrt()
+
+    def bias(self, x: Tensor, t: Tensor) -> Tensor:
+        """The unit-RMS field b(x, t), shape (batch, D), float64."""
+        x = x.to(torch.float64)
+        t = t.to(x).expand(x.shape[0])
+        x_std = x / (self.sde.scale(t).square() + self.sde.sigma(t).square()).sqrt()[:, None]
+        omega, nu, phi, u = (p.to(x.device) for p in (self._omega, self._nu, self._phi, self._u))
+        return torch.cos(x_std @ omega.T + (t / self.sde.T)[:, None] * nu + phi) @ u.T
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        s = self._score(x, t).to(torch.float64)
+        if self.kind == "scale":
+            return ((1 + self.size) * s).to(x.dtype)
+        sigma = self.sde.sigma(t.to(s).expand(x.shape[0]))[:, None]
+        return (s - self.size * self.bias(x, t) / sigma).to(x.dtype)
+
+
+def exact_flow_map(
+    sde: SDE,
+    mixture: GaussianMixture,
+    x_T: Tensor,
+    eps: float,
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    denoise: bool = False,
+) -> Tensor:
+    """x_T carried from T to eps by the probability-flow ODE (Song et al. 2021, eq. 13) of the exact mixture score.
+
+    Solved in float64 by DOP853 to `rtol`/`atol` (on the CPU, through `scipy_ode.solve`); with `denoise` also
+    Tweedie's step at eps, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
+    """
+    score = mixture.score_fn(sde)
+    x = x_T.detach().flatten(1).to(device="cpu", dtype=torch.float64)
+
+    def drift(y: Tensor, t: float) -> Tensor:
+        tt = torch.full((y.shape[0],), t, dtype=torch.float64)
+        return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
+
+    x, _ = solve(drift, x, sde.T, eps, "DOP853", rtol, atol, desc="exact_flow_map")
+    if denoise:
+        te = torch.full((x.shape[0],), eps, dtype=torch.float64)
+        x = sde.tweedie(x, te, score(x, te))
+    return x.to(dtype=x_T.dtype, device=x_T.device).view(x_T.shape)

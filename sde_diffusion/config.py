@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .sde import SDE, VPSDE
+from .sde import SDE
 
 _ABSENT = object()
 
@@ -195,35 +195,30 @@ def _check_eval(cfg: DictConfig) -> None:
 
 
 def check_sampler(cfg: DictConfig, key: str) -> None:
-    """A sampler node (`name`, `steps`, `eps`, `denoise`, `options`, as in conf/sampler/) at `key`: a known name,
-    options that sampler takes, and a sampler that fits the SDE (ancestral = DDPM's chain needs a VP SDE)."""
-    from .sampling import SAMPLERS, solver_options
+    """A sampler node (`name`, `steps`, `eps`, `denoise`, `options`, as in conf/sampler/) at `key`, checked against
+    the sampler's spec (`sde_diffusion.sampling.check_sampler`): name, steps, eps, every option value, and the SDE."""
+    from .sampling import SamplerArgError
+    from .sampling import check_sampler as check_spec
 
-    require_choice(cfg, f"{key}.name", sorted(SAMPLERS))
-    name = _get(cfg, f"{key}.name")
-    require_number(cfg, f"{key}.steps", integer=True, ge=2 if name == "ancestral" else 1)
-    require_number(cfg, f"{key}.eps", gt=0, lt=_get_T(cfg))
     require_choice(cfg, f"{key}.denoise", (True, False))
     options = _get(cfg, f"{key}.options")
-    if isinstance(options, DictConfig):
-        unknown = sorted(set(options) - set(solver_options(name)))
-        if unknown:
-            allowed = ", ".join(solver_options(name)) or "none"
-            raise config_error(f"{key}.options.{unknown[0]}", options[unknown[0]], f"{name} takes options: {allowed}")
+    options = OmegaConf.to_container(options) if isinstance(options, DictConfig) else {}
     target = _get(cfg, "sde._target_")
-    if name == "ancestral" and isinstance(target, str) and not _is_vp(target):
-        raise config_error(
-            f"{key}.name", name, f"needs a VP SDE (DDPM's chain), not {target}: use sde=vp or another sampler"
-        )
+    sde_type = _sde_class(target) if isinstance(target, str) else SDE
+    try:
+        check_spec(str(_get(cfg, f"{key}.name")), steps=_get(cfg, f"{key}.steps"), eps=_get(cfg, f"{key}.eps"),
+                   options=options, sde_type=sde_type, T=_get_T(cfg))  # fmt: skip
+    except SamplerArgError as err:
+        raise config_error(f"{key}.{err.key}", err.value, err.allowed) from None
 
 
-def _is_vp(target: str) -> bool:
-    """Whether `_target_` names a VPSDE (an unimportable target passes here and fails, named, in `build`)."""
+def _sde_class(target: str) -> type:
+    """The class `_target_` names (an unimportable target counts as a plain SDE here and fails, named, in `build`)."""
     try:
         cls = get_class(target)
     except Exception:  # noqa: BLE001
-        return True
-    return isinstance(cls, type) and issubclass(cls, VPSDE)
+        return SDE
+    return cls if isinstance(cls, type) else SDE
 
 
 # ------------------------------------------------------------------------------------------------- building

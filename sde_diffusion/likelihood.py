@@ -26,15 +26,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .analytic import GaussianMixture
-from .data import Scaler
+from .scipy_ode import solve
 from .sde import SDE, ScoreFn
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -42,6 +40,16 @@ NOISES = ("rademacher", "gaussian")
 SOLVERS = ("rk45", "euler", "heun")
 
 Rhs = Callable[[Tensor, float], tuple[Tensor, Tensor]]
+
+
+class Scaler(Protocol):
+    """The affine map between a data set's integer levels 0..levels−1 and model space (e.g. `data.Scaler`)."""
+
+    levels: int
+
+    def to_model(self, x: Tensor) -> Tensor: ...
+
+    def to_raw(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -64,13 +72,12 @@ def _probe(x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
 
 def _rhs(sde: SDE, score_fn: ScoreFn, probe: Tensor | None) -> Rhs:
     """(x, t) -> (f̃(x, t), ∇·f̃(x, t)): the PF-ODE drift (eq. 13) and its exact or Hutchinson divergence."""
-    flow = sde.reverse(score_fn, probability_flow=True)
 
     def rhs(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            drift = flow.sde(x, tt)[0]
+            drift = sde.reverse_drift(x, tt, score_fn(x, tt), probability_flow=True)
             if probe is not None:  # εᵀ J ε from one vector–Jacobian product
                 (vjp,) = torch.autograd.grad(drift, x, probe)
                 div = (vjp * probe).flatten(1).sum(1)
@@ -89,21 +96,18 @@ def _solve_rk45(rhs: Rhs, x: Tensor, eps: float, T: float, rtol: float, atol: fl
     """Integrate [x, ∫div] from ε to T with scipy's RK45 (Dormand–Prince 5(4)), state float64 on the CPU."""
     n = x.shape[0]
 
-    def fun(t: float, y: np.ndarray) -> np.ndarray:
-        drift, div = rhs(torch.from_numpy(y[:-n]).reshape(x.shape).to(x), t)
-        return np.concatenate([drift.cpu().double().numpy().ravel(), div.cpu().double().numpy()])
+    def fun(y: Tensor, t: float) -> Tensor:
+        drift, div = rhs(y[:-n].view(x.shape), t)
+        return torch.cat([drift.flatten(), div])
 
-    y0 = np.concatenate([x.detach().cpu().double().numpy().ravel(), np.zeros(n)])
-    sol = solve_ivp(fun, (eps, T), y0, method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"RK45 failed on the probability-flow ODE: {sol.message}")
-    y = torch.from_numpy(sol.y[:, -1])
-    return y[:-n].reshape(x.shape).to(x), y[-n:].to(x), sol.nfev
+    y0 = torch.cat([x.detach().flatten(), x.new_zeros(n)])
+    y, nfe = solve(fun, y0, eps, T, "RK45", rtol, atol, desc="likelihood RK45")
+    return y[:-n].view(x.shape), y[-n:], nfe
 
 
 def _solve_fixed(rhs: Rhs, x: Tensor, eps: float, T: float, steps: int, heun: bool) -> tuple[Tensor, Tensor, int]:
     """Integrate [x, ∫div] from ε to T with `steps` uniform Euler or Heun (explicit trapezoid) steps."""
-    ts = np.linspace(eps, T, steps + 1)
+    ts = torch.linspace(eps, T, steps + 1, dtype=torch.float64).tolist()
     integral = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for t0, t1 in zip(ts[:-1], ts[1:], strict=True):
         h = float(t1 - t0)

@@ -9,6 +9,7 @@ coefficients come back shaped (batch, 1, …, 1) so they broadcast against any x
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,20 @@ class SDE(ABC):
         sq = z.pow(2).flatten(1).sum(1)
         return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
+    def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
+        """f(t)x − g(t)² ∇log p_t(x) (reverse SDE, Anderson 1982; Song et al. 2021, eq. 6), or with ½g(t)² the
+        probability-flow ODE (eq. 13): the dx/dt both are solved with from T down. t is 0-d or (batch,); its
+        coefficients are computed in t's dtype and cast to x's. Every sampler, likelihood and flow map calls this."""
+        t = t.reshape(-1)
+        f, g2 = (expand_as(c.to(x.dtype), x) for c in (self.f(t), self.g(t) ** 2))
+        return f * x - (0.5 if probability_flow else 1.0) * g2 * score
+
+    def tweedie(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """E[x₀ | x_t] = (x_t + σ(t)² ∇log p_t(x_t)) / s(t) (Tweedie's formula; Efron 2011, eq. 1.4)."""
+        t = t.reshape(-1)
+        sigma, s = (expand_as(c.to(x.dtype), x) for c in (self.sigma(t), self.scale(t)))
+        return (x + sigma**2 * score) / s
+
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) or the probability-flow ODE (eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow)
@@ -115,16 +130,29 @@ class ReverseSDE:
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Reverse drift and diffusion; the drift is the dx/dt of the equation read with dt < 0."""
-        drift, g = self.forward.sde(x, t)
-        c = 0.5 if self.probability_flow else 1.0
-        drift = drift - c * g**2 * self.score_fn(x, t)
+        drift = self.forward.reverse_drift(x, t, self.score_fn(x, t), self.probability_flow)
+        g = expand_as(self.forward.g(t), x)
         return drift, torch.zeros_like(g) if self.probability_flow else g
+
+
+class PriorMismatchWarning(UserWarning):
+    """N(0, I) is visibly not the law of a VP / sub-VP x_T, whose mean keeps s(T)x₀: s(T)² = e^{−B(T)} > 1e-3."""
 
 
 class _BetaSDE(SDE):
     def __init__(self, schedule: BetaSchedule | None = None, T: float = 1.0):
         super().__init__(T)
         self.schedule = schedule if schedule is not None else LinearBeta()
+        self.schedule.validate(self.T)  # on this SDE's [0, T], which may reach past the schedule's own T
+        b_T = float(self.schedule.integral(torch.tensor(self.T, dtype=torch.float64)))
+        if b_T < -math.log(1e-3):
+            warnings.warn(
+                f"prior mismatch: x_T keeps s(T) = {math.exp(-b_T / 2):.3g} of x₀, s(T)² = e^(−B(T)) ="
+                f" {math.exp(-b_T):.3g} > 1e-3 (KL of p(x_T | x₀) to N(0, I) ≈ ½s(T)²‖x₀‖²); raise beta_max or T until"
+                f" B(T) = ∫₀ᵀ β dt ≥ 6.91 (now {b_T:.3g})",
+                PriorMismatchWarning,
+                stacklevel=2,
+            )
 
     def f(self, t: Tensor) -> Tensor:
         return -0.5 * self.schedule.beta(t)

@@ -6,7 +6,7 @@ skipped cleanly without a GPU. Samplers are covered in test_sampling_api.py (met
 import pytest
 import torch
 
-from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians, metrics
+from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, analytic, eight_gaussians, metrics
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 from sde_diffusion.losses import dsm_draws, dsm_loss
@@ -139,7 +139,7 @@ def test_scipy_round_trips_return_to_cuda():
     x = gm.sample(4, torch.Generator().manual_seed(0)).float().cuda()
     ll = log_likelihood(sde, gm.score_fn(sde), x, rtol=1e-3, atol=1e-3)
     assert all(v.device.type == "cuda" for v in (ll.log_p, ll.z))
-    assert metrics.exact_flow_map(sde, gm, x, 1e-3, rtol=1e-4, atol=1e-4).device.type == "cuda"
+    assert analytic.exact_flow_map(sde, gm, x, 1e-3, rtol=1e-4, atol=1e-4).device.type == "cuda"
 
 
 @cuda

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
-from sde_diffusion.metrics import exact_flow_map, flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.analytic import exact_flow_map
+from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import sample
 
 sys.path.insert(0, str(ROOT / "experiments"))

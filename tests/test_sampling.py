@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, LinearBeta, eight_gaussians
-from sde_diffusion.metrics import exact_flow_map, flow_error, mmd2, mode_weight_error, sliced_wasserstein
-from sde_diffusion.sampling import SAMPLERS, ddpm_posterior, sample
-from sde_diffusion.sampling.sde_samplers import chain_times
+from sde_diffusion.analytic import exact_flow_map
+from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.sampling import SAMPLERS, sample
+from sde_diffusion.sampling.ancestral import chain_times, ddpm_posterior
 
 SDE = VPSDE()
 MIX = eight_gaussians()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.sampling import SAMPLERS, SamplingError, sample
+from sde_diffusion.sampling import SAMPLERS, SolverError, sample
 
 SDE = VPSDE()
 MIX = eight_gaussians()
@@ -87,7 +87,7 @@ def test_rk45_failure_names_the_time_reached():
         out = MIX.score_fn(SDE)(x, t)
         return out if float(t[0]) > 0.5 else out * float("nan")
 
-    with pytest.raises(SamplingError, match=r"rk45 stopped at t=(1|0\.[5-9]\d*) .*not finite at t=0\.[0-4]"):
+    with pytest.raises(SolverError, match=r"rk45 stopped at t=(1|0\.[5-9]\d*) .*not finite at t=0\.[0-4]"):
         sample(SDE, score, (4, 2), sampler="rk45", generator=torch.Generator().manual_seed(0))
 
 
@@ -110,22 +110,31 @@ def test_cuda_samples_stay_on_cuda(name):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"sampler": "heun"}, r"sampler must be one of \['euler_maruyama'"),
-        ({"sampler": "ode_euler", "order": 2}, r"unknown option\(s\) \['order'\].*valid options: \['spacing', 'rho'\]"),
-        ({"sampler": "dpm_solver", "order": 4}, r"order must be one of \[1, 2, 3\]"),
-        ({"sampler": "dpm_solver", "method": "adaptive"}, r"method must be one of \['multistep', 'singlestep'\]"),
-        ({"sampler": "dpm_solver", "algorithm": "unipc"}, r"algorithm must be one of"),
-        ({"sampler": "dpm_solver", "spacing": "cosine"}, r"spacing must be one of \['time_uniform', 'logsnr'"),
-        ({"sampler": "ode_heun", "rho": 0}, r"rho must be > 0"),
-        ({"sampler": "pc", "predictor": "ancestral"}, r"predictor must be one of"),
-        ({"sampler": "pc", "snr": -1.0}, r"snr must be > 0"),
-        ({"sampler": "pc", "corrector_steps": -1}, r"corrector_steps must be an int >= 0"),
-        ({"sampler": "ancestral", "variance": "learned"}, r"variance must be one of \['beta', 'beta_tilde'\]"),
-        ({"sampler": "rk45", "rtol": 0.0}, r"rtol and atol must be > 0"),
-        ({"sampler": "torchsde", "method": "heun"}, r"method must be one of \['euler', 'milstein', 'srk'\]"),
-        ({"steps": 0}, r"steps must be an int >= 1"),
-        ({"steps": 2.5}, r"steps must be an int >= 1"),
-        ({"eps": 0.0}, r"eps must be in \(0, T=1.0\)"),
+        ({"sampler": "heun"}, r"sample: name='heun': one of \['ancestral'"),
+        ({"sampler": "ode_euler", "order": 2}, r"ode_euler: options.order=2: ode_euler takes options: spacing, rho"),
+        ({"sampler": "dpm_solver", "order": 4}, r"dpm_solver: options.order=4: one of \[1, 2, 3\]"),
+        ({"sampler": "dpm_solver", "method": "adaptive"}, r"options.method='adaptive': one of \['multistep', 'single"),
+        ({"sampler": "dpm_solver", "algorithm": "unipc"}, r"options.algorithm='unipc': one of"),
+        (
+            {"sampler": "dpm_solver", "spacing": "cosine"},
+            r"options.spacing='cosine': one of \['time_uniform', 'logsnr'",
+        ),
+        ({"sampler": "dpm_solver", "lower_order_final": 1}, r"options.lower_order_final=1: one of \[True, False\]"),
+        ({"sampler": "ode_heun", "rho": 0}, r"options.rho=0: a number > 0"),
+        ({"sampler": "pc", "predictor": "ancestral"}, r"options.predictor='ancestral': one of"),
+        ({"sampler": "pc", "snr": -1.0}, r"options.snr=-1.0: a number > 0"),
+        ({"sampler": "pc", "corrector_steps": -1}, r"options.corrector_steps=-1: an int >= 0"),
+        ({"sampler": "pc", "corrector_steps": 1.5}, r"options.corrector_steps=1.5: an int >= 0"),
+        (
+            {"sampler": "ancestral", "variance": "learned"},
+            r"options.variance='learned': one of \['beta', 'beta_tilde'\]",
+        ),
+        ({"sampler": "rk45", "rtol": 0.0}, r"options.rtol=0.0: a number > 0"),
+        ({"sampler": "torchsde", "method": "heun"}, r"options.method='heun': one of \['euler', 'milstein', 'srk'\]"),
+        ({"steps": 0}, r"steps=0: an int >= 1"),
+        ({"steps": 2.5}, r"steps=2.5: an int >= 1"),
+        ({"sampler": "ancestral", "steps": 1}, r"ancestral: steps=1: an int >= 2"),
+        ({"eps": 0.0}, r"eps=0.0: a number in \(0, T=1\)"),
         ({"batch_size": 0}, r"batch_size must be None or an int >= 1"),
         ({"x_T": torch.zeros(3, 2)}, r"x_T has shape \(3, 2\), expected shape=\(4, 2\)"),
     ],
@@ -136,5 +145,5 @@ def test_bad_input_raises_value_error_naming_what_is_allowed(kwargs, match):
 
 
 def test_ancestral_needs_a_vp_sde():
-    with pytest.raises(ValueError, match="'ancestral' needs a VPSDE.*got VESDE"):
+    with pytest.raises(ValueError, match="ancestral: name='ancestral': needs a VPSDE, got VESDE"):
         sample(VESDE(), lambda x, t: -x, (4, 2), sampler="ancestral", steps=10)

@@ -1,29 +1,34 @@
-"""Samplers of the reverse SDE and the probability-flow ODE, behind one entry point `sample`."""
+"""Samplers of the reverse SDE and the probability-flow ODE, behind one entry point `sample`.
 
-from .common import SamplingError, tweedie_denoise
-from .dpm_solver import dpm_solver
-from .ode_samplers import ode_euler, ode_heun, rk45
-from .sample import DETERMINISTIC, SAMPLERS, SampleResult, sample, solver_options
-from .sde_samplers import ancestral, ddpm_posterior, euler_maruyama, pc, torchsde_sampler
+Every module here that declares a sampler (`specs.register`) is imported below, so adding a sampler is adding
+its module; `SAMPLERS` maps each name to its spec and `DETERMINISTIC` lists the ODE solvers.
+"""
+
+import importlib
+import pkgutil
+
+from ..scipy_ode import SolverError
+from .common import tweedie_denoise
+from .sample import SampleResult, sample
+from .specs import SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+DETERMINISTIC = tuple(name for name, spec in SAMPLERS.items() if not spec.stochastic)
 
 __all__ = [
     "DETERMINISTIC",
     "SAMPLERS",
     "SPACINGS",
     "SampleResult",
-    "SamplingError",
-    "ancestral",
-    "ddpm_posterior",
-    "dpm_solver",
-    "euler_maruyama",
-    "ode_euler",
-    "ode_heun",
-    "pc",
-    "rk45",
+    "SamplerArgError",
+    "SamplerSpec",
+    "SolverError",
+    "check_sampler",
     "sample",
-    "solver_options",
+    "sampler_table",
     "timesteps",
-    "torchsde_sampler",
     "tweedie_denoise",
 ]

@@ -1,4 +1,4 @@
-"""What every sampler shares: scalar time coefficients, noise from a generator, and Tweedie's denoising step."""
+"""What every sampler shares: scalar time coefficients, noise from a generator, the drift and Tweedie's step."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import torch
 from torch import Tensor
 
 from ..sde import SDE, ScoreFn
+from .specs import Option
+from .timesteps import SPACINGS
 
-
-class SamplingError(RuntimeError):
-    """A solver could not finish (e.g. rk45 met a non-finite drift); the message names the time reached."""
+SPACING = Option(choices=SPACINGS)
+RHO = Option(low=0.0, open_low=True)
 
 
 def at(t: Tensor, x: Tensor) -> Tensor:
@@ -34,12 +35,11 @@ def time_grid(sde: SDE, steps: int, eps: float, x: Tensor) -> Tensor:
     return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64).to(x.device)
 
 
+def drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, probability_flow: bool) -> Tensor:
+    """dx/dt of the reverse SDE or of the probability-flow ODE at the scalar time t (`SDE.reverse_drift`)."""
+    return sde.reverse_drift(x, t, score_fn(x, at(t, x)), probability_flow)
+
+
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """E[x₀ | x_t] = (x_t + σ(t)² ∇log p_t(x_t)) / s(t) (Tweedie's formula; Efron 2011, eq. 1.4)."""
-    score = score_fn(x, at(t, x))
-    return (x + coef(sde.sigma, t, x) ** 2 * score) / coef(sde.scale, t, x)
-
-
-def pf_drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """dx/dt of the probability-flow ODE, f(t)x − ½g(t)² ∇log p_t(x) (Song et al. 2021, eq. 13)."""
-    return coef(sde.f, t, x) * x - 0.5 * coef(sde.g, t, x) ** 2 * score_fn(x, at(t, x))
+    """E[x₀ | x_t] at the scalar time t (`SDE.tweedie`, Tweedie's formula)."""
+    return sde.tweedie(x, t, score_fn(x, at(t, x)))

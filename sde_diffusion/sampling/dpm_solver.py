@@ -16,11 +16,9 @@ from torch import Tensor
 from tqdm import trange
 
 from ..sde import SDE, ScoreFn
-from .common import at
+from .common import RHO, SPACING, at
+from .specs import Option, register
 from .timesteps import timesteps
-
-METHODS = ("multistep", "singlestep")
-ALGORITHMS = ("dpmsolver", "dpmsolver++")
 
 
 class _Model:
@@ -34,11 +32,10 @@ class _Model:
         return self.sde.scale(t)[0], self.sde.sigma(t)[0], self.sde.log_snr(t)[0]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        alpha, sigma, _ = self.coefs(t)
         score = self.score_fn(x, at(t, x))
         if self.data_prediction:
-            return (x + (sigma**2).to(x.dtype) * score) / alpha.to(x.dtype)
-        return -sigma.to(x.dtype) * score
+            return self.sde.tweedie(x, t, score)
+        return -self.coefs(t)[1].to(x.dtype) * score
 
 
 def _first_order(model: _Model, x: Tensor, m_s: Tensor, s: Tensor, t: Tensor) -> Tensor:
@@ -112,15 +109,27 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     return [1] * steps
 
 
+@register(
+    "dpm_solver",
+    stochastic=False,
+    nfe=lambda steps, o: steps,
+    nfe_text="steps",
+    order=Option(choices=(1, 2, 3)),
+    method=Option(choices=("multistep", "singlestep")),
+    algorithm=Option(choices=("dpmsolver", "dpmsolver++")),
+    spacing=SPACING,
+    rho=RHO,
+    lower_order_final=Option(choices=(True, False)),
+)
 def dpm_solver(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
     steps: int,
     eps: float,
-    generator=None,
-    progress=False,
     *,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
     order: int = 3,
     method: str = "multistep",
     algorithm: str = "dpmsolver++",
@@ -135,12 +144,6 @@ def dpm_solver(
     singlestep: intervals of 1–3 NFE each (`singlestep_orders`), taken from the same grid at the cumulative
     order, so every NFE covers the same stretch of the `spacing`.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be one of [1, 2, 3], got {order!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
     model = _Model(sde, score_fn, data_prediction=algorithm == "dpmsolver++")
     t = timesteps(sde, steps, eps, spacing, rho, x.device)
     if method == "singlestep":

@@ -1,0 +1,30 @@
+"""Euler–Maruyama on the reverse-time SDE dx = [f(t)x − g(t)² ∇log p_t(x)] dt + g(t) dw̄ (Anderson 1982)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm import trange
+
+from ..sde import SDE, ScoreFn
+from .common import coef, drift, randn_like, time_grid
+from .specs import register
+
+
+@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps")
+def euler_maruyama(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    steps: int,
+    eps: float,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """x ← x − [f x − g² ∇log p] h + g √h z on linspace(T, eps), h = t_i − t_{i+1} (Song et al. 2021, eq. 6)."""
+    t = time_grid(sde, steps, eps, x)
+    for i in trange(steps, disable=not progress, desc="euler_maruyama"):
+        h = (t[i] - t[i + 1]).to(x.dtype)
+        x = x - drift(sde, score_fn, x, t[i], False) * h + coef(sde.g, t[i], x) * h.sqrt() * randn_like(x, generator)
+    return x, t[-1]

@@ -1,0 +1,65 @@
+"""The one bridge from torch to scipy's adaptive ODE solvers: a torch right-hand side stepped by scipy in float64.
+
+scipy's solvers work on flat NumPy float64 arrays on the CPU; every evaluation here moves the state to the
+input's shape, device and dtype, calls the torch function there, and brings dx/dt back. The solver is stepped by
+hand, so a failure names the time it reached and long solves can show a progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from scipy.integrate import DOP853, RK45
+from torch import Tensor
+from tqdm import tqdm
+
+METHODS = {"RK45": RK45, "DOP853": DOP853}
+
+
+class SolverError(RuntimeError):
+    """A solver could not finish (a non-finite drift, a failed step); the message names the time reached."""
+
+
+def solve(
+    fn: Callable[[Tensor, float], Tensor],
+    y0: Tensor,
+    t0: float,
+    t1: float,
+    method: str = "RK45",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    progress: bool = False,
+    desc: str = "ode",
+) -> tuple[Tensor, int]:
+    """y(t1) of dy/dt = fn(y, t), y(t0) = y0, by scipy's `method` (RK45: Dormand–Prince 5(4); DOP853: 8(5,3)).
+
+    Returns y(t1) in y0's shape, dtype and device and the number of fn evaluations. A non-finite fn(y, t) or a
+    failed step raises SolverError naming `desc`, the span and the time reached.
+    """
+    shape, dtype, device = y0.shape, y0.dtype, y0.device
+
+    def fun(t: float, y):
+        dy = fn(torch.from_numpy(y).to(device=device, dtype=dtype).view(shape), t)
+        if not bool(torch.isfinite(dy).all()):
+            raise FloatingPointError(f"the drift is not finite at t={t:.6g}")
+        return dy.detach().flatten().to(torch.float64).cpu().numpy()
+
+    def stopped(t: float, why: object) -> SolverError:
+        return SolverError(f"{desc} stopped at t={t:.6g} (solving {t0:g} → {t1:g}): {why}")
+
+    y = y0.detach().flatten().to(torch.float64).cpu().numpy()
+    try:  # the initial-step heuristic already evaluates fn
+        solver = METHODS[method](fun, t0, y, t1, rtol=rtol, atol=atol)
+    except FloatingPointError as e:
+        raise stopped(t0, e) from e
+    with tqdm(total=abs(t1 - t0), disable=not progress, desc=desc) as bar:
+        while solver.status == "running":
+            try:
+                message = solver.step()
+            except FloatingPointError as e:
+                raise stopped(solver.t, e) from e
+            if solver.status == "failed":
+                raise stopped(solver.t, message)
+            bar.update(abs(solver.t - t0) - bar.n)
+    return torch.from_numpy(solver.y).to(device=device, dtype=dtype).view(shape), solver.nfev

@@ -1,0 +1,79 @@
+"""One reverse-dynamics core: every caller of the reverse-SDE / probability-flow drift and of Tweedie's step gives
+the closed form f(t)x − c·g(t)²∇log p_t(x) and (x + σ²∇log p)/s, to float precision; and the sampler specs."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians
+from sde_diffusion.likelihood import _rhs
+from sde_diffusion.sampling import SAMPLERS, sample, sampler_table
+from sde_diffusion.sampling.common import drift, tweedie_denoise
+from sde_diffusion.sampling.dpm_solver import _Model
+from sde_diffusion.sampling.torchsde_sdeint import _ReverseInS
+
+SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
+MIX = eight_gaussians()
+
+
+@pytest.mark.parametrize("name", SDES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_caller_gives_the_same_drift(name, dtype):
+    sde = SDES[name]
+    score_fn = MIX.score_fn(sde)
+    x = (3 * torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for t in (0.05, 0.5, 0.97):
+        t64 = torch.tensor([t], dtype=torch.float64)
+        f, g2 = float(sde.f(t64)), float(sde.g(t64) ** 2)
+        score = score_fn(x, torch.full((7,), t, dtype=dtype))
+        for c, pf in ((1.0, False), (0.5, True)):
+            closed = (f * x.double() - c * g2 * score.double()).to(dtype)
+            callers = {
+                "ReverseSDE": sde.reverse(score_fn, pf).sde(x, torch.full((7,), t, dtype=dtype))[0],
+                "sampling.drift": drift(sde, score_fn, x, t64[0], pf),
+            }
+            if pf:
+                callers["likelihood"] = _rhs(sde, score_fn, None)(x, t)[0]
+            else:  # torchsde solves the reverse SDE in s = T − t
+                s = torch.tensor(sde.T - t, dtype=torch.float64)
+                callers["torchsde"] = -_ReverseInS(sde, score_fn, x.shape).f(s, x)
+            for who, d in callers.items():
+                torch.testing.assert_close(d, closed, **tol, msg=lambda m, who=who: f"{who}: {m}")
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_every_caller_gives_the_same_tweedie_step(name):
+    sde = SDES[name]
+    score_fn = MIX.score_fn(sde)
+    x = 3 * torch.randn(7, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    s, sigma = float(sde.scale(t.reshape(1))), float(sde.sigma(t.reshape(1)))
+    closed = (x + sigma**2 * score_fn(x, t.expand(7))) / s
+    torch.testing.assert_close(tweedie_denoise(sde, score_fn, x, t), closed, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_Model(sde, score_fn, data_prediction=True)(x, t), closed, rtol=1e-12, atol=1e-12)
+
+
+def test_specs_declare_their_options_and_nfe():
+    for name, spec in SAMPLERS.items():
+        assert spec.name == name and spec.summary()
+        for key, default in spec.defaults().items():  # every default is itself allowed
+            assert spec.options[key].accepts(default), (name, key, default)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.nfe(s.min_steps, s.defaults()) is not None])
+def test_nfe_is_what_the_spec_declares(name):
+    spec = SAMPLERS[name]
+    steps = max(spec.min_steps, 50)  # DDPM's chain needs β_i = β(t_i)/N < 1
+    sde = VPSDE()
+    r = sample(sde, MIX.score_fn(sde), (3, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert r.nfe == spec.nfe(steps, spec.defaults()) + 1  # + the Tweedie step
+
+
+def test_readme_table_is_the_specs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = sampler_table()
+    assert table in readme, "README.md's sampler table is stale: paste sde_diffusion.sampling.sampler_table()"
+    assert len(re.findall(r"^\| `", table, re.M)) == len(SAMPLERS)
