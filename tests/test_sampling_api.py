@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.sampling import SAMPLERS, SolverError, sample
+from sde_diffusion.sampling import SAMPLERS, SolverError, sample, timesteps
 
 SDE = VPSDE()
 MIX = eight_gaussians()
@@ -147,3 +147,24 @@ def test_bad_input_raises_value_error_naming_what_is_allowed(kwargs, match):
 def test_ancestral_needs_a_vp_sde():
     with pytest.raises(ValueError, match="ancestral: name='ancestral': needs a VPSDE, got VESDE"):
         sample(VESDE(), lambda x, t: -x, (4, 2), sampler="ancestral", steps=10)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if "timesteps" in s.options])
+def test_a_custom_grid_is_the_grid_it_names(name):
+    """spacing="custom" with timesteps = the logSNR grid is the logSNR run, sample for sample."""
+    grid = timesteps(SDE, 6, 1e-3, "logsnr").tolist()
+    runs = [
+        sample(SDE, MIX.score_fn(SDE), (5, 2), sampler=name, steps=6, generator=torch.Generator().manual_seed(0), **o)
+        for o in ({"spacing": "logsnr"}, {"spacing": "custom", "timesteps": grid})
+    ]
+    torch.testing.assert_close(runs[0].x, runs[1].x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("grid", "spacing"),
+    [([1.0, 0.5, 1e-3], "custom"), ([1.0, 0.3, 0.5, 1e-3], "custom"), ([0.9, 0.5, 0.2, 1e-3], "custom"),
+     (None, "custom"), ([1.0, 0.5, 0.2, 1e-3], "logsnr")],
+)  # fmt: skip
+def test_a_bad_custom_grid_is_named(grid, spacing):
+    with pytest.raises(ValueError, match="timesteps"):
+        sample(SDE, MIX.score_fn(SDE), (4, 2), sampler="ode_euler", steps=3, spacing=spacing, timesteps=grid)

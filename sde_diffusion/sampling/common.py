@@ -6,11 +6,6 @@ import torch
 from torch import Tensor
 
 from ..sde import SDE, ScoreFn
-from .specs import Option
-from .timesteps import SPACINGS
-
-SPACING = Option(choices=SPACINGS)
-RHO = Option(low=0.0, open_low=True)
 
 
 def at(t: Tensor, x: Tensor) -> Tensor:
@@ -28,11 +23,6 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     if generator is None:
         return torch.randn_like(x)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
-
-
-def time_grid(sde: SDE, steps: int, eps: float, x: Tensor) -> Tensor:
-    """steps + 1 uniformly spaced times from T down to eps, float64 on x's device (score_sde's linspace(T, eps))."""
-    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64).to(x.device)
 
 
 def drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, probability_flow: bool) -> Tensor:

@@ -11,14 +11,16 @@ multistep 2/3 are Alg. 2 of Lu et al. 2022b and its third-order extension.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from tqdm import trange
 
 from ..sde import SDE, ScoreFn
-from .common import RHO, SPACING, at
-from .specs import Option, register
-from .timesteps import timesteps
+from .common import at
+from .specs import GRID, Option, register
+from .timesteps import timesteps as make_grid
 
 
 class _Model:
@@ -117,8 +119,7 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     order=Option(choices=(1, 2, 3)),
     method=Option(choices=("multistep", "singlestep")),
     algorithm=Option(choices=("dpmsolver", "dpmsolver++")),
-    spacing=SPACING,
-    rho=RHO,
+    **GRID,
     lower_order_final=Option(choices=(True, False)),
 )
 def dpm_solver(
@@ -135,6 +136,7 @@ def dpm_solver(
     algorithm: str = "dpmsolver++",
     spacing: str = "logsnr",
     rho: float = 7.0,
+    timesteps: Sequence[float] | None = None,
     lower_order_final: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """DPM-Solver / DPM-Solver++ of `order` 1–3 from T to eps with exactly `steps` NFE (Lu et al. 2022a, 2022b).
@@ -145,7 +147,7 @@ def dpm_solver(
     order, so every NFE covers the same stretch of the `spacing`.
     """
     model = _Model(sde, score_fn, data_prediction=algorithm == "dpmsolver++")
-    t = timesteps(sde, steps, eps, spacing, rho, x.device)
+    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
     if method == "singlestep":
         orders = singlestep_orders(steps, order)
         idx = torch.cumsum(torch.tensor([0, *orders]), 0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sde import SDE
+from .timesteps import SPACINGS
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
@@ -48,7 +49,8 @@ class Option:
         if self.choices:
             return f"one of {list(self.choices)}"
         if self.types:
-            return "a " + " or ".join(t.__name__ for t in self.types)
+            names = ["None" if t is type(None) else t.__name__ for t in self.types]
+            return " or ".join(names)
         kind = "an int" if self.integer else "a number"
         lo, hi = math.isfinite(self.low), math.isfinite(self.high)
         if lo and hi:
@@ -62,6 +64,8 @@ class Option:
 
 
 POSITIVE = Option(low=0.0, open_low=True)
+# The options of every sampler that runs on a `timesteps` grid: spacing, rho, and the grid itself when custom.
+GRID = {"spacing": Option(choices=SPACINGS), "rho": POSITIVE, "timesteps": Option(types=(list, tuple, type(None)))}
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,10 @@ def check_sampler(
 
 def sampler_table() -> str:
     """The markdown table of every sampler's spec (README.md carries it; a test keeps the two equal)."""
-    rows = ["| sampler | kind | NFE (+1 with denoise) | needs | options |", "|---|---|---|---|---|"]
+    rows = ["| sampler | kind | NFE (+1 with denoise) | needs | time grid | options |", "|---|---|---|---|---|---|"]
     for s in sorted(SAMPLERS.values(), key=lambda s: (not s.stochastic, s.name)):
-        options = ", ".join(f"`{k}` {o.allowed()}" for k, o in s.options.items()) or "—"
+        own = ", ".join(f"`{k}` {o.allowed()}" for k, o in s.options.items() if k not in GRID) or "—"
+        grid = "`spacing`, `rho`, `timesteps`" if GRID.keys() <= s.options.keys() else "—"
         needs = s.requires.__name__ if s.requires else "any SDE"
-        kind = "SDE" if s.stochastic else "ODE"
-        rows.append(f"| `{s.name}` | {kind} | {s.nfe_text} | {needs} | {options} |")
+        rows.append(f"| `{s.name}` | {'SDE' if s.stochastic else 'ODE'} | {s.nfe_text} | {needs} | {grid} | {own} |")
     return "\n".join(rows) + "\n"

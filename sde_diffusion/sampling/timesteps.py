@@ -6,26 +6,48 @@ equivalent VE process that EDM's (Karras et al. 2022) grid is written in. Every 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from ..sde import SDE
 
-SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras")
+SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras", "custom")
 
 
-def timesteps(sde: SDE, steps: int, eps: float, spacing: str = "time_uniform", rho: float = 7.0, device=None) -> Tensor:
+def timesteps(
+    sde: SDE,
+    steps: int,
+    eps: float,
+    spacing: str = "time_uniform",
+    rho: float = 7.0,
+    device=None,
+    custom: Sequence[float] | None = None,
+) -> Tensor:
     """steps + 1 decreasing times from T to eps (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
 
     time_uniform: linspace(T, eps); time_quadratic: linspace(√T, √eps)²; logsnr: uniform in λ;
-    karras: σ̃_i = (σ̃_max^{1/ρ} + i/M (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ, t_i = λ⁻¹(−log σ̃_i).
+    karras: σ̃_i = (σ̃_max^{1/ρ} + i/M (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ, t_i = λ⁻¹(−log σ̃_i); custom: the grid
+    `custom` itself (e.g. tuned by `optimize_timesteps`), which must run strictly down from T to eps in steps + 1
+    times.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {list(SPACINGS)}, got {spacing!r}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
+    if (spacing == "custom") != (custom is not None):
+        raise ValueError("a custom time grid needs spacing='custom' and timesteps=[T, …, eps], and only then")
     f64 = dict(dtype=torch.float64)
-    if spacing == "time_uniform":
+    if spacing == "custom":
+        t = torch.as_tensor(list(custom), **f64)
+        ends = len(t) == steps + 1 and abs(t[0] - sde.T) < 1e-9 and abs(t[-1] - eps) < 1e-9
+        if not (ends and bool((t[1:] < t[:-1]).all())):
+            raise ValueError(
+                f"timesteps must be {steps + 1} strictly decreasing times from T={sde.T:g} to eps={eps:g} "
+                f"(steps={steps}), got {t.tolist()}"
+            )
+    elif spacing == "time_uniform":
         t = torch.linspace(sde.T, eps, steps + 1, **f64)
     elif spacing == "time_quadratic":
         t = torch.linspace(sde.T**0.5, eps**0.5, steps + 1, **f64) ** 2
