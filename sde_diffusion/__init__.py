@@ -1,7 +1,17 @@
 """sde-diffusion: continuous-time score-based diffusion models (Song et al. 2021)."""
 
 from .analytic import GaussianMixture, eight_gaussians, mixture
-from .schedules import BetaSchedule, CallableBeta, ConstantBeta, CosineBeta, LinearBeta
+from .schedules import (
+    BetaSchedule,
+    CallableBeta,
+    ConstantBeta,
+    CosineBeta,
+    EDMBeta,
+    LinearBeta,
+    LogSNRLinearBeta,
+    PolynomialBeta,
+    SigmoidBeta,
+)
 from .sde import SDE, VESDE, VPSDE, DDPMSchedule, ReverseSDE, SubVPSDE, expand_as
 
 __all__ = [
@@ -13,9 +23,13 @@ __all__ = [
     "ConstantBeta",
     "CosineBeta",
     "DDPMSchedule",
+    "EDMBeta",
     "GaussianMixture",
     "LinearBeta",
+    "LogSNRLinearBeta",
+    "PolynomialBeta",
     "ReverseSDE",
+    "SigmoidBeta",
     "SubVPSDE",
     "eight_gaussians",
     "expand_as",
