@@ -320,8 +320,10 @@ def exact_flow_map(
     rtol: float = 1e-10,
     atol: float = 1e-10,
     denoise: bool = False,
+    T: float | None = None,
 ) -> Tensor:
-    """x_T carried from T to eps by the probability-flow ODE (Song et al. 2021, eq. 13) of the exact mixture score.
+    """x_T carried from T (the SDE's, or the start time given) to eps by the probability-flow ODE (Song et al. 2021,
+    eq. 13) of the exact mixture score.
 
     Solved in float64 by DOP853 to `rtol`/`atol` (on the CPU, through `scipy_ode.solve`); with `denoise` also
     Tweedie's step at eps, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
@@ -333,7 +335,7 @@ def exact_flow_map(
         tt = torch.full((y.shape[0],), t, dtype=torch.float64)
         return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
 
-    x, _ = solve(drift, x, sde.T, eps, "DOP853", rtol, atol, desc="exact_flow_map")
+    x, _ = solve(drift, x, sde.T if T is None else T, eps, "DOP853", rtol, atol, desc="exact_flow_map")
     if denoise:
         te = torch.full((x.shape[0],), eps, dtype=torch.float64)
         x = sde.tweedie(x, te, score(x, te))
