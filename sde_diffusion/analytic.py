@@ -3,6 +3,9 @@
 Under a linear SDE x_t = s(t)x_0 + σ(t)ε, so each component N(μ_k, Σ_k) of the data stays Gaussian:
 N(s μ_k, s²Σ_k + σ²I). With Σ_k = U_k diag(λ_k) U_kᵀ the diffused covariance is U_k diag(s²λ_k + σ²) U_kᵀ,
 so its inverse and log-determinant cost one projection, at every t, with no factorisation per step.
+Conditioning stays in closed form too: a class (a set of components) is again a mixture, the time-t classifier is
+the diffused responsibilities, and a linear-Gaussian measurement gives a mixture posterior (exact conditional scores
+and posterior samples). `PerturbedScore` adds a controlled ε-error to the exact score, `eps_error` measures one.
 Everything is computed in float64 and returned in the input's dtype.
 """
 

@@ -7,7 +7,7 @@ import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, eight_gaussians
 from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.metrics import energy_distance, flow_error, mmd2, mode_weight_error, sliced_wasserstein
 
 
 def normal(n, mean, seed):
@@ -37,6 +37,34 @@ def test_mmd2_of_shifted_gaussians_matches_the_closed_form():
     same = [mmd2(normal(500, torch.zeros(2), s), normal(500, torch.zeros(2), s + 100)) for s in range(10)]
     assert abs(sum(same) / 10) < 3 * torch.tensor(same).std().item() / math.sqrt(10)  # unbiased: mean zero
     assert mmd2(x, y) > 10 * max(abs(v) for v in same)
+
+
+def test_energy_distance_of_shifted_gaussians_matches_the_closed_form():
+    """For N(a, 1) and N(b, 1) in 1-D, X − Y ~ N(a − b, 2) and X − X′ ~ N(0, 2), with E|N(m, s²)| =
+    s√(2/π)e^{−m²/2s²} + m(1 − 2Φ(−m/s)) and 1 − 2Φ(−z) = erf(z/√2); the mean of 4 draws is within 4 standard
+    errors."""
+
+    def mean_abs(m, s):
+        return s * math.sqrt(2 / math.pi) * math.exp(-(m**2) / (2 * s**2)) + m * math.erf(m / (s * math.sqrt(2)))
+
+    closed = 2 * mean_abs(1.0, math.sqrt(2)) - 2 * mean_abs(0.0, math.sqrt(2))
+    a, b = torch.tensor([0.0]), torch.tensor([1.0])
+    runs = torch.tensor([energy_distance(normal(5000, a, s), normal(5000, b, s + 10)) for s in range(4)])
+    se = runs.std().item() / 2
+    assert se < 0.05 * closed
+    assert runs.mean().item() == pytest.approx(closed, abs=4 * se)
+
+
+def test_energy_distance_is_unbiased_symmetric_and_chunk_free():
+    zero = torch.zeros(2)
+    same = torch.tensor([energy_distance(normal(500, zero, s), normal(500, zero, s + 100)) for s in range(10)])
+    assert abs(same.mean().item()) < 3 * same.std().item() / math.sqrt(10)  # U-statistics: mean zero
+    x, y = normal(300, torch.zeros(3), 0), normal(200, torch.ones(3), 1)
+    assert energy_distance(x, y) == pytest.approx(energy_distance(y, x), abs=1e-12)
+    assert energy_distance(x, y, chunk=7) == pytest.approx(energy_distance(x, y), abs=1e-10)
+    assert energy_distance(x, y) > 20 * same.abs().max().item()
+    with pytest.raises(ValueError, match="samples"):
+        energy_distance(x[:1], y)
 
 
 def test_mode_weight_error_is_the_l1_between_assigned_and_true_weights():
