@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,57 +16,96 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
-def scatter_panels(samples: Mapping[str, Tensor], reference: Tensor, path: str | Path, max_points: int = 4000) -> Path:
-    """One scatter panel per entry of `samples` plus the data `reference`, same axes; vectors of more than
-    two dimensions show their first two coordinates."""
+def describe(data: str, sde: object, run: str | None = None) -> str:
+    """A title line naming the data set, the SDE with its β(t) and, in a sweep, the run: what every figure shows."""
+    schedule = getattr(sde, "schedule", None)
+    if schedule is not None:
+        values = ", ".join(f"{v:g}" for k, v in vars(schedule).items() if isinstance(v, float) and k != "T")
+        sde_text = f"{type(sde).__name__}, β(t) = {type(schedule).__name__}({values})"
+    else:
+        sde_text = type(sde).__name__
+    return " · ".join(p for p in (data, sde_text, run) if p)
+
+
+def scatter_panels(
+    samples: Mapping[str, Tensor], reference: Tensor, path: str | Path, title: str = "", max_points: int = 4000
+) -> Path:
+    """One scatter panel per entry of `samples` (its key the panel's title: sampler and NFE) plus the data
+    `reference`, on shared, ticked axes under the figure `title`; vectors of more than two dimensions show their
+    first two coordinates."""
     panels = {"data": reference, **samples}
     ref = reference.flatten(1)[:, :2].double()
     lo, hi = ref.min(0).values, ref.max(0).values
     pad = 0.15 * (hi - lo)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, x) in zip(axes[0], panels.items(), strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.7), squeeze=False, sharey=True)
+    for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         xy = x.detach().flatten(1)[:max_points, :2].double().cpu().numpy()
-        ax.scatter(xy[:, 0], xy[:, 1], s=1.5, alpha=0.5, color="C0" if title == "data" else "C1", rasterized=True)
-        ax.set_title(title, fontsize=9)
-        ax.set(xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
+        ax.scatter(xy[:, 0], xy[:, 1], s=1.5, alpha=0.5, color="C0" if name == "data" else "C1", rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set(xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]), xlabel="x₁")
         ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.2)
+    axes[0, 0].set_ylabel("x₂")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
-def image_grid(x: Tensor, path: str | Path, title: str = "", nrow: int | None = None, scaler=None) -> Path:
-    """A grid of images (n, C, H, W), 1 channel in grey, 3 in colour. With the data's `scaler`, pixels map back to
-    raw levels (scaler.to_raw) and are shown on [0, levels − 1]; without, model space [−1, 1] is shown."""
+def image_grid(
+    x: Tensor, path: str | Path, title: str = "", nrow: int | None = None, scaler=None, min_size: int = 512
+) -> Path:
+    """A grid of images (n, C, H, W), 1 channel in grey, 3 in colour, upscaled by nearest neighbour to at least
+    `min_size` pixels wide with a light separator between cells, under `title`. With the data's `scaler`, pixels map
+    back to raw levels (scaler.to_raw) and are shown on [0, levels − 1]; without, model space [−1, 1] is shown."""
     x = x.detach().float().cpu()
     x = scaler.to_raw(x) / (scaler.levels - 1) if scaler is not None else (x + 1) / 2
-    x = x.clamp(0, 1)
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
-    grid = torch.zeros(c, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
+    k = max(1, math.ceil(min_size / (nrow * w)))  # integer upscaling keeps pixels square and sharp
+    cells = x.clamp(0, 1).repeat_interleave(k, 2).repeat_interleave(k, 3)
+    gap = max(1, k // 4)
+    grid = torch.full((c, ncol * (h * k + gap) + gap, nrow * (w * k + gap) + gap), 0.85)  # light separators
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i]
+        top, left = gap + r * (h * k + gap), gap + q * (w * k + gap)
+        grid[:, top : top + h * k, left : left + w * k] = cells[i]
     image = grid.permute(1, 2, 0).numpy()
-    fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * ncol + 0.8))
-    ax.imshow(image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
+    title = "\n".join(textwrap.fill(line, width=max(40, image.shape[1] // 7)) for line in title.splitlines())
+    dpi, title_px = 100, 16 * (1 + title.count("\n")) + 14 if title else 0
+    height, width = image.shape[:2]
+    fig = plt.figure(figsize=(width / dpi, (height + title_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, height / (height + title_px)))
+    ax.imshow(image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")  # fmt: skip
     ax.axis("off")
-    return _save(fig, path)
+    if title:
+        fig.text(0.5, 1 - 0.5 * title_px / (height + title_px), title, ha="center", va="center", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)  # no tight box: the image keeps its exact pixel size
+    plt.close(fig)
+    return path
 
 
-def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, smooth: int = 20) -> Path:
-    """The logged training loss against the step on a log axis, with a running mean over `smooth` points."""
+def loss_curve(
+    steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "", decay: float = 0.9
+) -> Path:
+    """The logged training loss against the step, raw and as an exponential moving average from the first point
+    (bias-corrected like Adam's moments, so it starts at the first loss and does not lag behind a window)."""
     steps_a, losses_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ema, smooth = 0.0, []
+    for i, value in enumerate(losses_a, start=1):
+        ema = decay * ema + (1 - decay) * value
+        smooth.append(ema / (1 - decay**i))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot(steps_a, losses_a, lw=0.8, alpha=0.4, label="logged")
-    if len(losses_a) >= smooth > 1:
-        kernel = np.ones(smooth) / smooth
-        ax.plot(steps_a[smooth - 1 :], np.convolve(losses_a, kernel, mode="valid"), lw=1.5, label=f"mean of {smooth}")
+    ax.plot(steps_a, smooth, lw=1.6, label=f"EMA ({decay} per logged point)")
     if np.all(losses_a > 0):
         ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="DSM loss", title="training loss")
+    ax.set(xlabel="step", ylabel="DSM loss")
+    ax.set_title("training loss" + (f"\n{title}" if title else ""), fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
