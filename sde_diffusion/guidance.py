@@ -1,0 +1,100 @@
+"""Guidance: a class-conditional `score_fn(x, t)` built from a conditional model or from a classifier, so that every
+sampler runs it unchanged.
+
+Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form) samples ∝ p_t(x | y)^{1+w} p_t(x)^{−w} =
+p_t(x) p_t(y | x)^{1+w}: classifier guidance of scale 1 + w with the model's implicit classifier. Classifier guidance
+(Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1) at w = 1 is the exact class-conditional score when the
+classifier is exact (`GaussianMixture.classifier_log_prob` is).
+
+A conditional score model is called as model(x, t, y): x (batch, …), t (batch,), y (batch,) long labels; the label
+`null_label` asks for the unconditional score s(x, t | ∅), as a model trained with label dropout gives.
+
+Labels are an int (one class for every sample) or a (batch,) integer tensor, one per sample, which must match the
+batch the score is called on. Samplers run with batch_size call the score on chunks of the batch, and neither a
+tensor nor a callable labels(x) can tell which rows a chunk holds (x does not say), so a mismatch is an error: there
+pass an int, or sample one chunk per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .sde import ScoreFn
+
+CondScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+LogProbFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check(labels: int | Tensor, w: float) -> None:
+    """labels an int or a 1-D integer tensor, w a finite number."""
+    if isinstance(labels, Tensor):
+        if labels.ndim != 1 or labels.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+            raise ValueError(
+                f"labels must be an int or a (batch,) integer tensor, got dtype {labels.dtype}, shape "
+                f"{tuple(labels.shape)}"
+            )
+    elif isinstance(labels, bool) or not isinstance(labels, int):
+        raise ValueError(f"labels must be an int or a (batch,) integer tensor, got {labels!r}")
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+        raise ValueError(f"w must be a finite number, got {w!r}")
+
+
+def _per_sample(labels: int | Tensor, x: Tensor) -> Tensor:
+    """The (batch,) long labels of x's batch."""
+    if isinstance(labels, int):
+        return torch.full((x.shape[0],), labels, dtype=torch.long, device=x.device)
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"labels has {labels.shape[0]} entries but the score was called on a batch of {x.shape[0]} (a sampler "
+            f"with batch_size calls it on chunks): pass one label per sample of the batch, or an int"
+        )
+    return labels.to(device=x.device, dtype=torch.long)
+
+
+def classifier_free(model: CondScoreFn, labels: int | Tensor, w: float, null_label: int) -> ScoreFn:
+    """s = (1 + w)·s(x, t | y) − w·s(x, t | ∅) (Ho & Salimans 2022, eq. 6); w = 0 is the conditional score.
+
+    Each call is one model call on the doubled batch [x; x] with labels [y; ∅]: two network evaluations.
+    """
+    _check(labels, w)
+    if isinstance(null_label, bool) or not isinstance(null_label, int):
+        raise ValueError(f"null_label must be an int, got {null_label!r}")
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        y = _per_sample(labels, x)
+        t = t.expand(x.shape[0])
+        cond, uncond = model(
+            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)])
+        ).chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    return score
+
+
+def classifier(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: int | Tensor, w: float) -> ScoreFn:
+    """s = s(x, t) + w·∇ₓ log p_t(y | x) (Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1).
+
+    log_prob_fn(x, t) -> (batch, C) log-probabilities of a time-dependent classifier, differentiable in x; its
+    gradient is taken with autograd enabled inside, as samplers run under no_grad. Each call is one score call plus
+    one classifier forward and backward pass.
+    """
+    _check(labels, w)
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        y = _per_sample(labels, x)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_p = log_prob_fn(x_in, t)
+            if log_p.ndim != 2 or log_p.shape[0] != x.shape[0] or not bool(((y >= 0) & (y < log_p.shape[1])).all()):
+                raise ValueError(
+                    f"log_prob_fn must return (batch={x.shape[0]}, C) log-probabilities with every label in [0, C), "
+                    f"got shape {tuple(log_p.shape)} and labels in [{int(y.min())}, {int(y.max())}]"
+                )
+            (grad,) = torch.autograd.grad(log_p.gather(1, y[:, None]).sum(), x_in)
+        return score_fn(x, t) + w * grad
+
+    return score
