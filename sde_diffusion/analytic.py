@@ -47,10 +47,14 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws, float64, shape (n, D)."""
+        return self.sample_with_labels(n, generator)[0]
+
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n draws x (float64, (n, D)) with the component k ~ w each was drawn from ((n,), long): its class."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         root = self._eigvecs * self._eigvals.sqrt().unsqueeze(-2)  # U √Λ
-        return self.means[k] + torch.einsum("nij,nj->ni", root[k], z)
+        return self.means[k] + torch.einsum("nij,nj->ni", root[k], z), k
 
     def _diffused(self, x: Tensor, s: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """Per-component log w_k N(x; sμ_k, s²Σ_k + σ²I) and the precision-weighted residual C_k⁻¹(x − sμ_k)."""

@@ -7,6 +7,10 @@ generator state is the data stream's position and a resumed run continues the sa
 float32 on the CPU, in model space. Finite sets draw i.i.d. indices (with replacement) from their training
 split; `reference` draws from a held-out split that training never sees.
 
+Labelled sets (`num_classes` = C, None for unlabelled ones) also have `batch_with_labels(n, generator)` and
+`reference_with_labels(n, generator)`, which return (x, y) with y ∈ {0, …, C − 1} of shape (n,), long; their x is
+exactly `batch`'s / `reference`'s for the same generator state (one draw gives both).
+
 2-D sets follow the recipes of FFJORD (Grathwohl et al. 2019), which most papers' toy figures use, and lie
 in roughly [−4, 4]².
 """
@@ -52,21 +56,32 @@ class Scaler:
 
 
 class MixtureSet:
-    """Draws from a GaussianMixture: `oracle` is the mixture, so its exact score and metrics apply."""
+    """Draws from a GaussianMixture: `oracle` is the mixture, so its exact score and metrics apply. The label of a
+    point is the component it was drawn from (`oracle.given_class(y)` is then the exact p(x | y))."""
 
     scaler = None
 
     def __init__(self, oracle: GaussianMixture):
         self.oracle = oracle
         self.shape = (oracle.dim,)
+        self.num_classes = len(oracle.weights)
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:
         """n i.i.d. draws, float32."""
-        return self.oracle.sample(n, generator).float()
+        return self.batch_with_labels(n, generator)[0]
+
+    def batch_with_labels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n i.i.d. draws, float32, and their components, long."""
+        x, y = self.oracle.sample_with_labels(n, generator)
+        return x.float(), y
 
     def reference(self, n: int, generator: torch.Generator) -> Tensor:
         """An independent draw of n points for evaluation."""
         return self.batch(n, generator)
+
+    def reference_with_labels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """An independent draw of n points and their components for evaluation."""
+        return self.batch_with_labels(n, generator)
 
 
 class EightGaussians(MixtureSet):
@@ -87,6 +102,7 @@ class _Toy2D:
     shape = (2,)
     oracle = None
     scaler = None
+    num_classes = None
 
     def reference(self, n: int, generator: torch.Generator) -> Tensor:
         """An independent draw of n points for evaluation."""
@@ -135,35 +151,65 @@ class Moons(_Toy2D):
 
 
 class _FiniteSet:
-    """A finite array split once into a training part and a held-out part; batches draw i.i.d. indices."""
+    """A finite array split once into a training part and a held-out part; batches draw i.i.d. indices.
+
+    With `labels` (N class indices in [0, C)) the set is labelled with C = max label + 1 classes.
+    """
 
     oracle = None
 
-    def __init__(self, data: Tensor, holdout: int, split_seed: int, scaler: Scaler | None):
+    def __init__(
+        self, data: Tensor, holdout: int, split_seed: int, scaler: Scaler | None, labels: Tensor | None = None
+    ):
         n = data.shape[0]
         if not 0 <= holdout < n:
             raise ValueError(f"holdout must be in [0, {n - 1}] for {n} examples, got {holdout}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         self._train = data[perm[holdout:]]
         self._held_out = data[perm[:holdout]] if holdout else self._train
+        self._train_labels = self._held_out_labels = None
+        self.num_classes = None
+        if labels is not None:
+            self._train_labels = labels[perm[holdout:]]
+            self._held_out_labels = labels[perm[:holdout]] if holdout else self._train_labels
+            self.num_classes = int(labels.max()) + 1
         self.scaler = scaler
         self.shape = tuple(data.shape[1:])
 
-    def _draw(self, pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        x = pool[torch.randint(pool.shape[0], (n,), generator=generator)].float()
-        return self.scaler.to_model(x) if self.scaler is not None else x
+    def _draw(
+        self, pool: Tensor, labels: Tensor | None, n: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None]:
+        i = torch.randint(pool.shape[0], (n,), generator=generator)
+        x = pool[i].float()
+        return self.scaler.to_model(x) if self.scaler is not None else x, labels[i] if labels is not None else None
+
+    def _labelled(self, drawn: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor]:
+        if drawn[1] is None:
+            raise ValueError(
+                f"{type(self).__name__} has no labels (num_classes is None); draw with batch()/reference()"
+            )
+        return drawn
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:
         """n examples drawn with replacement from the training split, in model space."""
-        return self._draw(self._train, n, generator)
+        return self._draw(self._train, None, n, generator)[0]
+
+    def batch_with_labels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """`batch` and the examples' labels."""
+        return self._labelled(self._draw(self._train, self._train_labels, n, generator))
 
     def reference(self, n: int, generator: torch.Generator) -> Tensor:
         """n examples drawn with replacement from the held-out split (the training split if holdout = 0)."""
-        return self._draw(self._held_out, n, generator)
+        return self._draw(self._held_out, None, n, generator)[0]
+
+    def reference_with_labels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """`reference` and the examples' labels."""
+        return self._labelled(self._draw(self._held_out, self._held_out_labels, n, generator))
 
 
 class Digits(_FiniteSet):
-    """sklearn's digits (ships with scikit-learn): 1 797 8×8 images, 17 levels 0..16, shape (1, 8, 8).
+    """sklearn's digits (ships with scikit-learn): 1 797 8×8 images, 17 levels 0..16, shape (1, 8, 8), labelled
+    with their digit (10 classes).
 
     A fixed seeded permutation holds out `holdout` images (default 297, leaving 1 500 for training) for
     `reference`. Pixels map to [−1, 1] with Scaler(levels=17).
@@ -172,26 +218,37 @@ class Digits(_FiniteSet):
     def __init__(self, holdout: int = 297, split_seed: int = 0):
         from sklearn.datasets import load_digits
 
-        images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
-        super().__init__(images, holdout, split_seed, Scaler(17))
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.uint8).unsqueeze(1)
+        super().__init__(images, holdout, split_seed, Scaler(17), torch.as_tensor(digits.target, dtype=torch.long))
 
 
 class TensorFile(_FiniteSet):
     """A user's array of N examples from a `.npy` or `.pt` file: (N, D) vectors or (N, C, H, W) images.
 
     uint8 data is read as 256 levels; pass `levels` for other integer data; float data is used as it is
-    (already in model space). `holdout` is the held-out fraction used by `reference`. `.pt` files are read
-    with torch.load(weights_only=True), `.npy` with allow_pickle=False: loading runs no code.
+    (already in model space). `holdout` is the held-out fraction used by `reference`. `labels` is an optional
+    second file of the same kinds holding N integer class indices >= 0, one per example (a separate file rather
+    than an .npz key, so both formats and the one safe reader serve it). `.pt` files are read with
+    torch.load(weights_only=True), `.npy` with allow_pickle=False: loading runs no code.
     """
 
-    def __init__(self, path: str, levels: int | None = None, holdout: float = 0.1, split_seed: int = 0):
+    def __init__(
+        self,
+        path: str,
+        levels: int | None = None,
+        holdout: float = 0.1,
+        split_seed: int = 0,
+        labels: str | None = None,
+    ):
         data = _load_array(Path(path))
         if data.dtype == torch.uint8 and levels is None:
             levels = 256
         if not data.is_floating_point() and levels is None:
             raise ValueError(f"data file {path}: integer dtype {data.dtype} needs `levels` (e.g. 256 for 8-bit)")
+        y = _load_labels(Path(labels), data.shape[0]) if labels is not None else None
         n_held = _held_out_count(holdout, data.shape[0], f"data file {path}")
-        super().__init__(data, n_held, split_seed, Scaler(levels) if levels is not None else None)
+        super().__init__(data, n_held, split_seed, Scaler(levels) if levels is not None else None, y)
 
 
 def _held_out_count(holdout: float, n: int, what: str) -> int:
@@ -204,21 +261,39 @@ def _held_out_count(holdout: float, n: int, what: str) -> int:
     return n_held
 
 
-def _load_array(path: Path) -> Tensor:
-    """Read and validate (N, D) or (N, C, H, W) data; every problem is a ValueError naming the file."""
+def _read_tensor(path: Path, what: str) -> Tensor:
+    """One array from a .npy (allow_pickle=False) or .pt (weights_only) file; problems are ValueErrors naming it."""
     if not path.is_file():
-        raise ValueError(f"data file {path}: not found")
+        raise ValueError(f"{what} {path}: not found")
     if path.suffix not in (".npy", ".pt"):
-        raise ValueError(f"data file {path}: unknown extension {path.suffix!r}; allowed: .npy, .pt")
+        raise ValueError(f"{what} {path}: unknown extension {path.suffix!r}; allowed: .npy, .pt")
     try:
         if path.suffix == ".npy":
             data = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"data file {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise ValueError(f"{what} {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if not isinstance(data, Tensor):
-        raise ValueError(f"data file {path}: holds a {type(data).__name__}, expected one array")
+        raise ValueError(f"{what} {path}: holds a {type(data).__name__}, expected one array")
+    return data
+
+
+def _load_labels(path: Path, n: int) -> Tensor:
+    """Read and validate N integer class indices >= 0 (long); every problem is a ValueError naming the file."""
+    y = _read_tensor(path, "labels file")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels file {path}: dtype {y.dtype}; allowed: integer class indices")
+    if y.shape != (n,):
+        raise ValueError(f"labels file {path}: shape {tuple(y.shape)}, expected ({n},), one label per example")
+    if bool((y < 0).any()):
+        raise ValueError(f"labels file {path}: label {int(y.min())} < 0; allowed: class indices 0, 1, …")
+    return y.long()
+
+
+def _load_array(path: Path) -> Tensor:
+    """Read and validate (N, D) or (N, C, H, W) data; every problem is a ValueError naming the file."""
+    data = _read_tensor(path, "data file")
     if data.ndim not in (2, 4):
         raise ValueError(
             f"data file {path}: shape {tuple(data.shape)} has rank {data.ndim}; allowed: (N, D) or (N, C, H, W)"
@@ -267,7 +342,7 @@ class ImageFolder(_FiniteSet):
         self.images = images
         self.labels = torch.tensor(labels) if labels is not None else None
         n_held = _held_out_count(holdout, len(files), f"image folder {path}")
-        super().__init__(images, n_held, split_seed, Scaler(levels))
+        super().__init__(images, n_held, split_seed, Scaler(levels), self.labels)
 
 
 def _is_image(path: Path, root: Path) -> bool:

@@ -1,5 +1,7 @@
 """Data sets against their definitions: the oracle's moments, the support of each toy set, the digits split,
-determinism in the passed generator only, the validation of user files, and image folders read pixel-exactly."""
+determinism in the passed generator only, the validation of user files, and image folders read pixel-exactly.
+Labels: a mixture's label is the component drawn (class proportions = weights, per-class means = μ_k), digits'
+labels are sklearn's targets, a tensor file's labels stay with their examples through the split."""
 
 import math
 import pickle
@@ -280,3 +282,87 @@ def test_image_folder_rejects_bad_folders_naming_the_problem(tmp_path, layout, k
     assert "\n" not in str(e.value)
     if "must be" not in problem:
         assert str(root) in str(e.value)
+
+
+@pytest.mark.parametrize("d", [EightGaussians(), MixtureData(3, 4, 1)], ids=["eight_gaussians", "mixture"])
+def test_mixture_labels_are_the_components_drawn(d):
+    n, gm = 100_000, d.oracle
+    x, y = d.batch_with_labels(n, _gen(5))
+    assert d.num_classes == len(gm.weights) and y.dtype == torch.long and torch.equal(x, d.batch(n, _gen(5)))
+    share = torch.bincount(y, minlength=d.num_classes).double() / n
+    assert ((share - gm.weights).abs() < 4 * (gm.weights * (1 - gm.weights) / n).sqrt()).all()
+    for k in range(d.num_classes):
+        xk = x[y == k].double()
+        se = (gm.covs[k].diagonal() / len(xk)).sqrt()
+        assert ((xk.mean(0) - gm.means[k]).abs() < 4 * se).all()
+    if isinstance(d, EightGaussians):  # std 0.15 at distance 3.06 apart: the most responsible component, always
+        assert torch.equal(gm.responsibilities(x[:10_000]).argmax(1), y[:10_000])
+
+
+def test_digits_labels_are_sklearns_targets_in_both_splits():
+    from sklearn.datasets import load_digits
+
+    digits, d = load_digits(), Digits()
+    pairs = {(tuple(im.astype(int).ravel()), int(t)) for im, t in zip(digits.images, digits.target, strict=True)}
+    assert d.num_classes == 10
+    for draw in (d.batch_with_labels, d.reference_with_labels):
+        x, y = draw(300, _gen(2))
+        raw = d.scaler.to_raw(x).round().int().reshape(300, -1)
+        assert all((tuple(r), int(t)) in pairs for r, t in zip(raw.tolist(), y, strict=True))
+    assert torch.equal(d.batch_with_labels(64, _gen(4))[0], d.batch(64, _gen(4)))
+    assert torch.equal(d.reference_with_labels(64, _gen(4))[0], d.reference(64, _gen(4)))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_tensor_file_labels_stay_with_their_examples(tmp_path, suffix):
+    y_all = torch.arange(40) % 7
+    x_all = y_all[:, None].float() + torch.rand(40, 3, generator=_gen())  # floor(x) is the label
+    np.save(tmp_path / "x.npy", x_all.numpy())
+    path = tmp_path / f"y{suffix}"
+    if suffix == ".npy":
+        np.save(path, y_all.int().numpy())
+    else:
+        torch.save(y_all, path)
+    d = TensorFile(str(tmp_path / "x.npy"), holdout=0.25, labels=str(path))
+    assert d.num_classes == 7 and TensorFile(str(tmp_path / "x.npy")).num_classes is None
+    for draw in (d.batch_with_labels, d.reference_with_labels):
+        x, y = draw(200, _gen(1))
+        assert y.dtype == torch.long and torch.equal(x[:, 0].floor().long(), y)
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [
+        (None, "not found"),
+        (np.zeros(20, np.float32), "dtype"),
+        (np.zeros(19, np.int64), r"expected \(20,\)"),
+        (np.zeros((20, 1), np.int64), r"expected \(20,\)"),
+        (np.full(20, -1, np.int64), "< 0"),
+    ],
+)
+def test_tensor_file_rejects_bad_labels_naming_the_file(tmp_path, labels, problem):
+    np.save(tmp_path / "x.npy", np.zeros((20, 2), np.float32))
+    if labels is not None:
+        np.save(tmp_path / "y.npy", labels)
+    with pytest.raises(ValueError, match=problem) as e:
+        TensorFile(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"))
+    assert "labels file" in str(e.value) and str(tmp_path / "y.npy") in str(e.value)
+
+
+def test_unlabelled_sets_have_no_classes(tmp_path):
+    for cls in (Checkerboard, SwissRoll, Moons):
+        assert cls().num_classes is None
+    np.save(tmp_path / "x.npy", np.zeros((20, 2), np.float32))
+    with pytest.raises(ValueError, match="no labels"):
+        TensorFile(str(tmp_path / "x.npy")).batch_with_labels(4, _gen())
+
+
+def test_image_folder_labels_follow_their_images_into_batches(tmp_path):
+    for label, name in enumerate(["a", "b", "c"]):
+        for i in range(4):
+            _write(tmp_path / name / f"{i}.png", np.full((4, 4), 60 * label + i, np.uint8))
+    d = ImageFolder(str(tmp_path), channels=1, holdout=0.25)
+    assert d.num_classes == 3
+    for draw in (d.batch_with_labels, d.reference_with_labels):
+        x, y = draw(100, _gen(3))
+        assert torch.equal(d.scaler.to_raw(x[:, 0, 0, 0]).round().long() // 60, y)
