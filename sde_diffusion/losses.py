@@ -6,7 +6,8 @@ the ε-parameterisation s_θ = −ε̂/σ is exactly ε − ε̂. Weightings (t 
   simple      mean over dimensions of ‖ε̂ − ε‖² (L_simple, the seed's eq. 13.15; Ho et al. 2020)
   sigma2      λ = σ²: the sum over dimensions of ‖ε̂ − ε‖² (score_sde's default, reduce_mean=False)
   likelihood  λ = g²: g²/σ² · Σ‖ε̂ − ε‖², whose t-integral bounds −log p₀ (Song et al. 2021b, Thm. 1)
-As in score_sde, no ½ or (T − eps) factor is applied.
+As in score_sde, no ½ or (T − eps) factor is applied. With class labels y the model is s_θ(x_t, t | y) and the
+same loss trains the class-conditional score ∇log p_t(x | y) (the label rides along with x₀).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
     noise: Tensor | None = None,
+    y: Tensor | None = None,
 ) -> Tensor:
     """Per-sample DSM loss, shape (batch,), for x0 of any shape (batch, …); t and ε drawn from `generator` by
-    `dsm_draws`, unless given (e.g. one process's slice of a global draw)."""
+    `dsm_draws`, unless given (e.g. one process's slice of a global draw); labels y (batch,) go to model(x, t, y)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not 0 < eps < sde.T:
@@ -39,7 +41,8 @@ def dsm_loss(
         t, noise = dsm_draws(sde, x0.shape, eps, generator, x0.dtype, x0.device)
     sigma = sde.sigma(t)
     x_t = expand_as(sde.scale(t), x0) * x0 + expand_as(sigma, x0) * noise
-    r = expand_as(sigma, x0) * model(x_t, t) + noise
+    score = model(x_t, t) if y is None else model(x_t, t, y)
+    r = expand_as(sigma, x0) * score + noise
     sq = r.square().flatten(1)
     if weighting == "simple":
         return sq.mean(1)

@@ -1,4 +1,4 @@
-"""A time-conditioned MLP for vectors: [x, features(τ)] -> hidden SiLU layers -> output of x's shape."""
+"""A time-conditioned MLP for vectors: [x, features(τ) (+ label embedding)] -> hidden SiLU layers -> x's shape."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .label_embedding import LabelEmbedding, check_unconditional
 from .time_embedding import time_features as make_time_features
 
 
 class MLP(nn.Module):
     """ε̂(x, τ) for flat data: the time features are concatenated to the input (as in score_sde's toy models).
 
-    `shape` is one example's shape (any rank; it is flattened), `layers` the number of hidden layers.
+    `shape` is one example's shape (any rank; it is flattened), `layers` the number of hidden layers. With
+    `num_classes` a learned class embedding (plus the null label ∅) is added to the time features: ε̂(x, τ, y).
     """
 
     def __init__(
@@ -23,6 +25,7 @@ class MLP(nn.Module):
         layers: int = 3,
         time_features: str = "fourier",
         time_dim: int = 64,
+        num_classes: int | None = None,
     ):
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -35,7 +38,16 @@ class MLP(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             blocks += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*blocks, nn.Linear(hidden, d))
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self.label_emb = LabelEmbedding(num_classes, time_dim)
 
-    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
-        h = torch.cat([x.flatten(1), self.time(tau)], 1)
+    def forward(self, x: Tensor, tau: Tensor, y: Tensor | None = None) -> Tensor:
+        """ε̂ for x at times τ; a conditional network reads labels y (batch,), y = None meaning ∅."""
+        emb = self.time(tau)
+        if self.num_classes is None:
+            check_unconditional(y, self)
+        else:
+            emb = emb + self.label_emb(y, x.shape[0])
+        h = torch.cat([x.flatten(1), emb], 1)
         return self.net(h).view_as(x)

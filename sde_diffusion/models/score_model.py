@@ -11,6 +11,10 @@ Outputs. parameterization="eps" (default): the network predicts the noise ε in 
 s_θ = −ε̂/σ(t) (the seed's eq. 13.15; score_sde's VP/sub-VP convention). For VE this is score_sde's
 σ-scaled NCSN output, score = net/σ, with the net's sign flipped. parameterization="score": the network output
 is the score itself (no σ scaling).
+
+Labels. `model(x, t, y)` passes class labels y (batch,) to a conditional network (built with `num_classes`;
+`num_classes` is then the model's too) and `model(x, t)` calls the network as net(x, τ): for a conditional network
+that is the null label ∅, so the model is s_θ(x, t | y) and s_θ(x, t) in one (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ PARAMETERIZATIONS = ("eps", "score")
 
 
 class ScoreModel(nn.Module):
-    """s_θ(x, t) from a network net(c_in(t)·x, t/T); usable directly as a `score_fn(x, t)`."""
+    """s_θ(x, t | y) from a network net(c_in(t)·x, t/T[, y]); usable directly as a `score_fn(x, t)`."""
 
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps"):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         self.net, self.sde, self.parameterization = net, sde, parameterization
+        self.num_classes: int | None = getattr(net, "num_classes", None)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         t = t.to(x.dtype).expand(x.shape[0])
         scale, sigma = self.sde.scale(t), self.sde.sigma(t)
         c_in = torch.rsqrt(scale**2 + sigma**2)
-        out = self.net(expand_as(c_in, x) * x, t / self.sde.T)
+        x_in, tau = expand_as(c_in, x) * x, t / self.sde.T
+        out = self.net(x_in, tau) if y is None else self.net(x_in, tau, y)
         return -out / expand_as(sigma, x) if self.parameterization == "eps" else out

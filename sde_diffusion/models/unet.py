@@ -1,5 +1,6 @@
 """A small U-Net for images (Ho et al. 2020's DDPM architecture, scaled down): residual blocks with GroupNorm
-and an added time embedding, stride-2 down/up sampling, optional self-attention at the lowest resolution.
+and an added time embedding (plus a class embedding when conditional, as in Dhariwal & Nichol 2021), stride-2
+down/up sampling, optional self-attention at the lowest resolution.
 
 Any H×W works (8×8 digits, 28×28 MNIST, 32×32 CIFAR-10): each upsampling returns to its skip's exact size,
 so odd sizes such as 7×7 need no padding.
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .label_embedding import LabelEmbedding, check_unconditional
 from .time_embedding import time_features as make_time_features
 
 
@@ -47,7 +49,10 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε̂(x, τ) for images of `shape` (C, H, W); `channels`·mults[i] channels at level i, `res_blocks` per level."""
+    """ε̂(x, τ) for images of `shape` (C, H, W); `channels`·mults[i] channels at level i, `res_blocks` per level.
+
+    With `num_classes` a learned class embedding (plus the null label ∅) is added to the time embedding: ε̂(x, τ, y).
+    """
 
     def __init__(
         self,
@@ -59,6 +64,7 @@ class UNet(nn.Module):
         groups: int = 8,
         dropout: float = 0.0,
         time_features: str = "sinusoidal",
+        num_classes: int | None = None,
     ):
         super().__init__()
         if len(shape) != 3:
@@ -99,9 +105,17 @@ class UNet(nn.Module):
         self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, shape[0], 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self.label_emb = LabelEmbedding(num_classes, emb)
 
-    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tau: Tensor, y: Tensor | None = None) -> Tensor:
+        """ε̂ for x at times τ; a conditional network reads labels y (batch,), y = None meaning ∅."""
         emb = self.time(tau)
+        if self.num_classes is None:
+            check_unconditional(y, self)
+        else:
+            emb = emb + self.label_emb(y, x.shape[0])
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

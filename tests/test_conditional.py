@@ -1,0 +1,128 @@
+"""Class-conditional models and loss: unconditional networks keep their parameters and function, the label embedding
+is added to the time embedding (a zero embedding gives the unconditional network back), y = None is the null
+label, and the DSM loss with labels is minimised by the exact class-conditional score of the oracle: its excess for
+the unconditional score is E‖σ(s(x_t) − s(x_t | y))‖² (DSM = ESM + const, Vincent 2011)."""
+
+import pytest
+import torch
+from torch import nn
+
+from sde_diffusion import VPSDE
+from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.data import MixtureSet
+from sde_diffusion.losses import dsm_draws, dsm_loss
+from sde_diffusion.models import MLP, ScoreModel, UNet
+
+
+def _nets(num_classes=None):
+    """An MLP and a U-Net (non-zero output layer) built from one seed each."""
+    torch.manual_seed(0)
+    mlp = MLP((3,), hidden=16, layers=2, num_classes=num_classes)
+    torch.manual_seed(0)
+    unet = UNet((1, 8, 8), channels=8, num_classes=num_classes)
+    nn.init.normal_(unet.conv_out.weight, std=0.1)
+    return {"mlp": mlp, "unet": unet}
+
+
+def _input(name, n=6):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, *((3,) if name == "mlp" else (1, 8, 8)), generator=g), torch.rand(n, generator=g)
+
+
+def test_unconditional_mlp_keeps_its_state_dict_keys():
+    keys = ["time.W", "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias"]
+    assert list(_nets()["mlp"].state_dict()) == keys
+
+
+@pytest.mark.parametrize("name", ["mlp", "unet"])
+def test_a_zero_label_embedding_gives_the_unconditional_network(name):
+    plain, cond = _nets()[name], _nets(num_classes=4)[name]
+    assert not any("label" in k for k in plain.state_dict())
+    missing, unexpected = cond.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["label_emb.weight"] and unexpected == []
+    assert cond.label_emb.weight.shape[0] == 5  # 4 classes and the null label
+    x, tau = _input(name)
+    y = torch.tensor([0, 1, 2, 3, 4, 1])
+    assert not torch.allclose(cond(x, tau, y), plain(x, tau))
+    nn.init.zeros_(cond.label_emb.weight)
+    assert torch.equal(cond(x, tau, y), plain(x, tau))
+
+
+@pytest.mark.parametrize("name", ["mlp", "unet"])
+def test_conditional_output_depends_on_the_label_and_none_is_the_null_label(name):
+    net = _nets(num_classes=3)[name]
+    x, tau = _input(name)
+    out = [net(x, tau, torch.full((6,), k)) for k in range(4)]
+    assert all(not torch.allclose(out[i], out[j]) for i in range(4) for j in range(i))
+    assert torch.equal(net(x, tau), out[3]) and torch.equal(net(x, tau, None), out[3])
+    mixed = net(x, tau, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert torch.allclose(mixed[:3], torch.stack([out[k][k] for k in range(3)]), atol=1e-6)
+    mixed.sum().backward()
+    grad = net.label_emb.weight.grad
+    assert (grad[:3].abs().sum(1) > 0).all() and (grad[3] == 0).all()  # only the labels used get gradients
+
+
+def test_labels_for_an_unconditional_network_and_bad_num_classes_are_refused():
+    x, tau = _input("mlp")
+    with pytest.raises(ValueError, match="without num_classes"):
+        _nets()["mlp"](x, tau, torch.zeros(6, dtype=torch.long))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="num_classes"):
+            MLP((3,), num_classes=bad)
+
+
+def test_score_model_passes_labels_and_keeps_the_eps_map():
+    sde, net = VPSDE(), _nets(num_classes=3)["mlp"]
+    model = ScoreModel(net, sde)
+    x, t = _input("mlp")
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    sigma = sde.sigma(t)[:, None]
+    assert model.num_classes == 3 and ScoreModel(_nets()["mlp"], sde).num_classes is None
+    assert torch.allclose(model(x, t, y), -net(x, t / sde.T, y) / sigma)  # VP: c_in = 1
+    assert torch.equal(model(x, t), model(x, t, torch.full((6,), 3)))
+
+
+def _overlapping():
+    """Three overlapping 2-D Gaussians: the class-conditional and unconditional scores differ visibly."""
+    rot = torch.tensor([[0.8, -0.6], [0.6, 0.8]], dtype=torch.float64)
+    covs = torch.stack([torch.diag(torch.tensor(v, dtype=torch.float64)) for v in ([0.6, 0.2], [0.3, 0.3], [1.0, 0.1])])
+    covs[2] = rot @ covs[2] @ rot.T
+    return GaussianMixture(
+        torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]]), covs
+    )
+
+
+class ExactConditionalScore(nn.Module):
+    """s(x, t | y) of the oracle's `given_class(y)` per row; y = None or the null index K: the unconditional score."""
+
+    def __init__(self, gm, sde):
+        super().__init__()
+        k = len(gm.weights)
+        self.num_classes = k
+        self.scores = [gm.given_class(c).score_fn(sde) for c in range(k)] + [gm.score_fn(sde)]
+
+    def forward(self, x, t, y=None):
+        y = torch.full((x.shape[0],), self.num_classes) if y is None else y
+        t = t.expand(x.shape[0])
+        out = torch.empty_like(x)
+        for c, score in enumerate(self.scores):
+            rows = y == c
+            out[rows] = score(x[rows], t[rows])
+        return out
+
+
+def test_dsm_loss_with_labels_is_minimised_by_the_class_conditional_score():
+    sde, gm, n, eps = VPSDE(), _overlapping(), 200_000, 1e-3
+    x0, y = MixtureSet(gm).batch_with_labels(n, torch.Generator().manual_seed(0))
+    x0 = x0.double()
+    t, noise = dsm_draws(sde, x0.shape, eps, torch.Generator().manual_seed(1), torch.float64)
+    exact = ExactConditionalScore(gm, sde)
+    cond = dsm_loss(sde, exact, x0, eps, t=t, noise=noise, y=y)
+    plain = dsm_loss(sde, exact, x0, eps, t=t, noise=noise)
+    wrong = dsm_loss(sde, exact, x0, eps, t=t, noise=noise, y=(y + 1) % 3)
+    x_t = sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
+    esm = (sde.sigma(t)[:, None] * (exact(x_t, t) - exact(x_t, t, y))).square().mean(1)  # 'simple': mean over dims
+    excess = plain - cond - esm  # zero-mean: E[σ s(x_t | y) + ε | x_t, y] = 0
+    assert esm.mean() > 50 * esm.std() / n**0.5  # the two scores differ measurably
+    assert excess.mean().abs() < 4 * excess.std() / n**0.5
+    assert wrong.mean() > plain.mean() > cond.mean()
