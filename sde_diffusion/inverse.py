@@ -1,0 +1,314 @@
+"""Inverse problems: sampling p(x | y) for a linear measurement y = A x + noise_std·n, n ~ N(0, I), with an
+unconditional score — replacement, RePaint, DPS and the twisted diffusion sampler (TDS), on one DDIM-η base step.
+
+x is (batch, …) and A (m, D) acts on x flattened to D = x[0].numel(); y (m,) is one measurement that every sample of
+the batch conditions on. A mask (inpainting, random pixels) is the row selection A = torch.eye(D)[mask.flatten()].
+Everything is written in α_t = s(t), σ_t = σ(t), λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike, on the grid
+t_0 = T > … > t_steps = eps of `sampling.timesteps`. The base step from t_i to t_{i+1} is DDIM-η (Song, Meng & Ermon
+2021, eq. 12; as in `sampling/ddim.py`), with h = λ_{i+1} − λ_i and x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie):
+  x ← (α_{i+1}/α_i) r x + α_{i+1}(1 − r) x̂₀ + σ_{i+1} η √(1 − e^{−2h}) z,  r = e^{−h} √(1 − η²(1 − e^{−2h})):
+η = 1 draws from q(x_{t_{i+1}} | x_{t_i}, x₀ = x̂₀) (ancestral), η = 0 is deterministic. Every method ends with
+Tweedie's step at eps.
+
+NFE counts score evaluations per sample path, including those differentiated through; `vjp` counts the backward
+passes through the score among them (DPS and TDS: one per step), each costing about two forward ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .sampling.common import at, randn_like
+from .sampling.timesteps import timesteps
+from .sde import SDE, ScoreFn
+
+
+@dataclass
+class InverseResult:
+    """x: the samples, of the requested shape; nfe: score evaluations per sample path (those differentiated through
+    included); vjp: backward passes through the score per sample path."""
+
+    x: Tensor
+    nfe: int
+    vjp: int = 0
+
+
+@dataclass
+class _Setup:
+    """The prior draw x_T, the measurement in x's dtype and device, and the grid's α, σ, λ in float64."""
+
+    x: Tensor
+    A: Tensor
+    y: Tensor
+    t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    lam: Tensor
+
+    def tweedie(self, score_fn: ScoreFn, x: Tensor, i: int) -> Tensor:
+        """x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie's formula)."""
+        s = score_fn(x, at(self.t[i], x))
+        return (x + self.sigma[i].to(x.dtype) ** 2 * s) / self.alpha[i].to(x.dtype)
+
+    def step(self, x: Tensor, x0: Tensor, i: int, eta: float) -> tuple[Tensor, Tensor]:
+        """The DDIM-η step from t_i to t_{i+1} (module docstring): its mean and its noise std, a 0-d tensor."""
+        h = self.lam[i + 1] - self.lam[i]
+        lost = -torch.expm1(-2 * h)  # 1 − e^{−2h}
+        r = torch.exp(-h) * torch.sqrt(1 - eta**2 * lost)
+        mean = (self.alpha[i + 1] / self.alpha[i] * r).to(x.dtype) * x + (self.alpha[i + 1] * (1 - r)).to(x.dtype) * x0
+        return mean, (self.sigma[i + 1] * eta * lost.sqrt()).to(x.dtype)
+
+    def measure(self, x: Tensor) -> Tensor:
+        """A x, shape (batch, m)."""
+        return x.flatten(1) @ self.A.T
+
+
+def _setup(
+    sde: SDE,
+    A: Tensor,
+    y: Tensor,
+    shape: tuple[int, ...],
+    steps: int,
+    eps: float,
+    eta: float,
+    spacing: str,
+    generator: torch.Generator | None,
+    x_T: Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> _Setup:
+    """Every argument the methods share, checked (a ValueError naming the bad one), and the prior draw."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (batch, …) with at least one data dimension, got {shape}")
+    d = math.prod(shape[1:])
+    A, y = torch.as_tensor(A), torch.as_tensor(y)
+    if A.ndim != 2 or A.shape[1] != d or y.shape != A.shape[:1]:
+        raise ValueError(f"A must be (m, D={d}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < sde.T:
+        raise ValueError(f"eps must be a number in (0, T={sde.T:g}), got {eps!r}")
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    if x_T is None:
+        x_T = sde.prior_sampling(shape, generator, dtype, generator.device if generator is not None else device)
+    elif tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected shape={shape}")
+    x = x_T.to(device=device or x_T.device, dtype=dtype)
+    t = timesteps(sde, steps, eps, spacing, device=x.device)
+    A, y = A.to(device=x.device, dtype=dtype), y.to(device=x.device, dtype=dtype)
+    return _Setup(x, A, y, t, sde.scale(t), sde.sigma(t), sde.log_snr(t))
+
+
+def _walk(steps: int, jump_length: int, resample: int) -> list[int]:
+    """RePaint's schedule as grid indices 0 → steps: each block of `jump_length` steps run down `resample` times,
+    jumping back up to the block's start in between (Lugmayr et al. 2022, §4.2, `get_schedule_jump`)."""
+    walk = [0]
+    for start in range(0, steps, jump_length):
+        end = min(start + jump_length, steps)
+        for k in range(resample):
+            walk += range(start + 1, end + 1)
+            if k < resample - 1:
+                walk += range(end - 1, start - 1, -1)
+    return walk
+
+
+def repaint(
+    sde: SDE,
+    score_fn: ScoreFn,
+    A: Tensor,
+    y: Tensor,
+    shape: tuple[int, ...],
+    steps: int = 250,
+    eps: float = 1e-3,
+    *,
+    jump_length: int = 10,
+    resample: int = 10,
+    eta: float = 1.0,
+    spacing: str = "logsnr",
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> InverseResult:
+    """RePaint (Lugmayr et al. 2022, Alg. 1): replacement, with each block of `jump_length` steps run down `resample`
+    times and re-noised back up by the forward process in between, so the unknown part can adapt to the known.
+
+    Down from t_i to t_{i+1}: the DDIM-η step of the unconditional score, then the measured part replaced by a
+    forward-noised y, x ← x + A⁺(y_{i+1} − A x) with y_{i+1} = α_{i+1} y + σ_{i+1} A z (for a mask: the observed
+    coordinates set to α y + σ z). Up from t_{i+1} to t_i: a draw of q(x_{t_i} | x_{t_{i+1}}),
+    x ← (α_i/α_{i+1}) x + σ_i √(1 − e^{−2h}) z. At eps Tweedie's step, then A x̂₀ = y exactly; the noise in y is not
+    modelled. NFE = steps·resample + 1 (resample = 1: `replacement`).
+    """
+    for name, v in (("jump_length", jump_length), ("resample", resample)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
+    pinv = torch.linalg.pinv(p.A.to(torch.float64)).to(p.A.dtype)  # A⁺ (D, m); Aᵀ for a row selection
+
+    def project(x: Tensor, y_t: Tensor) -> Tensor:
+        return x + ((y_t - p.measure(x)) @ pinv.T).view_as(x)
+
+    x, nfe, walk = p.x, 0, _walk(steps, jump_length, resample)
+    with torch.no_grad():
+        for i, j in zip(walk[:-1], walk[1:], strict=True):
+            if j == i + 1:
+                mean, std = p.step(x, p.tweedie(score_fn, x, i), i, eta)
+                x = mean + std * randn_like(x, generator) if eta > 0 else mean
+                a, s = (c[j].to(x.dtype) for c in (p.alpha, p.sigma))
+                x, nfe = project(x, a * p.y + s * p.measure(randn_like(x, generator))), nfe + 1
+            else:
+                lost = -torch.expm1(-2 * (p.lam[i] - p.lam[j]))
+                noise = (p.sigma[j] * lost.sqrt()).to(x.dtype) * randn_like(x, generator)
+                x = (p.alpha[j] / p.alpha[i]).to(x.dtype) * x + noise
+        x = project(p.tweedie(score_fn, x, steps), p.y)
+    return InverseResult(x, nfe + 1)
+
+
+def replacement(
+    sde: SDE,
+    score_fn: ScoreFn,
+    A: Tensor,
+    y: Tensor,
+    shape: tuple[int, ...],
+    steps: int = 1000,
+    eps: float = 1e-3,
+    *,
+    eta: float = 1.0,
+    spacing: str = "logsnr",
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> InverseResult:
+    """Replacement / imputation (Song et al. 2021, App. I.2): after every step the measured part is replaced by a
+    forward-noised y (`repaint` with resample = 1). Biased: the replaced part is drawn independently of the unknown
+    part's path, not from p_t(A x_t | x_t's unknown part, y). NFE = steps + 1."""
+    return repaint(
+        sde, score_fn, A, y, shape, steps, eps, jump_length=1, resample=1, eta=eta, spacing=spacing,
+        generator=generator, x_T=x_T, dtype=dtype, device=device,
+    )  # fmt: skip
+
+
+def dps(
+    sde: SDE,
+    score_fn: ScoreFn,
+    A: Tensor,
+    y: Tensor,
+    shape: tuple[int, ...],
+    steps: int = 1000,
+    eps: float = 1e-3,
+    *,
+    zeta: float = 1.0,
+    eta: float = 1.0,
+    spacing: str = "logsnr",
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> InverseResult:
+    """Diffusion posterior sampling (Chung et al. 2023, Alg. 1): the DDIM-η step, then x ← x − ζ ∇ₓ‖y − A x̂₀(x)‖
+    through Tweedie's x̂₀, per sample (the reference code's step on the norm, ζ = ζ'/‖y − A x̂₀‖ of the paper's
+    squared one halved). Approximate: p(y | x_t) is replaced by p(y | x̂₀(x_t)). NFE = steps + 1, vjp = steps."""
+    if isinstance(zeta, bool) or not isinstance(zeta, int | float) or not (math.isfinite(zeta) and zeta >= 0):
+        raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
+    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
+    x = p.x
+    for i in range(steps):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            x0 = p.tweedie(score_fn, x_in, i)
+            (grad,) = torch.autograd.grad((p.y - p.measure(x0)).norm(dim=1).sum(), x_in)
+        mean, std = p.step(x, x0.detach(), i, eta)
+        x = (mean + std * randn_like(x, generator) if eta > 0 else mean) - zeta * grad
+    with torch.no_grad():
+        x = p.tweedie(score_fn, x, steps)
+    return InverseResult(x, steps + 1, steps)
+
+
+def _resample(log_w: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Systematic resampling (Douc & Cappé 2005) in each row of log_w (groups, K): the drawn indices, (groups, K)."""
+    g, k = log_w.shape
+    c = torch.softmax(log_w, 1).cumsum(1)
+    c[:, -1] = 1.0
+    u = torch.rand(g, 1, generator=generator, dtype=c.dtype, device=generator.device if generator else c.device)
+    u = (u.to(c.device) + torch.arange(k, dtype=c.dtype, device=c.device)) / k
+    return torch.searchsorted(c, u).clamp(max=k - 1)
+
+
+def tds(
+    sde: SDE,
+    score_fn: ScoreFn,
+    A: Tensor,
+    y: Tensor,
+    shape: tuple[int, ...],
+    steps: int = 100,
+    eps: float = 1e-3,
+    *,
+    noise_std: float,
+    particles: int = 16,
+    eta: float = 1.0,
+    spacing: str = "logsnr",
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> InverseResult:
+    """The twisted diffusion sampler (Wu et al. 2023, Alg. 1): sequential Monte Carlo over the DDIM-η chain, twisted
+    by p̃_t(y | x_t) = N(y; A x̂₀(x_t), noise_std² I + r_t² AAᵀ), r_t² = σ_t²/(α_t² + σ_t²) (ΠGDM's, Song et al.
+    2023), and by the likelihood N(y; A x̂₀, noise_std² I) at eps: asymptotically exact as particles → ∞.
+
+    The batch is split into groups of `particles` consecutive samples, each an independent particle system. The
+    proposal is the step of the twisted score s + ∇ log p̃_t, the weights p(x_{i+1} | x_i) p̃_{i+1}(x_{i+1}) /
+    (p̃_i(x_i) q(x_{i+1} | x_i)) with p the base step; a group is resampled (systematic) when its effective sample
+    size falls below particles/2, and once more by its final weights. Needs η > 0 (a proposal with noise) and
+    noise_std > 0 (a likelihood). NFE = steps + 1, vjp = steps.
+    """
+    if isinstance(noise_std, bool) or not isinstance(noise_std, int | float) or not (0 < noise_std < math.inf):
+        raise ValueError(f"noise_std must be a finite number > 0 for tds, got {noise_std!r}")
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1 or shape[0] % particles:
+        raise ValueError(f"particles must be an int >= 1 that divides the batch {shape[0]}, got {particles!r}")
+    if not (isinstance(eta, int | float) and eta > 0):
+        raise ValueError(f"eta must be a number in (0, 1] for tds (its proposal needs noise), got {eta!r}")
+    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
+    d, u = torch.linalg.eigh(p.A.to(torch.float64) @ p.A.T.to(torch.float64))  # AAᵀ = U diag(d) Uᵀ
+    r2 = p.sigma**2 / (p.alpha**2 + p.sigma**2)
+    r2[-1] = 0.0  # at eps: the likelihood itself
+
+    def log_twist(x0: Tensor, i: int) -> Tensor:
+        """log N(y; A x̂₀, noise_std² I + r_i² AAᵀ) up to a constant, (batch,) in float64."""
+        v = (p.y - p.measure(x0)).to(torch.float64) @ u
+        return -0.5 * (v**2 / (noise_std**2 + r2[i] * d)).sum(1)
+
+    groups = shape[0] // particles
+    own = torch.arange(particles, device=p.x.device)
+    offset = particles * torch.arange(groups, device=p.x.device)[:, None]
+    x, log_w = p.x, torch.zeros(groups, particles, dtype=torch.float64, device=p.x.device)
+    ell_prev = log_pq = torch.zeros(shape[0], dtype=torch.float64, device=p.x.device)
+    for i in range(steps + 1):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(i < steps)
+            x0 = p.tweedie(score_fn, x_in, i)
+            ell = log_twist(x0, i)
+            grad = torch.autograd.grad(ell.sum(), x_in)[0] if i < steps else None
+        log_w = log_w + (ell.detach() - ell_prev + log_pq).view(groups, particles)
+        if i == steps:
+            break
+        w = torch.softmax(log_w, 1)
+        low = 1 / w.square().sum(1) < particles / 2
+        idx = (torch.where(low[:, None], _resample(log_w, generator), own) + offset).flatten()
+        log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
+        x, x0, grad, ell = x[idx], x0.detach()[idx], grad[idx], ell.detach()[idx]
+        mean_p, std = p.step(x, x0, i, eta)
+        mean_q, _ = p.step(x, x0 + (p.sigma[i] ** 2 / p.alpha[i]).to(x.dtype) * grad, i, eta)
+        z = randn_like(x, generator)
+        delta, sd = (mean_q - mean_p).flatten(1).to(torch.float64), std.to(torch.float64)
+        log_pq = -(z.flatten(1).to(torch.float64) * delta).sum(1) / sd - delta.square().sum(1) / (2 * sd**2)
+        x, ell_prev = mean_q + std * z, ell
+    idx = (_resample(log_w, generator) + offset).flatten()
+    return InverseResult(x0.detach()[idx], steps + 1, steps)
