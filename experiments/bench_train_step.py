@@ -20,7 +20,8 @@ import torch
 from sde_diffusion import VPSDE
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.models import MLP, ScoreModel, UNet
-from sde_diffusion.training import Trainer, resolve_device, seed_everything, warmup_cosine
+from sde_diffusion.runtime import resolve_device, seed_everything
+from sde_diffusion.training import Trainer, warmup_cosine
 
 
 def bare_loop(net, data, batch_size, device, full: bool, steps_total: int = 10_000):

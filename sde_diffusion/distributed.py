@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .checks import ArgumentError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -95,7 +97,7 @@ def rank_seed(seed: int, rank: int, *keys: int) -> int:
 def shard(rank: int, world_size: int, n: int) -> slice:
     """Rank `rank`'s contiguous slice of a global batch of `n`, which must divide evenly."""
     if n % world_size:
-        raise ValueError(f"batch_size must be divisible by the number of processes {world_size}, got {n}")
+        raise ArgumentError("batch_size", n, f"divisible by the number of processes, {world_size}")
     size = n // world_size
     return slice(rank * size, (rank + 1) * size)
 

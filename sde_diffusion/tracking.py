@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import check_choice
+
 STEP_METRIC = "trainer/step"
+MODES = ("offline", "online", "disabled")
 
 
 class Tracker:
@@ -125,7 +128,8 @@ def start_run(
 ) -> Tracker:
     """`wandb.init` with everything explicit: files under `dir` (wandb's cache and config dirs too, unless set),
     offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run. On any failure,
-    warn once and return a no-op `Tracker`."""
+    warn once and return a no-op `Tracker`. A `mode` outside MODES raises checks.ArgumentError."""
+    check_choice("mode", mode, MODES)
     if mode == "disabled":
         return Tracker()
     root = Path(dir)

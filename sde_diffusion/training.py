@@ -26,8 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
+from .checks import check_choice, check_number
 from .distributed import rank_seed, shard
 from .losses import WEIGHTINGS, dsm_draws, dsm_loss
+from .runtime import resolve_device, seed_everything
 from .sde import SDE
 
 NAN_POLICIES = ("stop", "skip")
@@ -37,20 +39,6 @@ Callback = Callable[["Trainer", dict], None]
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradient norm of a step is NaN or infinite; the weights are those before the step."""
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; anything else as torch.device(device)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global RNGs (model initialisation and dropout draw from them)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global RNG is what user code shares)
-    torch.manual_seed(seed)
 
 
 def warmup_cosine(step: int, warmup: int, steps: int) -> float:
@@ -104,20 +92,23 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
     ):
-        _check(steps >= 1, "steps", steps, ">= 1")
-        _check(batch_size >= 1, "batch_size", batch_size, ">= 1")
-        _check(lr > 0, "lr", lr, "> 0")
-        _check(weight_decay >= 0, "weight_decay", weight_decay, ">= 0")
-        _check(warmup >= 0, "warmup", warmup, ">= 0")
-        _check(grad_clip is None or grad_clip > 0, "grad_clip", grad_clip, "> 0 or None")
-        _check(0 <= ema_decay < 1, "ema_decay", ema_decay, "in [0, 1)")
-        _check(0 < loss_eps < sde.T, "loss_eps", loss_eps, f"in (0, T={sde.T})")
-        _check(weighting in WEIGHTINGS, "weighting", weighting, f"one of {WEIGHTINGS}")
-        _check(nan_policy in NAN_POLICIES, "nan_policy", nan_policy, f"one of {NAN_POLICIES}")
-        _check(precision in PRECISIONS, "precision", precision, f"one of {tuple(PRECISIONS)}")
-        _check(0 <= rank < world_size, "rank", rank, f"in [0, world_size={world_size})")
+        check_number("steps", steps, integer=True, ge=1)
+        check_number("batch_size", batch_size, integer=True, ge=1)
+        check_number("lr", lr, gt=0)
+        check_number("weight_decay", weight_decay, ge=0)
+        check_number("warmup", warmup, integer=True, ge=0)
+        check_number("grad_clip", grad_clip, gt=0, optional=True)
+        check_number("ema_decay", ema_decay, ge=0, lt=1)
+        check_number("loss_eps", loss_eps, gt=0, lt=sde.T)
+        check_choice("weighting", weighting, WEIGHTINGS)
+        check_number("seed", seed, integer=True, ge=0)
+        check_choice("nan_policy", nan_policy, NAN_POLICIES)
+        check_choice("progress", progress, (True, False))
+        check_choice("precision", precision, tuple(PRECISIONS))
+        check_choice("compile", compile, (True, False))
         group = dist.get_world_size() if dist.is_initialized() else 1
-        _check(world_size in (1, group), "world_size", world_size, f"1 or the process group's size {group}")
+        check_choice("world_size", world_size, sorted({1, group}))
+        check_number("rank", rank, integer=True, ge=0, lt=world_size)
         self.sde, self.data = sde, data
         self.steps, self.batch_size, self.grad_clip, self.ema_decay = steps, batch_size, grad_clip, ema_decay
         self.loss_eps, self.weighting, self.nan_policy = loss_eps, weighting, nan_policy
@@ -279,11 +270,6 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.rank > 0:  # the checkpoint holds rank 0's global RNGs
             seed_everything(rank_seed(self.seed, self.rank, self.step))
-
-
-def _check(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _check_fits(module: nn.Module, state: dict, key: str) -> None:

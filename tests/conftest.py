@@ -1,9 +1,16 @@
-"""Test-wide settings: one torch thread per xdist worker, and wandb kept offline inside a temp dir."""
+"""Test-wide settings (one torch thread per xdist worker, wandb kept offline inside a temp dir) and the builders
+several test files share: the four SDEs, a small MLP Trainer on eight_gaussians, and a data set with NaN batches."""
 
 import os
 
 import pytest
 import torch
+
+from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE
+from sde_diffusion.data import EightGaussians
+from sde_diffusion.models import MLP, ScoreModel
+from sde_diffusion.runtime import seed_everything
+from sde_diffusion.training import Trainer
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -18,3 +25,29 @@ def _wandb_offline(tmp_path_factory):
     os.environ["WANDB_MODE"] = "offline"
     os.environ["WANDB_SILENT"] = "true"
     yield
+
+
+SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
+
+
+def mlp_trainer(steps: int = 30, init_seed: int = 0, data: EightGaussians | None = None, **kw) -> Trainer:
+    """A 2x32 MLP score model on eight_gaussians (or `data`; VP, linear β), batch 64, 5 warm-up steps; `init_seed`
+    seeds the initial weights, `kw` overrides any other Trainer argument."""
+    seed_everything(init_seed)
+    data = EightGaussians() if data is None else data
+    model = ScoreModel(MLP(data.shape, hidden=32, layers=2), VPSDE())
+    return Trainer(model, VPSDE(), data, **{"steps": steps, "batch_size": 64, "warmup": 5, "progress": False, **kw})
+
+
+class NaNAt(EightGaussians):
+    """Eight Gaussians whose batches number `at` (1-based calls of `batch`) are all NaN: a data fault mid-run.
+    The train app builds it from the command line: `data._target_=conftest.NaNAt +data.at=[13]`."""
+
+    def __init__(self, at: list[int]):
+        super().__init__()
+        self.at, self.calls = set(at), 0
+
+    def batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        self.calls += 1
+        x = super().batch(n, generator)
+        return x.fill_(float("nan")) if self.calls in self.at else x

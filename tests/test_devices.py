@@ -5,21 +5,22 @@ skipped cleanly without a GPU. Samplers are covered in test_sampling_api.py (met
 
 import pytest
 import torch
+from conftest import SDES, mlp_trainer
 
-from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, analytic, eight_gaussians, metrics
+from sde_diffusion import VPSDE, analytic, eight_gaussians, metrics
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 from sde_diffusion.losses import dsm_draws, dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.runtime import resolve_device
 from sde_diffusion.sampling import sample
-from sde_diffusion.training import Trainer, resolve_device, seed_everything
+from sde_diffusion.training import Trainer
 
 META = torch.device("meta")
-SDES = [VPSDE(), SubVPSDE(), VESDE(), VPSDE(CosineBeta())]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("sde", SDES, ids=repr)
+@pytest.mark.parametrize("sde", SDES.values(), ids=SDES)
 def test_sde_coefficients_and_prior_stay_on_the_device(sde):
     t = torch.rand(5, device=META)
     x = torch.randn(5, 3, device=META)
@@ -57,16 +58,13 @@ def test_fixed_step_likelihood_stays_on_the_device(solver, divergence):
     assert all(v.device == META for v in (ll.log_p, ll.prior_logp, ll.divergence_integral, ll.z))
 
 
-def test_device_auto_picks_cuda_exactly_when_available():
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
+def test_a_device_torch_does_not_know_is_refused_naming_the_argument():
+    with pytest.raises(ValueError, match=r"^device must be 'auto' or a torch device: cpu, cuda.*, got 'tpu'"):
+        resolve_device("tpu")
 
 
 def _mlp_trainer(**kw) -> Trainer:
-    seed_everything(0)
-    data = EightGaussians()
-    model = ScoreModel(MLP(data.shape, hidden=32, layers=2), VPSDE())
-    return Trainer(model, VPSDE(), data, **{"steps": 4, "batch_size": 64, "warmup": 2, "progress": False, **kw})
+    return mlp_trainer(**{"steps": 4, **kw})
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from apps import ROOT, TINY, app_env, run_app
+from conftest import mlp_trainer
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion import VPSDE, distributed
+from sde_diffusion import distributed
 from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.data import EightGaussians
-from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.training import Trainer, seed_everything
+from sde_diffusion.training import Trainer
 
 STEPS, BATCH = 25, 64
 # Float sums in another order (two half-batch means averaged by DDP vs one mean) differ by ~1e-7 relative per step;
@@ -26,10 +25,7 @@ TOL = 1e-5
 
 
 def _trainer(**kw) -> Trainer:
-    seed_everything(0)
-    data = EightGaussians()
-    model = ScoreModel(MLP(data.shape, hidden=32, layers=2), VPSDE())
-    return Trainer(model, VPSDE(), data, steps=STEPS, batch_size=BATCH, warmup=5, progress=False, **kw)
+    return mlp_trainer(STEPS, batch_size=BATCH, **kw)
 
 
 def _weights(trainer: Trainer) -> list[torch.Tensor]:
@@ -88,7 +84,7 @@ def test_shards_partition_the_global_batch_in_rank_order():
     for world_size in (1, 2, 4):
         parts = [list(range(64))[distributed.shard(r, world_size, 64)] for r in range(world_size)]
         assert sum(parts, []) == list(range(64)) and len({len(p) for p in parts}) == 1
-    with pytest.raises(ValueError, match="batch_size must be divisible"):
+    with pytest.raises(ValueError, match="batch_size must be divisible by the number of processes, 3"):
         distributed.shard(0, 3, 64)
 
 

@@ -6,20 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import NaNAt, mlp_trainer
 
 from sde_diffusion import VPSDE
 from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.losses import dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
-from sde_diffusion.training import NonFiniteLossError, Trainer, seed_everything
-
-
-def _mlp_trainer(seed=0, steps=30, init_seed=0, **kw):
-    seed_everything(init_seed)
-    data = EightGaussians()
-    model = ScoreModel(MLP(data.shape, hidden=32, layers=2), VPSDE())
-    return Trainer(model, VPSDE(), data, steps=steps, batch_size=64, warmup=5, seed=seed, progress=False, **kw)
+from sde_diffusion.runtime import seed_everything
+from sde_diffusion.training import NonFiniteLossError, Trainer
 
 
 def _unet_trainer(seed=0, steps=12, init_seed=0):
@@ -42,13 +37,13 @@ def _equal(a, b):
 
 
 def test_same_seed_gives_bitwise_the_same_weights():
-    a, b, c = _mlp_trainer(), _mlp_trainer(), _mlp_trainer(seed=1)
+    a, b, c = mlp_trainer(), mlp_trainer(), mlp_trainer(seed=1)
     for t in (a, b, c):
         t.fit()
     assert _equal(_weights(a), _weights(b)) and not _equal(_weights(a), _weights(c))
 
 
-@pytest.mark.parametrize("make, n, k", [(_mlp_trainer, 30, 13), (_unet_trainer, 12, 5)])
+@pytest.mark.parametrize("make, n, k", [(mlp_trainer, 30, 13), (_unet_trainer, 12, 5)])
 def test_resume_from_a_checkpoint_is_bitwise_lossless(tmp_path, make, n, k):
     full = make(steps=n)
     full.fit()
@@ -71,7 +66,7 @@ def test_resume_from_a_checkpoint_is_bitwise_lossless(tmp_path, make, n, k):
 
 
 def test_loading_a_state_for_another_model_names_the_keys():
-    state = _mlp_trainer().state_dict()
+    state = mlp_trainer().state_dict()
     seed_everything(0)
     other = Trainer(
         ScoreModel(MLP((2,), hidden=16, layers=3), VPSDE()), VPSDE(), EightGaussians(), steps=5, batch_size=4
@@ -80,26 +75,12 @@ def test_loading_a_state_for_another_model_names_the_keys():
         other.load_state_dict(state)
 
 
-class _NaNAt:
-    """EightGaussians whose `at`-th batch (1-based) holds a NaN."""
-
-    def __init__(self, at):
-        self.inner, self.at, self.calls, self.shape = EightGaussians(), at, 0, (2,)
-
-    def batch(self, n, generator):
-        self.calls += 1
-        x = self.inner.batch(n, generator)
-        if self.calls == self.at:
-            x[0, 0] = float("nan")
-        return x
-
-
 def _nan_trainer(policy, steps=8, logs=None):
     seed_everything(0)
     model = ScoreModel(MLP((2,), hidden=16, layers=1), VPSDE())
     cbs = [lambda t, log: logs.append(log)] if logs is not None else []
     return Trainer(
-        model, VPSDE(), _NaNAt(5), steps=steps, batch_size=16, seed=0, nan_policy=policy, progress=False, callbacks=cbs
+        model, VPSDE(), NaNAt([5]), steps=steps, batch_size=16, seed=0, nan_policy=policy, progress=False, callbacks=cbs
     )
 
 
@@ -135,7 +116,7 @@ def test_huge_learning_rate_trips_the_guard_with_the_lr_in_the_message():
 def test_learning_rate_and_ema_follow_their_formulas():
     logs, params = [], []
     record = lambda t, log: (logs.append(log), params.append([p.detach().clone() for p in t.model.parameters()]))  # noqa: E731
-    t = _mlp_trainer(steps=20, callbacks=[record], lr=1e-2)
+    t = mlp_trainer(steps=20, callbacks=[record], lr=1e-2)
     ema = [p.detach().clone() for p in t.model.parameters()]
     t.fit()
     warmup, steps = 5, 20
@@ -154,7 +135,7 @@ def test_learning_rate_and_ema_follow_their_formulas():
 
 def test_gradient_clipping_bounds_the_applied_gradient():
     norms = []
-    t = _mlp_trainer(
+    t = mlp_trainer(
         steps=3,
         grad_clip=1e-3,
         callbacks=[
