@@ -15,7 +15,9 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,6 +94,30 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a training checkpoint, missing keys {missing}")
     return state
+
+
+@dataclass
+class RunState:
+    """What a training run saves: `trainer` (Trainer.state_dict()), the resolved `config` of the run, its
+    `wandb_run_id` (a resumed run continues it) and `loss_history`, the (step, mean loss) rows logged so far."""
+
+    trainer: dict
+    config: dict | None = None
+    wandb_run_id: str | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_state(self) -> dict:
+        """One flat dict for `save_checkpoint`: the trainer's keys beside `config`, `wandb_run_id` and
+        `loss_history` (a float64 tensor of shape (rows, 2))."""
+        history = torch.tensor(self.loss_history, dtype=torch.float64).reshape(-1, 2)
+        return self.trainer | {"config": self.config, "wandb_run_id": self.wandb_run_id, "loss_history": history}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunState:
+        """The inverse of `to_state`; a bare Trainer state (no config, run id or history) is a RunState too."""
+        trainer = {k: v for k, v in state.items() if k not in ("config", "wandb_run_id", "loss_history")}
+        history = state.get("loss_history", torch.zeros(0, 2)).tolist()
+        return cls(trainer, state.get("config"), state.get("wandb_run_id"), [(int(s), loss) for s, loss in history])
 
 
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")

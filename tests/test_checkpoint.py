@@ -1,5 +1,6 @@
 """Checkpoint files: atomic replacement, a round trip of a trainer state through weights_only loading,
-one-line CheckpointErrors for missing, empty, truncated, random, foreign and malicious files, and the
+one-line CheckpointErrors for missing, empty, truncated, random, foreign and malicious files, a run's state
+(trainer, config, wandb run id, loss history) through a file, and the
 safetensors + JSON export read back byte by byte against the safetensors format."""
 
 import contextlib
@@ -14,6 +15,7 @@ import torch
 from sde_diffusion import VPSDE
 from sde_diffusion.checkpoint import (
     CheckpointError,
+    RunState,
     export_safetensors,
     load_checkpoint,
     load_exported,
@@ -168,3 +170,16 @@ def test_export_refuses_a_state_without_ema_and_a_non_dict_config(tmp_path):
         export_safetensors({"model": {}}, {}, tmp_path)
     with pytest.raises(ValueError, match="config must be a plain dict"):
         export_safetensors(_state(), [("lr", 1)], tmp_path)
+
+
+def test_a_run_state_round_trips_through_a_file_and_a_bare_trainer_state_is_one(tmp_path):
+    trainer = Trainer(ScoreModel(MLP((2,), hidden=8, layers=1), VPSDE()), VPSDE(), EightGaussians(), steps=2,
+                      batch_size=4, progress=False)  # fmt: skip
+    run = RunState(trainer.state_dict(), {"train": {"lr": 0.003}}, "abc123", [(5, 0.75), (10, 0.5)])
+    save_checkpoint(tmp_path / "last.pt", run.to_state())
+    back = RunState.from_state(load_checkpoint(tmp_path / "last.pt"))
+    assert (back.config, back.wandb_run_id, back.loss_history) == (run.config, run.wandb_run_id, run.loss_history)
+    assert back.trainer.keys() == run.trainer.keys()
+    assert all(torch.equal(back.trainer["model"][k], v) for k, v in run.trainer["model"].items())
+    bare = RunState.from_state(trainer.state_dict())
+    assert (bare.config, bare.wandb_run_id, bare.loss_history) == (None, None, [])

@@ -1,0 +1,176 @@
+"""Sample quality of a set of samplers: every metric against one held-out draw of the data, beside the sampling
+floor (the same metrics for independent draws of the data itself, mean ± sd).
+
+    evaluator = Evaluator({"em": {"name": "euler_maruyama", "steps": 1000}}, n_samples=10_000)
+    result = evaluator(sde, score_fn, data.reference, data.shape, oracle=data.oracle)
+
+One protocol for every app: from `seed`, the prior noise x_T is drawn with `seed`, every sampler's own noise
+with `seed + 1` (the same for all: common random numbers, so the samplers differ only in themselves), the
+reference set with `seed + 500` and floor draw k with `seed + 1000 + k`. `sample_metrics` holds every metric:
+adding one is adding a line there. Under torchrun each process samples its share of x_T and every process gets
+all samples and the same result back.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import distributed, metrics
+from .analytic import GaussianMixture, exact_flow_map
+from .checks import check_choice, check_number
+from .sampling import DETERMINISTIC, check_sampler, sample
+from .sde import SDE, ScoreFn
+
+Draw = Callable[[int, torch.Generator], Tensor]
+
+
+def sample_metrics(
+    x: Tensor,
+    reference: Tensor,
+    oracle: GaussianMixture | None = None,
+    *,
+    n_projections: int = 256,
+    mmd_samples: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every metric of samples `x` against `reference`: SW₂ (`n_projections` directions seeded with `seed`),
+    unbiased MMD² and the energy distance (on the first `mmd_samples` points of each: their cost is quadratic), and
+    with an oracle the mode-weight error and the mean negative log-likelihood of x under the exact density."""
+    out = {
+        "sw2": metrics.sliced_wasserstein(x, reference, n_projections=n_projections, seed=seed),
+        "mmd2": metrics.mmd2(x[:mmd_samples], reference[:mmd_samples]),
+    }
+    out["energy"] = metrics.energy_distance(x[:mmd_samples], reference[:mmd_samples])
+    if oracle is not None:
+        out["mode_weight_error"] = metrics.mode_weight_error(oracle, x)
+        out["oracle_nll"] = float(-oracle.log_prob(x.flatten(1).double()).mean())
+    return out
+
+
+@dataclass(frozen=True)
+class SamplerRun:
+    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, eps=eps, denoise=denoise,
+    **options)`."""
+
+    name: str
+    steps: int
+    eps: float = 1e-3
+    denoise: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self, sde: SDE) -> None:
+        """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
+        check_sampler(self.name, steps=self.steps, eps=self.eps, options=self.options, sde_type=type(sde), T=sde.T)
+        check_choice("denoise", self.denoise, (True, False))
+
+
+class SamplerFailed(RuntimeError):
+    """Sampler `slot` raised while sampling (a solver that stopped, out of memory, ...)."""
+
+    def __init__(self, slot: str, name: str, cause: BaseException):
+        super().__init__(f"sampler {slot} ({name}): {str(cause).splitlines()[0] if str(cause) else type(cause)}")
+        self.slot, self.name = slot, name
+
+
+@dataclass
+class Evaluation:
+    """`rows`: per sampler slot its name, steps, NFE, wall time, every metric, `sw2_over_floor` and (deterministic
+    samplers, with `flow_error`) the RMS distance to the exact probability-flow map of the same x_T; `floor` and
+    `floor_sd`: each metric's mean and sd over the floor draws; `samples` per slot; the `reference` draw."""
+
+    rows: dict[str, dict[str, Any]]
+    floor: dict[str, float]
+    floor_sd: dict[str, float]
+    samples: dict[str, Tensor]
+    reference: Tensor
+
+
+class Evaluator:
+    """Samples `n_samples` points with every sampler of `samplers` ({slot: SamplerRun or its fields}) and scores
+    them (module docstring). `batch_size` bounds the samples solved at once; `floor_repeats` data draws give the
+    floor; `flow_error` also compares the deterministic samplers with the exact flow map (needs an oracle)."""
+
+    def __init__(
+        self,
+        samplers: Mapping[str, SamplerRun | Mapping[str, Any]],
+        *,
+        n_samples: int,
+        seed: int = 0,
+        batch_size: int | None = None,
+        n_projections: int = 256,
+        mmd_samples: int | None = None,
+        floor_repeats: int = 5,
+        flow_error: bool = False,
+    ):
+        check_number("n_samples", n_samples, integer=True, ge=2)
+        check_number("seed", seed, integer=True, ge=0)
+        check_number("batch_size", batch_size, integer=True, ge=1, optional=True)
+        check_number("n_projections", n_projections, integer=True, ge=1)
+        check_number("mmd_samples", mmd_samples, integer=True, ge=2, optional=True)
+        check_number("floor_repeats", floor_repeats, integer=True, ge=2)
+        check_choice("flow_error", flow_error, (True, False))
+        if not samplers:
+            raise ValueError("samplers must hold at least one sampler, got none")
+        self.samplers = {k: v if isinstance(v, SamplerRun) else SamplerRun(**v) for k, v in samplers.items()}
+        self.n, self.seed, self.batch_size, self.floor_repeats, self.flow_error = (
+            n_samples, seed, batch_size, floor_repeats, flow_error,
+        )  # fmt: skip
+        self.metric_kw = {"n_projections": n_projections, "mmd_samples": mmd_samples, "seed": seed}
+
+    def floor(self, draw: Draw, reference: Tensor, oracle: GaussianMixture | None) -> tuple[dict, dict]:
+        """(mean, sd) of every metric over `floor_repeats` independent data draws against `reference`."""
+        rows = [
+            sample_metrics(draw(self.n, torch.Generator().manual_seed(self.seed + 1000 + k)).float(), reference,
+                           oracle, **self.metric_kw)
+            for k in range(self.floor_repeats)
+        ]  # fmt: skip
+        return (
+            {k: statistics.mean(r[k] for r in rows) for k in rows[0]},
+            {k: statistics.stdev(r[k] for r in rows) for k in rows[0]},
+        )
+
+    def __call__(
+        self,
+        sde: SDE,
+        score_fn: ScoreFn,
+        draw: Draw,
+        shape: tuple[int, ...],
+        oracle: GaussianMixture | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Evaluation:
+        """Sample with every sampler from the same x_T, score each against a held-out `draw(n, generator)` of the
+        data, and compute the floor; `shape` is one example's shape, `device` the one `score_fn` runs on."""
+        rank, world_size = distributed.rank(), distributed.world_size()
+        reference = draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
+        floor, floor_sd = self.floor(draw, reference, oracle)
+        x_T = sde.prior_sampling((self.n, *shape), generator=torch.Generator().manual_seed(self.seed))
+        start = sum(distributed.split(self.n, r, world_size) for r in range(rank))
+        mine = x_T[start : start + distributed.split(self.n, rank, world_size)]
+        rows, samples, exact = {}, {}, {}
+        for slot, run in self.samplers.items():
+            generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
+            t0 = time.perf_counter()
+            try:
+                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+                             denoise=run.denoise, x_T=mine, generator=generator, device=device,
+                             batch_size=self.batch_size, **run.options)  # fmt: skip
+            except (RuntimeError, ValueError) as err:
+                raise SamplerFailed(slot, run.name, err) from err
+            x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
+            row = {"sampler": run.name, "steps": run.steps, "nfe": nfe, "wall_s": time.perf_counter() - t0}
+            row |= sample_metrics(x, reference, oracle, **self.metric_kw)
+            row["sw2_over_floor"] = row["sw2"] / floor["sw2"]
+            if self.flow_error and oracle is not None and run.name in DETERMINISTIC:
+                key = (run.eps, run.denoise)
+                if key not in exact:
+                    exact[key] = exact_flow_map(sde, oracle, x_T, run.eps, denoise=run.denoise)
+                row["flow_error"] = metrics.flow_error(x, exact[key])
+            rows[slot], samples[slot] = row, x
+        return Evaluation(rows, floor, floor_sd, samples, reference)
