@@ -5,13 +5,13 @@ sampling floor.
     python experiments/compare_samplers.py grid=dpm_study schedule=cosine
     python experiments/compare_samplers.py checkpoint=outputs/train/DATE/checkpoints/last.pt   # a trained model
     python experiments/compare_samplers.py -m sampler=euler_maruyama,pc,rk45,dpm_solver sampler.steps=10,20,50,100,1000
-    python experiments/compare_samplers.py +experiment=oracle_study  # β(t) × sampler × steps, no training
+    python experiments/compare_samplers.py experiment=compare/oracle_study  # β(t) × sampler × steps, no training
 
-For each run: SW₂ and unbiased MMD² to an independent true set, the mode-weight error, and for the deterministic
-samplers the flow error (RMS distance to the exact probability-flow map of the same noise), plus the wall time
-over NFE × one score call. The floor is the same metrics between independent true sets. Seeds: the prior noise
-x_T is drawn with `seed`, a sampler's own noise with `seed + 1`, the reference set with `seed + 500`, floor draw
-k with `seed + 1000 + k`. Writes comparison.csv, comparison.md, quality_vs_nfe.png and metrics.json into Hydra's
+For each run: every metric of sde_diffusion.evaluation against an independent true set, the flow error of the
+deterministic samplers (RMS distance to the exact probability-flow map of the same noise), and the wall time over
+NFE × one score call; the floor is the same metrics between independent true sets (mean ± sd). The seeds are
+evaluation's: prior noise `seed`, a sampler's own noise `seed + 1`, reference `seed + 500`, floor draw k
+`seed + 1000 + k`. Writes comparison.csv, comparison.md, quality_vs_nfe.png and metrics.json into Hydra's
 output directory, and logs the table and the plot to one wandb run (offline by default; in a multirun one run
 per job, one group per sweep; `python experiments/summarize.py MULTIRUN_DIR` tabulates the jobs).
 
@@ -26,27 +26,41 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
 import matplotlib
 import matplotlib.ticker
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sde_diffusion import analytic
-from sde_diffusion.analytic import GaussianMixture, exact_flow_map
-from sde_diffusion.config import check_sampler, config_error, instantiate_node, load_run, start_tracker
-from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
-from sde_diffusion.sampling import DETERMINISTIC, sample
+from sde_diffusion.apps import (
+    build_sde,
+    check_run,
+    config_error,
+    instantiate_node,
+    load_run,
+    output_dir,
+    require_values,
+    start_tracker,
+)
+from sde_diffusion.checks import ArgumentError
+from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
 from sde_diffusion.sde import SDE, ScoreFn
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ["data", "schedule", "sampler", "steps", "nfe", "sw2", "mmd2", "mode_error", "flow_error", "time_ratio"]
+HEAD = ["data", "schedule", "sampler", "steps", "nfe"]
+Floors = dict[str, tuple[dict[str, float], dict[str, float]]]  # {data set: (mean, sd) of every metric}
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """HEAD, every metric the rows hold (evaluation's, in its order), then time_ratio."""
+    seen = dict.fromkeys(k for r in rows for k in r)
+    return HEAD + [k for k in seen if k not in HEAD and k not in ("wall_s", "time_ratio")] + ["time_ratio"]
 
 
 def score_call_seconds(score_fn: ScoreFn, x: torch.Tensor, repeats: int = 5) -> float:
@@ -60,71 +74,6 @@ def score_call_seconds(score_fn: ScoreFn, x: torch.Tensor, repeats: int = 5) -> 
     return statistics.median(times)
 
 
-def evaluate_grid(
-    sde: SDE,
-    score_fn: ScoreFn,
-    reference: torch.Tensor,
-    oracle: GaussianMixture | None,
-    grid: list[dict],
-    *,
-    eps: float = 1e-3,
-    denoise: bool = True,
-    seed: int = 0,
-) -> list[dict]:
-    """One row per (grid entry, steps): quality metrics to `reference` and, with an oracle, the mode and flow errors.
-
-    All runs start from the same prior noise (seeded), so flow errors and stochastic runs are comparable.
-    """
-    shape = tuple(reference.shape)
-    x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(seed))
-    deterministic = any(entry["name"] in DETERMINISTIC for entry in grid)
-    exact = exact_flow_map(sde, oracle, x_T, eps, denoise=denoise) if oracle is not None and deterministic else None
-    one_call = score_call_seconds(score_fn, x_T)
-    rows = []
-    for entry in grid:
-        name, options = entry["name"], dict(entry.get("options", {}))
-        for steps in entry["steps"]:
-            g = torch.Generator().manual_seed(seed + 1)
-            t0 = time.perf_counter()
-            r = sample(sde, score_fn, shape, sampler=name, steps=steps, eps=eps, denoise=denoise, x_T=x_T,
-                       generator=g, **options)  # fmt: skip
-            wall = time.perf_counter() - t0
-            x = r.x.double()
-            rows.append(
-                {
-                    "sampler": entry.get("label", name),
-                    "steps": steps,
-                    "nfe": r.nfe,
-                    "sw2": sliced_wasserstein(x, reference),
-                    "mmd2": mmd2(x, reference),
-                    "mode_error": mode_weight_error(oracle, x) if oracle is not None else math.nan,
-                    "flow_error": flow_error(x, exact) if exact is not None and name in DETERMINISTIC else math.nan,
-                    "time_ratio": wall / (r.nfe * one_call),
-                }
-            )
-            print(_fmt_row(rows[-1]), flush=True)
-    return rows
-
-
-def floor_rows(
-    draw: Callable[[int, torch.Generator], torch.Tensor],
-    reference: torch.Tensor,
-    oracle: GaussianMixture | None,
-    repeats: int,
-    seed: int,
-) -> list[dict]:
-    """The sampling floor: the metrics of `repeats` independent true sets `draw(n, generator)` against the
-    reference."""
-    rows = []
-    for k in range(repeats):
-        y = draw(reference.shape[0], torch.Generator().manual_seed(seed + 1000 + k)).double()
-        row = {"sw2": sliced_wasserstein(y, reference), "mmd2": mmd2(y, reference)}
-        if oracle is not None:
-            row["mode_error"] = mode_weight_error(oracle, y)
-        rows.append(row)
-    return rows
-
-
 def _is_nan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
@@ -133,40 +82,35 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _fmt_row(row: dict) -> str:
-    return " | ".join(_fmt(row.get(c, "")) for c in COLUMNS)
+def _fmt_row(row: dict, cols: list[str]) -> str:
+    return " | ".join(_fmt(row.get(c, "")) for c in cols)
 
 
-def to_markdown(rows: list[dict], floors: dict[str, list[dict]]) -> str:
-    """The table plus, per data set, the floor as mean ± std over the true-vs-true draws."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + _fmt_row(r) + " |" for r in rows]
-    lines += ["", "Sampling floor (true vs true, mean ± std):", ""]
-    for data, fl in floors.items():
-        stats = {
-            k: (statistics.mean(r[k] for r in fl), statistics.stdev(r[k] for r in fl) if len(fl) > 1 else 0.0)
-            for k in fl[0]
-        }
-        lines.append(f"- {data}: " + ", ".join(f"{k} {m:.3g} ± {s:.2g}" for k, (m, s) in stats.items()))
+def to_markdown(rows: list[dict], floors: Floors) -> str:
+    """The table plus, per data set, the floor as mean ± sd over the true-vs-true draws."""
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + _fmt_row(r, cols) + " |" for r in rows]
+    lines += ["", "Sampling floor (true vs true, mean ± sd):", ""]
+    for data, (mean, sd) in floors.items():
+        lines.append(f"- {data}: " + ", ".join(f"{k} {m:.3g} ± {sd[k]:.2g}" for k, m in mean.items()))
     return "\n".join(lines) + "\n"
 
 
-def schedule_table(
-    rows: list[dict], floors: dict[str, list[dict]], metrics: tuple[str, ...] = ("sw2", "flow_error")
-) -> str:
+def schedule_table(rows: list[dict], floors: Floors, metrics: tuple[str, ...] = ("sw2", "flow_error")) -> str:
     """The β(t) study: per data set and metric, the metric of every (sampler, steps) under each schedule side by
     side, the best schedule of each row in bold (rows where the metric is undefined are left out)."""
     schedules = list(dict.fromkeys(r["schedule"] for r in rows))
     lines = []
-    for data, fl in floors.items():
+    for data, (floor_mean, _) in floors.items():
         for metric in metrics:
             cells: dict[tuple, dict[str, float]] = {}
             for r in rows:
-                if r["data"] == data and not _is_nan(r[metric]):
-                    cells.setdefault((r["sampler"], r["steps"]), {})[r["schedule"]] = r[metric]
+                if r["data"] == data and not _is_nan(r.get(metric, math.nan)):
+                    cells.setdefault((r["sampler"], r["steps"]), {})[r["schedule"]] = r.get(metric, math.nan)
             if not cells:
                 continue
-            floor = f" (floor {statistics.mean(f[metric] for f in fl):.3g})" if metric in fl[0] else ""
+            floor = f" (floor {floor_mean[metric]:.3g})" if metric in floor_mean else ""
             lines += [f"### {data}: {metric}{floor}", "", "| sampler | steps | " + " | ".join(schedules) + " |"]
             lines.append("|" + "---|" * (2 + len(schedules)))
             for (label, steps), by in cells.items():
@@ -183,7 +127,7 @@ def _log_axes(ax: plt.Axes, metric: str) -> None:
     ax.set_yscale("log" if metric != "mmd2" else "symlog", **({"linthresh": 1e-4} if metric == "mmd2" else {}))
 
 
-def plot(rows: list[dict], floors: dict[str, list[dict]], path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2",
+def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2",
          "flow_error")) -> None:  # fmt: skip
     """Metric vs NFE (log x), one line per sampler, one row per data set; the floor's mean dashed."""
     datas = list(floors)
@@ -194,12 +138,14 @@ def plot(rows: list[dict], floors: dict[str, list[dict]], path: Path, metrics: t
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
             for label in labels:
-                pts = sorted((r["nfe"], r[metric]) for r in rows if r["data"] == data and r["sampler"] == label)
+                pts = sorted(
+                    (r["nfe"], r.get(metric, math.nan)) for r in rows if r["data"] == data and r["sampler"] == label
+                )
                 pts = [p for p in pts if not math.isnan(p[1])]
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=color[label], label=label)
             if metric in floors[data][0]:
-                ax.axhline(statistics.mean(r[metric] for r in floors[data]), color="k", ls="--", label="floor")
+                ax.axhline(floors[data][0][metric], color="k", ls="--", label="floor")
             _log_axes(ax, metric)
             ax.set(xlabel="NFE", ylabel=metric, title=f"{data}: {metric}")
     axes[0, 0].legend(fontsize=7)
@@ -208,7 +154,7 @@ def plot(rows: list[dict], floors: dict[str, list[dict]], path: Path, metrics: t
     plt.close(fig)
 
 
-def plot_schedules(rows: list[dict], floors: dict[str, list[dict]], path: Path, metric: str = "sw2") -> None:
+def plot_schedules(rows: list[dict], floors: Floors, path: Path, metric: str = "sw2") -> None:
     """The β(t) study: `metric` vs NFE, one panel per (data set, sampler), one line per schedule; floor dashed."""
     datas, labels = list(floors), list(dict.fromkeys(r["sampler"] for r in rows))
     schedules = list(dict.fromkeys(r["schedule"] for r in rows))
@@ -218,13 +164,14 @@ def plot_schedules(rows: list[dict], floors: dict[str, list[dict]], path: Path, 
             ax = axes[i, j]
             for k, schedule in enumerate(schedules):
                 pts = sorted(
-                    (r["nfe"], r[metric])
+                    (r["nfe"], r.get(metric, math.nan))
                     for r in rows
-                    if (r["data"], r["sampler"], r["schedule"]) == (data, label, schedule) and not math.isnan(r[metric])
+                    if (r["data"], r["sampler"], r["schedule"]) == (data, label, schedule)
+                    and not math.isnan(r.get(metric, math.nan))
                 )
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=f"C{k}", label=schedule)
-            ax.axhline(statistics.mean(r[metric] for r in floors[data]), color="k", ls="--", lw=1, label="floor")
+            ax.axhline(floors[data][0][metric], color="k", ls="--", lw=1, label="floor")
             _log_axes(ax, metric)
             ax.set_title(f"{data}: {label}", fontsize=9)
             ax.set(xlabel="NFE", ylabel=metric if j == 0 else None)
@@ -234,7 +181,7 @@ def plot_schedules(rows: list[dict], floors: dict[str, list[dict]], path: Path, 
     plt.close(fig)
 
 
-def metrics_tree(rows: list[dict], floors: dict[str, list[dict]], keys: list[str]) -> dict:
+def metrics_tree(rows: list[dict], floors: Floors, keys: list[str]) -> dict:
     """metrics.json: the metric columns of each row nested by `keys` (e.g. data / sampler / steps), and the floor's
     mean per data set; `python experiments/summarize.py` flattens it to columns like `eight_gaussians/sw2`."""
     tree: dict = {}
@@ -242,35 +189,38 @@ def metrics_tree(rows: list[dict], floors: dict[str, list[dict]], keys: list[str
         node = tree
         for key in keys:
             node = node.setdefault(str(r[key]), {})
-        node.update({c: r[c] for c in COLUMNS[COLUMNS.index("nfe") :] if not _is_nan(r[c])})  # JSON has no NaN
-    tree["floor"] = {data: {k: statistics.mean(f[k] for f in fl) for k in fl[0]} for data, fl in floors.items()}
+        node.update({c: r[c] for c in columns(rows)[len(HEAD) - 1 :] if not _is_nan(r[c])})  # JSON has no NaN
+    tree["floor"] = {data: mean for data, (mean, _) in floors.items()}
     return tree
 
 
-def _grid(cfg: DictConfig) -> tuple[list[dict], float, bool]:
-    """(grid, eps, denoise): the one sampler of `sampler` at `sampler.steps`, or `grids[grid]` with `eps`/`denoise`."""
+def _runs(cfg: DictConfig) -> list[tuple[str, str, SamplerRun]]:
+    """(label, config key, run) of every run: the one sampler of `sampler` at `sampler.steps`, or every
+    (entry, steps) of `grids[grid]` with `eps` and `denoise`."""
     if cfg.get("sampler") is not None:
-        check_sampler(cfg, "sampler")
         sc = OmegaConf.to_container(cfg.sampler, resolve=True)
-        return [{"name": sc["name"], "steps": [sc["steps"]], "options": sc["options"]}], sc["eps"], sc["denoise"]
+        return [(sc["name"], "sampler", SamplerRun(**sc))]
     if cfg.grid not in cfg.grids:
         raise config_error("grid", cfg.grid, "allowed: " + ", ".join(cfg.grids))
-    return OmegaConf.to_container(cfg.grids[cfg.grid], resolve=True), cfg.eps, cfg.denoise
+    grid = OmegaConf.to_container(cfg.grids[cfg.grid], resolve=True)
+    return [
+        (e.get("label", e["name"]), f"grids.{cfg.grid}.{i}", SamplerRun(e["name"], steps, cfg.eps, cfg.denoise,
+                                                                         e.get("options", {})))
+        for i, e in enumerate(grid)
+        for steps in e["steps"]
+    ]  # fmt: skip
 
 
 def _sdes(cfg: DictConfig) -> dict[str, SDE]:
     """{schedule label: SDE}: `sde` as configured, or one per entry of `schedules` (the β(t) study)."""
     if not cfg.get("schedules"):
-        sde = instantiate_node(cfg, "sde")
+        sde = build_sde(cfg)
         return {type(sde.schedule).__name__ if hasattr(sde, "schedule") else "-": sde}
-    return {
-        label: instantiate_node(cfg, "sde", schedule=instantiate_node(cfg, f"schedules.{label}"))
-        for label in cfg.schedules
-    }
+    return {label: build_sde(cfg, schedule=instantiate_node(cfg, f"schedules.{label}")) for label in cfg.schedules}
 
 
-def _problems(cfg: DictConfig):
-    """Yield (data name, schedule label, sde, score_fn, reference, oracle, draw): every oracle under every SDE, or the
+def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, tuple[int, ...], object]]:
+    """Yield (data name, schedule label, sde, score_fn, draw, shape, oracle): every oracle under every SDE, or the
     trained run of `checkpoint` with its own SDE and data set."""
     if cfg.get("checkpoint") is not None:
         if cfg.get("schedules"):
@@ -283,9 +233,8 @@ def _problems(cfg: DictConfig):
             with torch.no_grad():
                 return model(x.float(), t.float()).to(x.dtype)
 
-        reference = data.reference(cfg.n, torch.Generator().manual_seed(cfg.seed + 500)).float()
         schedule = type(sde.schedule).__name__ if hasattr(sde, "schedule") else "-"
-        yield type(data).__name__, schedule, sde, score_fn, reference, data.oracle, data.reference
+        yield type(data).__name__, schedule, sde, score_fn, data.reference, tuple(data.shape), data.oracle
         return
     for data in cfg.oracles:
         if not hasattr(analytic, data):
@@ -295,26 +244,42 @@ def _problems(cfg: DictConfig):
     sdes = _sdes(cfg)
     for data in cfg.oracles:
         oracle = getattr(analytic, data)()
-        reference = oracle.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 500)).float()
         for schedule, sde in sdes.items():
-            yield data, schedule, sde, oracle.score_fn(sde), reference, oracle, oracle.sample
+            yield data, schedule, sde, oracle.score_fn(sde), oracle.sample, (oracle.dim,), oracle
+
+
+def _evaluator(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: list[SDE]) -> Evaluator:
+    """The Evaluator of every run, each checked against every SDE first (a bad value names its config key)."""
+    for _, key, run in runs:
+        for sde in sdes:
+            check_run(run, sde, key)
+    try:
+        return Evaluator({str(i): run for i, (_, _, run) in enumerate(runs)}, n_samples=cfg.n, seed=cfg.seed,
+                         floor_repeats=cfg.floor_repeats, flow_error=True)  # fmt: skip
+    except ArgumentError as err:
+        key = {"n_samples": "n"}.get(err.name, err.name)  # compare.yaml's name of the argument
+        raise config_error(key, err.value, f"must be {err.allowed}") from None
 
 
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = Path(HydraConfig.get().runtime.output_dir)
-    grid, eps, denoise = _grid(cfg)
+    require_values(cfg)
+    out = output_dir()
+    runs = _runs(cfg)
     problems = list(_problems(cfg))  # validates and builds everything before the tracker starts
-    tracker = start_tracker(cfg, out, job_type="compare")
-    exit_code = 1
-    try:
+    evaluator = _evaluator(cfg, runs, [p[2] for p in problems])
+    with start_tracker(cfg, out, job_type="compare") as tracker:
         rows, floors = [], {}
-        for data, schedule, sde, score_fn, reference, oracle, draw in problems:
-            print(f"\n## {data} ({reference[0].numel()}-D), {sde} {schedule}\n" + " | ".join(COLUMNS))
-            new = evaluate_grid(sde, score_fn, reference, oracle, grid, eps=eps, denoise=denoise, seed=cfg.seed)
-            rows += [{"data": data, "schedule": schedule, **r} for r in new]
-            if data not in floors:
-                floors[data] = floor_rows(draw, reference.double(), oracle, cfg.floor_repeats, cfg.seed)
+        for data, schedule, sde, score_fn, draw, shape, oracle in problems:
+            print(f"\n## {data} ({math.prod(shape)}-D), {sde} {schedule}", flush=True)
+            ev = evaluator(sde, score_fn, draw, shape, oracle)
+            x_T = sde.prior_sampling((cfg.n, *shape), generator=torch.Generator().manual_seed(cfg.seed))
+            one_call = score_call_seconds(score_fn, x_T)
+            for (label, _, _), r in zip(runs, ev.rows.values(), strict=True):
+                time_ratio = r["wall_s"] / (r["nfe"] * one_call)
+                rows.append({"data": data, "schedule": schedule, **r, "sampler": label, "time_ratio": time_ratio})
+            floors.setdefault(data, (ev.floor, ev.floor_sd))
+        rows = [{c: r.get(c, math.nan) for c in columns(rows)} for r in rows]
         study = len({r["schedule"] for r in rows}) > 1
         table = to_markdown(rows, floors)
         if study:
@@ -323,7 +288,7 @@ def main(cfg: DictConfig) -> None:
         title = "β(t) study" if study else f"Sampler comparison: {problems[0][2]}"
         (out / "comparison.md").write_text(f"# {title}\n\n" + table)
         with open(out / "comparison.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns(rows))
             writer.writeheader()
             writer.writerows(rows)
         (plot_schedules if study else plot)(rows, floors, out / "quality_vs_nfe.png")
@@ -338,9 +303,6 @@ def main(cfg: DictConfig) -> None:
         tracker.log_images({"quality_vs_nfe": out / "quality_vs_nfe.png"})
         if one_point:
             tracker.summary({f"{d}/{k}": v for d, m in metrics.items() if d != "floor" for k, v in m.items()})
-        exit_code = 0
-    finally:
-        tracker.finish(exit_code=exit_code)
 
 
 if __name__ == "__main__":

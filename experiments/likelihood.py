@@ -17,32 +17,36 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.config import (
+from sde_diffusion.apps import (
     RunError,
+    argument_error,
+    build_sde,
     config_error,
     instantiate_node,
     load_run,
+    output_dir,
     require_choice,
+    require_file,
     require_number,
+    require_values,
     start_tracker,
-    validate,
 )
+from sde_diffusion.checkpoint import CheckpointError
+from sde_diffusion.checks import ArgumentError
 from sde_diffusion.likelihood import DIVERGENCES, NOISES, SOLVERS, evaluate_likelihood
-from sde_diffusion.training import resolve_device
+from sde_diffusion.runtime import resolve_device
 
 log = logging.getLogger("likelihood")
 
 
-def check_likelihood(cfg: DictConfig) -> None:
+def check(cfg: DictConfig) -> None:
     """The `likelihood` node and `checkpoint`: every bad value is a ConfigError naming the key."""
+    require_values(cfg)
     for key in ("n", "batch_size", "steps", "n_draws"):
         require_number(cfg, f"likelihood.{key}", integer=True, ge=1)
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
@@ -52,19 +56,21 @@ def check_likelihood(cfg: DictConfig) -> None:
     require_choice(cfg, "likelihood.divergence", ("auto", *DIVERGENCES))
     require_choice(cfg, "likelihood.noise", NOISES)
     require_choice(cfg, "likelihood.solver", SOLVERS)
-    if cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).is_file():
-        raise config_error("checkpoint", cfg.checkpoint, "null (the oracle) or the path of an existing checkpoint")
+    require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
 
 
-def likelihood(cfg: DictConfig) -> float:
-    """The app: validate, load the score (checkpoint or oracle), evaluate on held-out data, write and log."""
-    validate(cfg)
-    check_likelihood(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
-    device = resolve_device(cfg.device)
+@hydra.main(version_base="1.3", config_path="../conf", config_name="likelihood")
+def main(cfg: DictConfig) -> float:
+    """The app: check, load the score (checkpoint or oracle), evaluate on held-out data, write and log."""
+    check(cfg)
+    out = output_dir()
+    try:
+        device = resolve_device(cfg.device)
+    except ArgumentError as err:
+        raise argument_error("", err) from None
     lc = cfg.likelihood
     if cfg.checkpoint is None:
-        sde, data = instantiate_node(cfg, "sde"), instantiate_node(cfg, "data")
+        sde, data = build_sde(cfg), instantiate_node(cfg, "data")
         if data.oracle is None:
             raise config_error("data", cfg.data._target_, "without a checkpoint, a data set with an exact oracle")
         score_fn, dtype = data.oracle.score_fn(sde), torch.float64
@@ -78,9 +84,7 @@ def likelihood(cfg: DictConfig) -> float:
         raise config_error("likelihood.eps", lc.eps, f"must be < the SDE's T = {sde.T}")
     x = data.reference(lc.n, torch.Generator().manual_seed(lc.seed)).to(device, dtype)
     divergence = lc.divergence if lc.divergence != "auto" else "exact" if data.scaler is None else "hutchinson"
-    tracker = start_tracker(cfg, out, job_type="likelihood")
-    exit_code = 1
-    try:
+    with start_tracker(cfg, out, job_type="likelihood") as tracker:
         result = evaluate_likelihood(
             sde,
             score_fn,
@@ -112,15 +116,7 @@ def likelihood(cfg: DictConfig) -> float:
         series = {f"likelihood/{k}": v for k, v in result.items() if isinstance(v, int | float)}
         tracker.log(series)
         tracker.summary({**series, "main_metric": result["bpd"]})
-        exit_code = 0
         return float(result["bpd"])
-    finally:
-        tracker.finish(exit_code=exit_code)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="likelihood")
-def main(cfg: DictConfig) -> float:
-    return likelihood(cfg)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 Reads every job dir below DIR that holds `.hydra/overrides.yaml` (any app: train.py, compare_samplers.py,
 likelihood.py; any launcher). A job's metrics are the numeric leaves of its `metrics.json`, flattened with "/"
 (e.g. `samplers/euler_maruyama/sw2`). A job without metrics.json is listed as failed with the error from its
-`failure.json` (written by the `sde_diffusion.config.RecordFailure` Hydra callback), else from the last ERROR line
+`failure.json` (written by the `sde_diffusion.apps.RecordFailure` Hydra callback), else from the last ERROR line
 of its log, else as "no result". summary.csv holds every metric; summary.md and summary.png the `--metrics`
 selection. Swept keys are the overrides whose values differ between jobs; the others are listed as fixed.
 """

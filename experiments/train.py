@@ -1,14 +1,14 @@
 """Train a score model, sample it with the evaluation samplers, and write everything to the job's output dir.
 
     python experiments/train.py                                   # the README's main job (eight_gaussians, ~2 min)
-    python experiments/train.py +experiment=digits_unet           # 8x8 digits with a U-Net
+    python experiments/train.py experiment=train/digits_unet      # 8x8 digits with a U-Net
     python experiments/train.py -m schedule=linear,cosine,constant  # one job (and wandb run) per β(t)
 
-Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, SW2, MMD², the oracle's exact
-metrics where the data set has one, each beside the sampling floor = the same metrics between two independent
-data draws of the same size), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
-loss.png, checkpoints/last.pt (model, EMA, optimiser, scheduler, step, RNG states, config, wandb run id),
-wandb/ (offline run; `wandb sync` it). Returns the first evaluation sampler's SW2 for Hydra sweepers.
+Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, and every metric of
+sde_diffusion.evaluation against a held-out data draw, beside the sampling floor = the same metrics for independent
+data draws, mean and sd), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
+loss.png, checkpoints/last.pt (a checkpoint.RunState), wandb/ (offline run; `wandb sync` it). Returns the first
+evaluation sampler's SW2 for Hydra sweepers.
 
     torchrun --standalone --nproc_per_node=2 experiments/train.py hydra.run.dir=outputs/ddp   # DDP (docs/scaling.md)
 
@@ -22,281 +22,225 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import distributed, metrics, plots
-from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sde_diffusion.config import RunError, build, config_error, start_tracker, validate
-from sde_diffusion.sampling import sample
+from sde_diffusion import distributed, plots
+from sde_diffusion.apps import (
+    Built,
+    RunError,
+    build,
+    build_evaluator,
+    config_diff,
+    output_dir,
+    require_file,
+    require_number,
+    require_values,
+    run_only_keys,
+    start_tracker,
+)
+from sde_diffusion.apps.build import argument_error
+from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
+from sde_diffusion.checks import ArgumentError
+from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed
+from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
-from sde_diffusion.training import NonFiniteLossError, Trainer, resolve_device, seed_everything
+from sde_diffusion.training import NonFiniteLossError, Trainer
 
 log = logging.getLogger("train")
 
-
-def sample_metrics(x: torch.Tensor, reference: torch.Tensor, oracle: Any, cfg: DictConfig) -> dict[str, float]:
-    """SW2 and MMD² of samples `x` against `reference` (MMD² on the first eval.mmd_samples points: its cost is
-    quadratic); with an oracle, the mode-weight error and the mean negative log-likelihood of `x` under the exact
-    density."""
-    out = {
-        "sw2": metrics.sliced_wasserstein(x, reference, n_projections=cfg.eval.n_projections, seed=cfg.eval.seed),
-        "mmd2": metrics.mmd2(x[: cfg.eval.mmd_samples], reference[: cfg.eval.mmd_samples]),
-    }
-    if oracle is not None:
-        out["mode_weight_error"] = metrics.mode_weight_error(oracle, x)
-        out["oracle_nll"] = float(-oracle.log_prob(x.flatten(1).double()).mean())
-    return out
+LOOP_KEYS = ("log_every", "eval_every", "ckpt_every", "keep_last", "threads", "resume")  # train.*: not the Trainer's
 
 
-def evaluate(cfg: DictConfig, trainer: Trainer, data: Any, sde: Any, out: Path) -> dict | None:
-    """Sample n points with every evaluation sampler from the EMA model; metrics against a held-out draw of the
-    data, and the floor = the metrics of a second, independent data draw. With several processes each samples its
-    share of the n points (rank-aware seeds) and rank 0 gathers them and returns the result; the others None."""
-    n = cfg.eval.n_samples
-    rank, world_size = distributed.rank(), distributed.world_size()
-    if rank == 0:
-        gen = torch.Generator().manual_seed(cfg.eval.seed)
-        reference, second = data.reference(n, gen), data.reference(n, gen)
-        result: dict[str, Any] = {"n_samples": n, "floor": sample_metrics(second, reference, data.oracle, cfg)}
-    model, device = trainer.ema_model.eval(), trainer.device
-    samples, rows = {}, {}
-    for i, (slot, sc) in enumerate(cfg.eval.samplers.items()):
-        generator = torch.Generator(device).manual_seed(distributed.rank_seed(cfg.eval.seed + 1 + i, rank))
-        start = time.perf_counter()
-        try:
-            with torch.no_grad():
-                res = sample(
-                    sde,
-                    model,
-                    (distributed.split(n, rank, world_size), *data.shape),
-                    sampler=sc.name,
-                    steps=sc.steps,
-                    eps=sc.eps,
-                    denoise=sc.denoise,
-                    generator=generator,
-                    device=device,
-                    batch_size=cfg.eval.batch_size,
-                    **sc.options,
-                )
-        except (RuntimeError, ValueError) as err:  # SamplingError (rk45), out of memory, a bad option
-            raise RunError(
-                f"evaluation sampler eval.samplers.{slot} ({sc.name}) failed at training step {trainer.step}: "
-                f"{str(err).splitlines()[0]} (the trained state is in checkpoints/last.pt; "
-                "a smaller eval.batch_size bounds memory)"
-            ) from err
-        x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
-        wall = time.perf_counter() - start
-        if rank > 0:
-            continue
-        samples[slot] = x
-        row = {"sampler": sc.name, "steps": sc.steps, "nfe": nfe, "wall_s": wall}
-        row |= sample_metrics(x, reference, data.oracle, cfg)
-        row["sw2_over_floor"] = row["sw2"] / result["floor"]["sw2"]
-        rows[slot] = row
-        log.info("%s: %s", slot, _fmt(row))
-    if rank > 0:
-        return None
-    result["samplers"] = rows
-    if data.scaler is not None and len(data.shape) == 3:
-        result["plots"] = [str(plots.image_grid(reference[:64], out / "samples_data.png", "data", scaler=data.scaler))]
-        for slot, x in samples.items():
-            title = f"{slot} ({rows[slot]['nfe']} NFE)"
-            result["plots"].append(
-                str(plots.image_grid(x[:64], out / f"samples_{slot}.png", title, scaler=data.scaler))
-            )
-    else:
-        titled = {
-            f"{k}\n{rows[k]['nfe']} NFE, SW2 = {rows[k]['sw2_over_floor']:.2f}x floor": x for k, x in samples.items()
-        }
-        result["plots"] = [str(plots.scatter_panels(titled, reference, out / "samples.png"))]
-    return result
-
-
-def _checkpoint(trainer: Trainer, cfg: DictConfig, path: Path, run_id: str | None, history: list) -> None:
-    if distributed.rank() > 0:  # every rank holds the same state (docs/scaling.md): rank 0 writes it
-        return
-    state = trainer.state_dict()
-    state["config"] = OmegaConf.to_container(cfg, resolve=True)
-    state["wandb_run_id"] = run_id
-    state["loss_history"] = torch.tensor(history, dtype=torch.float64).reshape(-1, 2)
-    save_checkpoint(path, state, keep_last=cfg.train.get("keep_last", 0))
-
-
-def _resume_state(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, dict] | None:
-    """(path, state) of the checkpoint to resume: train.resume=auto -> this run dir's last.pt if it exists."""
-    resume = cfg.train.resume
-    if resume is None or (resume == "auto" and not ckpt_path.is_file()):
-        return None
-    path = ckpt_path if resume == "auto" else Path(resume)
-    try:
-        return path, load_checkpoint(path)
-    except CheckpointError as err:
-        raise RunError(str(err)) from err
-
-
-# Keys that do not change what a run computes: a resumed run may change them freely.
-_RUN_ONLY = ("train.resume", "train.progress", "train.device", "train.threads", "train.compile", "train.log_every",
-             "train.eval_every", "train.ckpt_every", "train.keep_last", "logger", "eval")  # fmt: skip
-
-
-def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf that differs between two plain configs (outside `_RUN_ONLY`)."""
-    out = []
-    for k in sorted(old.keys() | new.keys(), key=str):
-        key, a, b = f"{prefix}{k}", old.get(k, "<absent>"), new.get(k, "<absent>")
-        if key.startswith(_RUN_ONLY):
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, f"{key}.")
-        elif a != b:
-            out.append(f"{key}: {a!r} -> {b!r}")
-    return out
-
-
-def train(cfg: DictConfig) -> float:
-    """The app: validate, build, (resume,) train with callbacks, evaluate, write and log the results."""
-    validate(cfg)
-    t = cfg.train
-    ctx = distributed.init(resolve_device(t.device))
-    try:
-        return _train(cfg, ctx)
-    finally:
-        distributed.cleanup()
-
-
-def _train(cfg: DictConfig, ctx: distributed.Context) -> float:
-    t = cfg.train
-    if t.batch_size % ctx.world_size:
-        raise config_error("train.batch_size", t.batch_size, f"must be divisible by the {ctx.world_size} processes")
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the run
-    out = Path(distributed.broadcast_object(HydraConfig.get().runtime.output_dir))  # rank 0's, if they differ
-    ckpt_path = out / "checkpoints" / "last.pt"
-    seed_everything(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    built = build(cfg)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    resume_path, state = _resume_state(cfg, ckpt_path) or (None, {})  # a bare trainer state: no history, id, config
-    history: list[tuple[int, float]] = [tuple(r) for r in state.get("loss_history", torch.zeros(0, 2)).tolist()]
-    resume_id = state.get("wandb_run_id")
-    tracker = start_tracker(cfg, out, job_type="train", resume_id=resume_id) if ctx.is_main else Tracker()
-    window: list[float] = []
-
-    def on_step(trainer: Trainer, logs: dict) -> None:
-        step = logs["step"]
-        window.append(float(logs["loss"]))
-        if step % t.log_every == 0 or step == t.steps:
-            loss = sum(window) / len(window)
-            window.clear()
-            history.append((step, loss))
-            row = {"train/loss": loss, "train/lr": logs["lr"], "train/grad_norm": float(logs["grad_norm"])}
-            if "skipped_steps" in logs:
-                row["train/skipped_steps"] = logs["skipped_steps"]
-            tracker.log(row, step=step)
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            result = evaluate(cfg, trainer, built.data, built.sde, out)
-            if result is not None:
-                tracker.log(_eval_series(result), step=step)
-        if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
-            _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
-
-    exit_code = 1
-    try:
-        trainer = Trainer(
-            built.model,
-            built.sde,
-            built.data,
-            steps=t.steps,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            warmup=t.warmup,
-            grad_clip=t.grad_clip,
-            ema_decay=t.ema_decay,
-            loss_eps=t.loss_eps,
-            weighting=t.weighting,
-            seed=t.seed,
-            nan_policy=t.nan_policy,
-            device=ctx.device,
-            callbacks=[on_step],
-            progress=t.progress and ctx.is_main,
-            precision=t.precision,
-            compile=t.compile,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
-        if resume_path is not None:
-            diff = config_diff(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
-            try:
-                trainer.load_state_dict(state)
-            except (CheckpointError, KeyError, RuntimeError, ValueError) as err:
-                differs = f"; config keys that differ (checkpoint -> this run): {'; '.join(diff)}" if diff else ""
-                raise RunError(f"checkpoint {resume_path}: {str(err).splitlines()[0]}{differs}") from err
-            if diff:
-                log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(diff))
-            log.info("resumed from step %d of %s", trainer.step, resume_path)
-        start = time.perf_counter()
-        try:
-            trainer.fit()
-        except NonFiniteLossError as err:
-            _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
-            raise RunError(
-                f"{err}; that state is saved to {ckpt_path} (continue with train.resume=auto, e.g. with a lower lr)"
-            ) from err
-        train_wall = time.perf_counter() - start
-        _checkpoint(trainer, cfg, ckpt_path, tracker.run_id, history)
-
-        result = evaluate(cfg, trainer, built.data, built.sde, out)
-        if result is None:  # ranks > 0: rank 0 writes and logs the results
-            exit_code = 0
-            return float(distributed.broadcast_object(None))
-        result |= {"train_steps": trainer.step, "train_wall_s": train_wall, "final_loss": history[-1][1]}
-        result["skipped_steps"] = trainer.skipped_steps
-        if trainer.skipped_steps:
-            log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
-        first = next(iter(result["samplers"]))
-        result["main_metric"] = {"name": f"{first}/sw2", "value": result["samplers"][first]["sw2"]}
-        result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png")))
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        log.info("floor: %s", result["floor"])
-        log.info("wrote %s", out / "metrics.json")
-
-        tracker.log(_eval_series(result), step=trainer.step)
-        tracker.log_table(
-            "eval/samplers",
-            [{"slot": k, **v} for k, v in result["samplers"].items()]
-            + [{"slot": "floor (data vs data)", **result["floor"]}],
-        )
-        tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
-        tracker.summary(
-            {**_eval_series(result), "main_metric": result["main_metric"]["value"], "train_wall_s": train_wall}
-        )
-        exit_code = 0
-        return float(distributed.broadcast_object(result["main_metric"]["value"]))
-    finally:
-        tracker.finish(exit_code=exit_code)
-
-
-def _fmt(row: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-
-
-def _eval_series(result: dict) -> dict[str, float]:
-    """Flatten an evaluation to wandb series eval/<sampler>/<metric> and eval/floor/<metric>."""
-    row = {f"eval/floor/{k}": v for k, v in result["floor"].items()}
-    for slot, metrics_ in result["samplers"].items():
-        row |= {f"eval/{slot}/{k}": v for k, v in metrics_.items() if isinstance(v, int | float)}
-    return row
+def check(cfg: DictConfig) -> None:
+    """The keys this app reads itself (the Trainer, Evaluator and the rest check theirs when they are built)."""
+    require_values(cfg)
+    require_number(cfg, "train.seed", integer=True, ge=0)  # seeds the initial weights before the Trainer exists
+    require_number(cfg, "train.log_every", integer=True, ge=1)
+    for key in ("eval_every", "ckpt_every", "keep_last"):
+        require_number(cfg, f"train.{key}", integer=True, ge=0)
+    require_number(cfg, "train.threads", integer=True, ge=1, optional=True)
+    require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    """Check, join the processes (torchrun), train; returns the main metric for Hydra sweepers."""
+    check(cfg)
+    try:
+        device = resolve_device(cfg.train.device)
+    except ArgumentError as err:
+        raise argument_error("train", err) from None
+    ctx = distributed.init(device)
+    try:
+        return train(cfg, ctx)
+    finally:
+        distributed.cleanup()
+
+
+def train(cfg: DictConfig, ctx: distributed.Context) -> float:
+    """Build everything (every bad value fails here, before any output), resume, train, evaluate, report."""
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the run
+    out = Path(distributed.broadcast_object(str(output_dir())))  # rank 0's, if they differ
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    built = build(cfg)
+    evaluator = build_evaluator(cfg, built.sde)
+    resume_path, run = resume_state(cfg, out / "checkpoints" / "last.pt")
+    hooks = StepHooks(cfg, out, run, evaluator, built)
+    trainer = build_trainer(cfg, built, ctx, hooks)
+    if resume_path is not None:
+        load(trainer, run, resume_path, cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    with start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker() as hooks.tracker:
+        start = time.perf_counter()
+        try:
+            trainer.fit()
+        except NonFiniteLossError as err:
+            hooks.save(trainer)
+            raise RunError(
+                f"{err}; that state is saved to {hooks.path} (continue with train.resume=auto, e.g. with a lower lr)"
+            ) from err
+        wall = time.perf_counter() - start
+        hooks.save(trainer)
+        evaluation = hooks.evaluate(trainer)
+        if ctx.is_main:
+            report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker)
+    return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
+
+
+def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks: StepHooks) -> Trainer:
+    """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
+    partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
+    try:
+        return partial(
+            built.model, built.sde, built.data, device=ctx.device, callbacks=[hooks],
+            progress=cfg.train.progress and ctx.is_main, rank=ctx.rank, world_size=ctx.world_size,
+        )  # fmt: skip
+    except ArgumentError as err:
+        raise argument_error("train", err) from None
+
+
+def resume_state(cfg: DictConfig, last: Path) -> tuple[Path | None, RunState]:
+    """(path, state) of the checkpoint to resume, train.resume=auto -> this run dir's `last` if it exists; or
+    (None, an empty state) for a fresh run."""
+    resume = cfg.train.resume
+    if resume is None or (resume == "auto" and not last.is_file()):
+        return None, RunState({})
+    path = last if resume == "auto" else Path(resume)
+    try:
+        return path, RunState.from_state(load_checkpoint(path))
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+
+
+def load(trainer: Trainer, run: RunState, path: Path, cfg: DictConfig) -> None:
+    """Continue from `run`; a state that does not fit names the config keys that differ from its run's."""
+    new = OmegaConf.to_container(cfg, resolve=True)
+    diff = config_diff(run.config, new, run_only_keys()) if run.config is not None else []
+    try:
+        trainer.load_state_dict(run.trainer)
+    except (CheckpointError, KeyError, RuntimeError, ValueError) as err:
+        differs = f"; config keys that differ (checkpoint -> this run): {'; '.join(diff)}" if diff else ""
+        raise RunError(f"checkpoint {path}: {str(err).splitlines()[0]}{differs}") from err
+    if diff:
+        log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(diff))
+    log.info("resumed from step %d of %s", trainer.step, path)
+
+
+class StepHooks:
+    """The Trainer's callback: every train.log_every steps the mean loss to the history and the tracker, every
+    eval_every steps an evaluation, every ckpt_every steps a checkpoint (rank 0 writes it)."""
+
+    def __init__(self, cfg: DictConfig, out: Path, run: RunState, evaluator: Evaluator, built: Built):
+        self.cfg, self.run, self.evaluator, self.built = cfg, run, evaluator, built
+        self.path, self.tracker, self.window = out / "checkpoints" / "last.pt", Tracker(), []
+
+    def __call__(self, trainer: Trainer, logs: dict) -> None:
+        t, step = self.cfg.train, logs["step"]
+        self.window.append(float(logs["loss"]))
+        if step % t.log_every == 0 or step == t.steps:
+            self.run.loss_history.append((step, sum(self.window) / len(self.window)))
+            self.window.clear()
+            row = {"loss": self.run.loss_history[-1][1], "lr": logs["lr"], "grad_norm": float(logs["grad_norm"])}
+            row["skipped_steps"] = logs["skipped_steps"]
+            self.tracker.log({f"train/{k}": v for k, v in row.items()}, step=step)
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            self.tracker.log(series(self.evaluate(trainer)), step=step)
+        if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
+            self.save(trainer)
+
+    def evaluate(self, trainer: Trainer) -> Evaluation:
+        """Every evaluation sampler on the EMA model; a failing one is a RunError naming its slot."""
+        b = self.built
+        try:
+            return self.evaluator(b.sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
+                                  trainer.device)  # fmt: skip
+        except SamplerFailed as err:
+            raise RunError(
+                f"evaluation sampler eval.samplers.{err.slot} ({err.name}) failed at training step {trainer.step}: "
+                f"{str(err.__cause__).splitlines()[0]} (the trained state is in checkpoints/last.pt; "
+                "a smaller eval.batch_size bounds memory)"
+            ) from err
+
+    def save(self, trainer: Trainer) -> None:
+        """checkpoints/last.pt (rank 0: every rank holds the same state, docs/scaling.md)."""
+        if trainer.rank == 0:
+            config = OmegaConf.to_container(self.cfg, resolve=True)
+            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history)
+            save_checkpoint(self.path, state.to_state(), keep_last=self.cfg.train.keep_last)
+
+
+def report(
+    ev: Evaluation, trainer: Trainer, history: list, wall: float, built: Built, out: Path, tracker: Tracker
+) -> None:
+    """metrics.json, the sample and loss plots, and the tracker's final series, table, images and summary."""
+    first = next(iter(ev.rows))
+    result = {"n_samples": len(ev.reference), "floor": ev.floor, "floor_sd": ev.floor_sd, "samplers": ev.rows}
+    result |= {"train_steps": trainer.step, "train_wall_s": wall, "final_loss": history[-1][1]}
+    result |= {"skipped_steps": trainer.skipped_steps}
+    result["main_metric"] = {"name": f"{first}/sw2", "value": ev.rows[first]["sw2"]}
+    if trainer.skipped_steps:
+        log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
+    result["plots"] = [str(p) for p in sample_plots(ev, built, out)]
+    result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png")))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    for slot, row in ev.rows.items():
+        log.info(
+            "%s: %s", slot, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
+    log.info("floor: %s", ev.floor)
+    log.info("wrote %s", out / "metrics.json")
+    tracker.log(series(ev), step=trainer.step)
+    floor_row = {"slot": "floor (data vs data)", **ev.floor}
+    tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + [floor_row])
+    tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
+    tracker.summary({**series(ev), "main_metric": result["main_metric"]["value"], "train_wall_s": wall})
+
+
+def sample_plots(ev: Evaluation, built: Built, out: Path) -> list[Path]:
+    """Image grids (samples_data.png, samples_<slot>.png) for image data, else one scatter panel per sampler."""
+    scaler = built.data.scaler
+    if scaler is not None and len(built.data.shape) == 3:
+        grids = [plots.image_grid(ev.reference[:64], out / "samples_data.png", "data", scaler=scaler)]
+        return grids + [
+            plots.image_grid(x[:64], out / f"samples_{k}.png", f"{k} ({ev.rows[k]['nfe']} NFE)", scaler=scaler)
+            for k, x in ev.samples.items()
+        ]
+    titled = {f"{k}\n{ev.rows[k]['nfe']} NFE, SW2 = {ev.rows[k]['sw2_over_floor']:.2f}x floor": x
+              for k, x in ev.samples.items()}  # fmt: skip
+    return [plots.scatter_panels(titled, ev.reference, out / "samples.png")]
+
+
+def series(ev: Evaluation) -> dict[str, float]:
+    """An evaluation as wandb series eval/<slot>/<metric> and eval/floor/<metric>."""
+    row = {f"eval/floor/{k}": v for k, v in ev.floor.items()}
+    for slot, metrics in ev.rows.items():
+        row |= {f"eval/{slot}/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+    return row
 
 
 if __name__ == "__main__":

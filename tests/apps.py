@@ -1,11 +1,19 @@
-"""Running the apps of experiments/ in a subprocess, for the end-to-end tests."""
+"""Running the apps of experiments/: in a subprocess for the end-to-end tests, or one job in this process."""
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))  # the apps' modules, for run_job
+CONFIG_NAMES = {"train": "train", "compare_samplers": "compare", "likelihood": "likelihood"}
 
 # The smallest train.py run every end-to-end test can share: 30 steps of a 16-unit MLP, a loss row every 5 steps, a
 # checkpoint every 10, and a cheap evaluation. A test that needs more adds its overrides after these (the last wins).
@@ -46,3 +54,26 @@ def run_app(
         text=True,
         timeout=timeout,
     )
+
+
+def compose_job(config_name: str, *overrides: str, out: Path | None = None) -> DictConfig:
+    """The config Hydra composes for `config_name` with `overrides`, with its `hydra` node (output dir `out`)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+    return cfg
+
+
+def run_job(app: str, *overrides: str, out: Path) -> Any:
+    """`experiments/<app>.py`'s main on one job's config, in this process, as Hydra runs a job (HydraConfig set, the
+    `hydra` node removed) but without its logging setup or its error handling: a bad config raises its ConfigError
+    here, a fault its RunError."""
+    cfg = compose_job(CONFIG_NAMES[app], *overrides, out=out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        return importlib.import_module(app).main(cfg)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -1,27 +1,32 @@
-"""Every config in every group composes, validates and instantiates; bad values fail up front naming the key."""
+"""Every config in every group composes and instantiates; every bad value fails up front, in the train app itself
+(run in this process), as one line naming the key, the value and what is allowed, before any output exists."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from apps import ROOT, TINY, compose_job, run_job
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
 
-from sde_diffusion.config import ConfigError, build, start_tracker, validate
+from sde_diffusion.apps import ConfigError, build, build_evaluator, start_tracker
 from sde_diffusion.models import ScoreModel
 from sde_diffusion.sde import SDE, VESDE, VPSDE
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
 
 
-def load(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+def load(*overrides: str, config_name: str = "train"):
+    cfg = compose_job(config_name, *overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +37,17 @@ def npy_file(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory) -> str:
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("images")
-    for i in range(10):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path / f"{i}.png")
-    return str(path)
+def image_folder(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("images")
+    for i, pixels in enumerate(np.random.default_rng(0).integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8)):
+        Image.fromarray(pixels).save(root / f"{i}.png")
+    return str(root)
 
 
 def check_builds(cfg) -> None:
-    """Validate, instantiate, and run the score model on one batch: output of the data's shape, finite."""
-    validate(cfg)
+    """Instantiate, and run the score model on one batch: output of the data's shape, finite."""
     built = build(cfg)
+    build_evaluator(cfg, built.sde)
     assert isinstance(built.sde, SDE) and isinstance(built.model, ScoreModel)
     x = built.data.batch(4, torch.Generator().manual_seed(0))
     assert x.shape == (4, *built.data.shape)
@@ -61,11 +64,11 @@ def test_default_is_the_main_job():
 
 
 @pytest.mark.parametrize("group", ["data", "schedule", "sde", "model"])
-def test_every_option_composes_and_builds(group, npy_file, image_dir):
+def test_every_option_composes_and_builds(group, npy_file, image_folder):
     for option in options(group):
         extra = {
             "tensor_file": [f"data.path={npy_file}"],
-            "image_folder": [f"data.path={image_dir}"],
+            "image_folder": [f"data.path={image_folder}", "model=unet"],
             "unet": ["data=digits"],
         }.get(option, [])
         check_builds(load(f"{group}={option}", *extra))
@@ -80,20 +83,33 @@ def test_schedule_reaches_the_sde_and_ve_ignores_it():
 def test_every_sampler_file_is_a_valid_eval_sampler():
     for option in options("sampler"):
         cfg = load(f"sampler@eval.samplers.euler_maruyama={option}")
-        validate(cfg)
-        assert set(cfg.eval.samplers.euler_maruyama) >= {"name", "steps", "eps", "denoise", "options"}
+        build_evaluator(cfg, build(cfg).sde)
+        assert set(cfg.eval.samplers.euler_maruyama) == {"name", "steps", "eps", "denoise", "options"}
 
 
 def test_every_experiment_preset_composes_and_builds():
-    for option in options("experiment"):
-        check_builds(load(f"+experiment={option}"))
+    presets = options("experiment")
+    assert presets == ["compare/oracle_study", "train/digits_unet", "train/schedule_sweep"]
+    for option in (p for p in presets if p.startswith("train/")):
+        check_builds(load(f"experiment={option}"))
+    study = load("experiment=compare/oracle_study", config_name="compare")
+    assert study.name == "oracle_study" and set(study.schedules) == {"linear", "cosine", "constant"}
 
 
 @pytest.mark.parametrize("logger", ["wandb", "none"])
 def test_every_logger_starts_and_finishes(logger, tmp_path):
-    tracker = start_tracker(load(f"logger={logger}"), tmp_path)
-    assert tracker.active == (logger == "wandb")
-    tracker.finish()
+    with start_tracker(load(f"logger={logger}"), tmp_path, job_type="train") as tracker:
+        assert tracker.active == (logger == "wandb")
+
+
+def test_every_app_shares_the_hydra_defaults_and_records_failures():
+    for name in ("train", "compare", "likelihood"):
+        hydra = compose_job(name).hydra
+        assert hydra.callbacks.record_failure._target_ == "sde_diffusion.apps.RecordFailure"
+        assert (
+            hydra.run.dir.startswith(f"outputs/{name}/")
+            and "train.resume" in hydra.job.config.override_dirname.exclude_keys
+        )
 
 
 class TinyNet(torch.nn.Module):
@@ -112,59 +128,86 @@ def test_users_own_class_drops_in():
     assert isinstance(built.model.net, TinyNet)
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("train.steps=0", "train.steps"),
-        ("train.batch_size=-1", "train.batch_size"),
-        ("train.lr=0", "train.lr"),
-        ("train.lr=abc", "train.lr"),
-        ("train.ema_decay=1.0", "train.ema_decay"),
-        ("train.weighting=foo", "train.weighting"),
-        ("train.nan_policy=ignore", "train.nan_policy"),
-        ("train.device=tpu", "train.device"),
-        ("train.resume=/no/such/file.pt", "train.resume"),
-        ("train.loss_eps=0", "train.loss_eps"),
-        ("schedule.beta_min=-0.1", "schedule.beta_min"),
-        ("schedule.beta_max=0.05", "schedule.beta_max"),
-        ("sde.T=0", "sde.T"),
-        ("eval.n_samples=1", "eval.n_samples"),
-        ("eval.samplers.euler_maruyama.name=leapfrog", "eval.samplers.euler_maruyama.name"),
-        ("eval.samplers.euler_maruyama.steps=0", "eval.samplers.euler_maruyama.steps"),
-        ("eval.samplers.dpm_solver.eps=2.0", "eval.samplers.dpm_solver.eps"),
-    ],
-)
-def test_bad_value_is_one_error_naming_the_key(override, key):
-    cfg = load(override)
-    with pytest.raises(ConfigError) as info:
-        validate(cfg)
-    message = str(info.value)
-    assert key in message and "\n" not in message
-    assert message.startswith(f"config error: {key}=")
-
-
-def test_schedule_and_sde_bounds():
-    for overrides, key in [
-        (["schedule=cosine", "schedule.s=0"], "schedule.s"),
-        (["schedule=constant", "schedule.beta=0"], "schedule.beta"),
-        (["sde=ve", "sde.sigma_max=0.001"], "sde.sigma_max"),
-    ]:
-        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            validate(load(*overrides))
-
-
-def test_missing_mandatory_value_and_failing_constructor_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.path"):
-        validate(load("data=tensor_file"))
-    with pytest.raises(ConfigError, match=r"config error: data\.path='/no/such\.npy': the path of an existing"):
-        validate(load("data=tensor_file", "data.path=/no/such.npy"))
-    bad = tmp_path / "bad.npy"
-    np.save(bad, np.zeros((4, 2, 2), dtype=np.float32))  # rank 3: not (N, D) or (N, C, H, W)
-    with pytest.raises(ConfigError, match=r"config error: data \(sde_diffusion.data.TensorFile\): .*rank 3"):
-        build(load("data=tensor_file", f"data.path={bad}"))
-
-
 def test_config_round_trips_through_a_plain_dict():
     cfg = load("sde=subvp", "schedule=cosine")
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(build(OmegaConf.create(plain)).sde, type(build(cfg).sde))
+
+
+# ---------------------------------------------------------------------------------------------------- bad configs
+
+
+def write_data(path: Path, kind: str) -> str:
+    arrays = {
+        "empty": np.zeros((0, 2), np.float32),
+        "nan": np.array([[0.0, 1.0], [np.nan, 2.0]] * 10, np.float32),
+        "rank3": np.zeros((20, 2, 2), np.float32),
+    }
+    np.save(path, arrays[kind])
+    return str(path)
+
+
+# overrides -> the error line's start: the key and the value, then what is allowed (texts it must hold)
+BAD_CONFIGS = {
+    "train.steps=0": ("train.steps=0", "must be an int >= 1"),
+    "train.batch_size=-1": ("train.batch_size=-1", "must be an int >= 1"),
+    "train.lr=0": ("train.lr=0", "must be a number > 0"),
+    "train.lr=abc": ("train.lr='abc'", "must be a number > 0"),
+    "train.ema_decay=1.0": ("train.ema_decay=1.0", "must be a number in [0, 1)"),
+    "train.weighting=foo": ("train.weighting='foo'", "must be one of ['simple', 'sigma2', 'likelihood']"),
+    "train.nan_policy=ignore": ("train.nan_policy='ignore'", "must be one of ['stop', 'skip']"),
+    "train.precision=fp8": ("train.precision='fp8'", "must be one of ['fp32', 'bf16', 'fp16']"),
+    "train.device=tpu": ("train.device='tpu'", "must be 'auto' or a torch device"),
+    "train.resume=/no/such/file.pt": ("train.resume='/no/such/file.pt'", "the path of an existing checkpoint file"),
+    "train.loss_eps=0": ("train.loss_eps=0", "must be a number in (0, 1)"),
+    "train.keep_last=-1": ("train.keep_last=-1", "must be an int >= 0"),
+    "train.threads=0": ("train.threads=0", "must be an int >= 1 or None"),
+    "train.ckpt_every=-5": ("train.ckpt_every=-5", "must be an int >= 0"),
+    "eval.n_samples=1": ("eval.n_samples=1", "must be an int >= 2"),
+    "eval.floor_repeats=1": ("eval.floor_repeats=1", "must be an int >= 2"),
+    "eval.samplers.euler_maruyama.name=leapfrog": ("eval.samplers.euler_maruyama.name='leapfrog'", "'euler_maruyama'"),
+    "eval.samplers.euler_maruyama.steps=0": ("eval.samplers.euler_maruyama.steps=0", "an int >= 1"),
+    "eval.samplers.dpm_solver.eps=2.0": ("eval.samplers.dpm_solver.eps=2.0", "a number in (0, T=1)"),
+    "sde.T=0.001": ("eval.samplers.euler_maruyama.eps=0.001", "(0, T=0.001)"),
+    "eval.samplers.dpm_solver.options.order=5": ("eval.samplers.dpm_solver.options.order=5", "one of [1, 2, 3]"),
+    "+eval.samplers.dpm_solver.options.ordr=2": ("eval.samplers.dpm_solver.options.ordr=2", "takes options: order"),
+    "sde=ve sampler@eval.samplers.euler_maruyama=ancestral": (
+        "eval.samplers.euler_maruyama.name='ancestral'",
+        "needs a VPSDE, got VESDE",
+    ),
+    "logger.mode=sometimes": ("logger.mode='sometimes'", "must be one of ['offline', 'online', 'disabled']"),
+    "schedule.beta_min=-0.1": ("schedule (sde_diffusion.schedules.LinearBeta)", "beta_min must be > 0, got -0.1"),
+    "schedule.beta_min=5 schedule.beta_max=1": ("schedule (", "beta_max must be >= beta_min"),
+    "schedule=cosine schedule.s=0": ("schedule (sde_diffusion.schedules.CosineBeta)", "s must be > 0, got 0"),
+    "schedule=constant schedule.beta=0": ("schedule (", "beta must be > 0, got 0"),
+    "sde=ve sde.sigma_max=0.001": ("sde (sde_diffusion.sde.VESDE)", "sigma_max must be > sigma_min"),
+    "model.hidden=0": ("model (sde_diffusion.models.MLP)", "hidden and layers must be >= 1"),
+    "data=tensor_file": ("data.path='???'", "a value is required: add data.path=... to the command line"),
+    "data=tensor_file data.path=/no/such.npy": ("data (sde_diffusion.data.TensorFile)", "/no/such.npy: not found"),
+    "data=tensor_file data.path={empty}": ("data (", "{empty}: empty array"),
+    "data=tensor_file data.path={nan}": ("data (", "{nan}: contains NaN or Inf"),
+    "data=tensor_file data.path={rank3}": ("data (", "{rank3}: shape (20, 2, 2) has rank 3; allowed: (N, D) or"),
+    "data._target_=sde_diffusion.data.Nope": ("data (sde_diffusion.data.Nope)", "Error loading"),
+}
+
+
+@pytest.mark.parametrize("overrides", list(BAD_CONFIGS))
+def test_bad_config_is_one_line_naming_key_value_and_what_is_allowed(overrides, tmp_path):
+    files = {kind: write_data(tmp_path / f"{kind}.npy", kind) for kind in ("empty", "nan", "rank3")}
+    start, allowed = (text.format(**files) for text in BAD_CONFIGS[overrides])
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as info:
+        run_job("train", *TINY, *overrides.format(**files).split(), out=out)
+    line = str(info.value)
+    assert line.startswith(f"config error: {start}") and allowed in line and "\n" not in line, line
+    assert not out.exists()  # no checkpoint, metrics, plots or wandb run
+
+
+@pytest.mark.parametrize(
+    "override", ["data=nope", "sde=nope", "schedule=nope", "sampler@eval.samplers.euler_maruyama=nope"]
+)
+def test_unknown_group_option_lists_the_available_ones(override):
+    group = override.split("=")[0].split("@")[0]
+    with pytest.raises(MissingConfigException) as info:
+        load(override)
+    assert f"Could not find '{group}/nope'" in str(info.value) and f"Available options in '{group}'" in str(info.value)

@@ -261,7 +261,7 @@ def test_app_on_a_digits_checkpoint_gives_positive_finite_bits_per_dim(tmp_path)
     ≤ log P(k) ≤ 0 by Jensen."""
     train = run_app(
         "train.py",
-        "+experiment=digits_unet",
+        "experiment=train/digits_unet",
         "train.steps=3",
         "train.progress=false",
         "eval.n_samples=2",

@@ -1,7 +1,8 @@
-"""Reliability through the real app (experiments/train.py in a subprocess, tiny configs): bad configs fail up front in
-one line, kill -9 + train.resume=auto is bitwise lossless and continues the wandb run, bad checkpoints are refused in
-one line without running code, the NaN guard stops (keeping a loadable state) or skips (counted), and a broken wandb
-does not cost the run. Plus in-process checks of the pieces the app relies on (rewind on stop, keep_last)."""
+"""Reliability of the train app: the one-line error contract of the process (bad configs fail up front without a
+traceback), kill -9 + train.resume=auto is bitwise lossless and continues the wandb run (both through the real
+process), and, running the app in this process: bad checkpoints are refused in one line without running code, the
+NaN guard stops (keeping a loadable state) or skips (counted), a failing evaluation sampler names its slot, and a
+broken wandb does not cost the run. Plus the pieces the app relies on (rewind on stop, keep_last)."""
 
 import contextlib
 import json
@@ -11,35 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from apps import ROOT, TINY, app_env, run_app
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from apps import ROOT, TINY, app_env, compose_job, run_app, run_job
+from conftest import NaNAt, mlp_trainer
+from omegaconf import OmegaConf, open_dict
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion import VPSDE
+from sde_diffusion import evaluation
+from sde_diffusion.apps import RunError, build, load_run
 from sde_diffusion.checkpoint import load_checkpoint, save_checkpoint
-from sde_diffusion.config import build, load_run
-from sde_diffusion.data import EightGaussians
-from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import NonFiniteLossError, Trainer
-
-
-class NaNAt(EightGaussians):
-    """Eight Gaussians whose batches number `at` (1-based calls of `batch`) are all NaN: a data fault mid-run."""
-
-    def __init__(self, at: list[int]):
-        super().__init__()
-        self.at, self.calls = set(at), 0
-
-    def batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        self.calls += 1
-        x = super().batch(n, generator)
-        return x.fill_(float("nan")) if self.calls in self.at else x
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -50,83 +37,18 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[lines.index(next(ln for ln in lines if ln.startswith("Error executing job"))) + 1]
 
 
-def assert_no_work_done(out: Path) -> None:
-    assert not (out / "checkpoints").exists() and not (out / "metrics.json").exists()
-    assert not (out / "wandb").exists()
-
-
-# ---------------------------------------------------------------------------------------------------- bad configs
-
-
-def write_data(path: Path, kind: str) -> str:
-    arrays = {
-        "empty": np.zeros((0, 2), np.float32),
-        "nan": np.array([[0.0, 1.0], [np.nan, 2.0]] * 10, np.float32),
-        "rank3": np.zeros((20, 2, 2), np.float32),
-    }
-    np.save(path, arrays[kind])
-    return str(path)
-
-
-# (overrides, texts the error line must hold: the key, the value, what is allowed)
-BAD_CONFIGS = {
-    "beta_min<=0": (["schedule.beta_min=0"], ["schedule.beta_min=0", "must be a number > 0"]),
-    "beta_max<beta_min": (["schedule.beta_min=5", "schedule.beta_max=1"], ["schedule.beta_max=1", ">= 5"]),
-    "cosine_s<=0": (["schedule=cosine", "schedule.s=-0.01"], ["schedule.s=-0.01", "> 0"]),
-    "T<=eps": (["sde.T=0.001"], ["eval.samplers.euler_maruyama.eps=0.001", "< 0.001"]),
-    "loss_eps<=0": (["train.loss_eps=0"], ["train.loss_eps=0", "> 0"]),
-    "steps<1": (["train.steps=0"], ["train.steps=0", "an integer >= 1"]),
-    "batch_size<1": (["train.batch_size=0"], ["train.batch_size=0", "an integer >= 1"]),
-    "lr<=0": (["train.lr=-0.001"], ["train.lr=-0.001", "> 0"]),
-    "unknown_sampler": (["eval.samplers.euler_maruyama.name=leapfrog"], ["name='leapfrog'", "allowed: ancestral"]),
-    "unknown_option": (["+eval.samplers.dpm_solver.options.ordr=2"], ["options.ordr=2", "order"]),
-    "ancestral_on_ve": (
-        ["sde=ve", "sampler@eval.samplers.euler_maruyama=ancestral"],
-        ["eval.samplers.euler_maruyama.name='ancestral'", "needs a VP SDE", "VESDE"],
-    ),
-    "sigma_max<sigma_min": (["sde=ve", "sde.sigma_max=0.001"], ["sde.sigma_max=0.001", "> 0.01"]),
-    "nan_policy": (["train.nan_policy=ignore"], ["train.nan_policy='ignore'", "allowed: stop, skip"]),
-    "keep_last<0": (["train.keep_last=-1"], ["train.keep_last=-1", ">= 0"]),
-    "logger_mode": (["logger.mode=sometimes"], ["logger.mode='sometimes'", "allowed: offline, online, disabled"]),
-    "data_path_required": (["data=tensor_file"], ["data.path='???'", "a value is required"]),
-    "data_missing": (["data=tensor_file", "data.path=/no/such.npy"], ["data.path='/no/such.npy'", "existing"]),
-    "data_empty": (["data=tensor_file", "data.path={empty}"], ["{empty}", "empty array"]),
-    "data_nan": (["data=tensor_file", "data.path={nan}"], ["{nan}", "contains NaN or Inf"]),
-    "data_rank": (["data=tensor_file", "data.path={rank3}"], ["{rank3}", "rank 3", "allowed: (N, D) or (N, C, H, W)"]),
-    "unknown_target": (["data._target_=sde_diffusion.data.Nope"], ["config error: data", "sde_diffusion.data.Nope"]),
-}
-# Unknown names of a config group fail in Hydra's composition, which lists the available options.
-BAD_GROUPS = {
-    "data": "data=nope",
-    "sde": "sde=nope",
-    "schedule": "schedule=nope",
-    "sampler": "sampler@eval.samplers.euler_maruyama=nope",
-}
+# ------------------------------------------------------------- the process: one line (tests/test_config.py: each key)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(BAD_CONFIGS))
-def test_bad_config_exits_with_one_line_naming_key_value_and_what_is_allowed(case, tmp_path):
-    files = {kind: write_data(tmp_path / f"{kind}.npy", kind) for kind in ("empty", "nan", "rank3")}
-    overrides, texts = BAD_CONFIGS[case]
+def test_bad_config_exits_with_one_line_and_does_no_work(tmp_path):
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, *(o.format(**files) for o in overrides), f"hydra.run.dir={out}", cwd=tmp_path)
-    line = error_line(proc)
-    assert line.startswith("config error: ")
-    for text in texts:
-        assert text.format(**files) in line, line
-    assert_no_work_done(out)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("group", list(BAD_GROUPS))
-def test_unknown_group_option_lists_the_available_ones(group, tmp_path):
-    out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, BAD_GROUPS[group], f"hydra.run.dir={out}", cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert f"Could not find '{group}/nope'" in proc.stderr
-    assert f"Available options in '{group}'" in proc.stderr
-    assert_no_work_done(out)
+    proc = run_app("train.py", *TINY, "+eval.samplers.dpm_solver.options.ordr=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert error_line(proc) == (
+        "config error: eval.samplers.dpm_solver.options.ordr=2: dpm_solver takes options: order, method, algorithm, "
+        "spacing, rho, timesteps, lower_order_final"
+    )
+    assert not (out / "checkpoints").exists() and not (out / "metrics.json").exists() and not (out / "wandb").exists()
 
 
 @pytest.mark.slow
@@ -189,13 +111,6 @@ def test_kill_9_then_resume_auto_equals_the_uninterrupted_run(tmp_path):
 # ------------------------------------------------------------------------------------------------ bad checkpoints
 
 
-def tiny_trainer(hidden: int = 8) -> Trainer:
-    torch.manual_seed(0)
-    sde = VPSDE()
-    return Trainer(ScoreModel(MLP((2,), hidden=hidden, layers=1), sde), sde, EightGaussians(), steps=3, batch_size=4,
-                   progress=False)  # fmt: skip
-
-
 class Exploit:
     """Unpickling this runs `touch <marker>`."""
 
@@ -208,7 +123,7 @@ class Exploit:
 
 def write_checkpoint(path: Path, kind: str, marker: Path) -> Path:
     if kind == "truncated":
-        t = tiny_trainer()
+        t = mlp_trainer(steps=3)
         t.fit()
         save_checkpoint(path, t.state_dict())
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -223,7 +138,6 @@ def write_checkpoint(path: Path, kind: str, marker: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "problem"),
     [
@@ -238,11 +152,11 @@ def test_bad_checkpoint_is_one_line_naming_the_file_and_runs_no_code(kind, probl
     marker = tmp_path / "pwned"
     path = write_checkpoint(tmp_path / f"{kind}.pt", kind, marker)
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, f"train.resume={path}", f"hydra.run.dir={out}", cwd=tmp_path)
-    line = error_line(proc)
-    assert line.startswith(f"checkpoint {path}: ") and problem in line, line
-    assert not marker.exists()
-    assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(RunError) as info:
+        run_job("train", *TINY, f"train.resume={path}", out=out)
+    line = str(info.value)
+    assert line.startswith(f"checkpoint {path}: ") and problem in line and "\n" not in line, line
+    assert not marker.exists() and not out.exists()
     with pytest.raises(ValueError, match="refused|corrupt|missing keys"):  # load_run refuses it the same way
         load_run(path)
     assert not marker.exists()
@@ -252,18 +166,18 @@ def test_bad_checkpoint_is_one_line_naming_the_file_and_runs_no_code(kind, probl
         assert marker.exists()
 
 
-@pytest.mark.slow
 def test_checkpoint_of_another_model_names_the_keys_and_config_values_that_differ(tmp_path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "model.hidden=8"])
+    cfg = compose_job("train", *TINY, "model.hidden=8")
+    with open_dict(cfg):
+        del cfg["hydra"]
     built = build(cfg)
     t = Trainer(built.model, built.sde, built.data, steps=2, batch_size=8, progress=False)
     t.fit()
     path = tmp_path / "other.pt"
     save_checkpoint(path, t.state_dict() | {"config": OmegaConf.to_container(cfg, resolve=True), "wandb_run_id": None})
-    proc = run_app("train.py", *TINY, f"train.resume={path}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path)  # fmt: skip
-    line = error_line(proc)
+    with pytest.raises(RunError) as info:
+        run_job("train", *TINY, f"train.resume={path}", "logger=none", out=tmp_path / "run")
+    line = str(info.value)
     assert line.startswith(f"checkpoint {path}: checkpoint's 'model' does not fit this model")
     assert "net.net.0.weight: (8, 66) vs (16, 66)" in line  # the checkpoint's shape vs this model's
     assert "config keys that differ (checkpoint -> this run): model.hidden: 8 -> 16" in line
@@ -271,15 +185,14 @@ def test_checkpoint_of_another_model_names_the_keys_and_config_values_that_diffe
 
 # ------------------------------------------------------------------------------------------------- NaN guard
 
-NAN_DATA = ["data._target_=test_reliability.NaNAt", "+data.at=[13]", "train.ckpt_every=5"]
-TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}  # the app imports test_reliability.NaNAt
+NAN_DATA = ["data._target_=conftest.NaNAt", "+data.at=[13]", "train.ckpt_every=5"]
 
 
-@pytest.mark.slow
 def test_nan_in_the_data_stops_naming_the_step_and_keeps_a_loadable_state(tmp_path):
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, *NAN_DATA, "logger=none", f"hydra.run.dir={out}", cwd=tmp_path, env=TESTS_ON_PATH)
-    line = error_line(proc)
+    with pytest.raises(RunError) as info:
+        run_job("train", *TINY, *NAN_DATA, "logger=none", out=out)
+    line = str(info.value)
     assert "non-finite loss at step 13" in line and "the data batch contains NaN/Inf" in line, line
     assert f"saved to {out / 'checkpoints' / 'last.pt'}" in line
     state = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -288,25 +201,21 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_a_loadable_state(tmp_pa
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-@pytest.mark.slow
 def test_huge_learning_rate_trips_the_guard_naming_the_learning_rate(tmp_path):
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, "train.lr=1e12", "train.warmup=0", "logger=none", f"hydra.run.dir={out}",
-                   cwd=tmp_path)  # fmt: skip
-    line = error_line(proc)
+    with pytest.raises(RunError) as info:
+        run_job("train", *TINY, "train.lr=1e12", "train.warmup=0", "logger=none", out=out)
+    line = str(info.value)
     assert "non-finite loss at step" in line and "training diverged: lower the learning rate (lr=" in line
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert f"at step {state['step'] + 1} " in line and state["step"] >= 1
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
 
 
-@pytest.mark.slow
-def test_skip_policy_counts_and_logs_skipped_steps(tmp_path):
+def test_skip_policy_counts_and_logs_skipped_steps(tmp_path, caplog):
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, "data._target_=test_reliability.NaNAt", "+data.at=[13,17]",
-                   "train.nan_policy=skip", f"hydra.run.dir={out}", cwd=tmp_path, env=TESTS_ON_PATH)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "skipped 2 steps with a non-finite loss or gradient" in (out / "train.log").read_text()
+    run_job("train", *TINY, "data._target_=conftest.NaNAt", "+data.at=[13,17]", "train.nan_policy=skip", out=out)
+    assert "skipped 2 steps with a non-finite loss or gradient" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_steps"] == 2 and metrics["train_steps"] == 30
     assert load_checkpoint(out / "checkpoints" / "last.pt")["skipped_steps"] == 2
@@ -315,9 +224,7 @@ def test_skip_policy_counts_and_logs_skipped_steps(tmp_path):
 
 
 def test_stop_rewinds_the_failed_step_so_the_saved_state_is_the_last_good_one():
-    stopped, clean = tiny_trainer(), tiny_trainer()
-    stopped.data = NaNAt([3])
-    clean.data = NaNAt([])
+    stopped, clean = mlp_trainer(data=NaNAt([3])), mlp_trainer(data=NaNAt([]))
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         for _ in range(3):
             stopped.train_step()
@@ -333,14 +240,14 @@ def test_stop_rewinds_the_failed_step_so_the_saved_state_is_the_last_good_one():
 # ------------------------------------------------------------------------------------------------ logger faults
 
 
-@pytest.mark.slow
 def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "wandb").write_text("a file where wandb wants its directory")
-    proc = run_app("train.py", *TINY, f"hydra.run.dir={out}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("wandb could not start") == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_job("train", *TINY, out=out)
+    assert sum("wandb could not start" in str(w.message) for w in caught) == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["samplers"]) == ["euler_maruyama", "dpm_solver"] and metrics["train_steps"] == 30
     assert metrics["main_metric"]["value"] == metrics["samplers"]["euler_maruyama"]["sw2"]
@@ -349,14 +256,19 @@ def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
     assert state["step"] == 30 and state["wandb_run_id"] is None and len(state["loss_history"]) == 6
 
 
-@pytest.mark.slow
-def test_failing_evaluation_sampler_is_one_line_and_the_trained_state_is_kept(tmp_path):
+def test_failing_evaluation_sampler_is_one_line_and_the_trained_state_is_kept(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
+
+    monkeypatch.setattr(evaluation, "sample", out_of_memory)
     out = tmp_path / "run"
-    proc = run_app("train.py", *TINY, "eval.samplers.dpm_solver.options.order=5", "logger=none",
-                   f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
-    line = error_line(proc)
-    assert line.startswith("evaluation sampler eval.samplers.dpm_solver (dpm_solver) failed at training step 30: ")
-    assert "order must be one of [1, 2, 3], got 5" in line
+    with pytest.raises(RunError) as info:
+        run_job("train", *TINY, "logger=none", out=out)
+    assert str(info.value) == (
+        "evaluation sampler eval.samplers.euler_maruyama (euler_maruyama) failed at training step 30: CUDA out of "
+        "memory. Tried to allocate 2.00 GiB (the trained state is in checkpoints/last.pt; a smaller eval.batch_size "
+        "bounds memory)"
+    )
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 30
 
 

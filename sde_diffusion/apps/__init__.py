@@ -1,0 +1,32 @@
+"""The apps' side: the Hydra glue that experiments/ shares. It checks the keys only apps read, builds library
+objects from config nodes (naming the key of a bad value), reloads trained runs, starts the tracker and records
+failed jobs. The library never imports this package, and nothing else in it imports hydra or omegaconf."""
+
+from .build import Built, argument_error, build, build_evaluator, build_sde, check_run, instantiate_node, load_run
+from .errors import ConfigError, RunError, config_error
+from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker
+from .validation import require_choice, require_file, require_number, require_values
+
+__all__ = [
+    "Built",
+    "ConfigError",
+    "RecordFailure",
+    "RunError",
+    "argument_error",
+    "build",
+    "build_evaluator",
+    "build_sde",
+    "check_run",
+    "config_diff",
+    "config_error",
+    "instantiate_node",
+    "load_run",
+    "output_dir",
+    "require_choice",
+    "require_file",
+    "require_number",
+    "require_values",
+    "run_names",
+    "run_only_keys",
+    "start_tracker",
+]

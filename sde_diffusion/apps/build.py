@@ -1,0 +1,103 @@
+"""Objects from config nodes with `_target_` (hydra.utils.instantiate), and a trained run rebuilt from its
+checkpoint. A constructor's `checks.ArgumentError` becomes `config error: <node>.<argument>=<value>: ...`, any
+other failure `config error: <node> (<target>): <message>`, so each value is checked once, by its object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..checkpoint import load_checkpoint
+from ..checks import ArgumentError
+from ..evaluation import Evaluator, SamplerRun
+from ..runtime import resolve_device
+from ..sampling import SamplerArgError
+from ..sde import SDE
+from .errors import ConfigError, config_error
+
+
+@dataclass
+class Built:
+    """What a config describes: the forward SDE, the data set and the score model (network + wrapper)."""
+
+    sde: SDE
+    data: Any
+    model: torch.nn.Module
+
+
+def argument_error(node: str, err: ArgumentError) -> ConfigError:
+    """The one-line ConfigError for argument `err.name` of the object built from config node `node` ("": the
+    root)."""
+    return config_error(f"{node}.{err.name}" if node else err.name, err.value, f"must be {err.allowed}")
+
+
+def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(cfg[key], **kwargs)`; a failing constructor becomes a ConfigError naming `key`."""
+    try:
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
+    except InstantiationException as err:
+        cause = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ArgumentError):
+            raise argument_error(key, cause) from err
+        message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        target = OmegaConf.select(cfg, f"{key}._target_")
+        raise ConfigError(f"config error: {key} ({target}): {message}") from err
+
+
+def build_sde(cfg: DictConfig, **kwargs: Any) -> SDE:
+    """The `sde` node, its β(t) built first from `schedule` (so a bad β(t) names `schedule`), unless given."""
+    if "schedule" in cfg.sde and "schedule" not in kwargs:
+        kwargs["schedule"] = instantiate_node(cfg, "schedule")
+    return instantiate_node(cfg, "sde", **kwargs)
+
+
+def build(cfg: DictConfig) -> Built:
+    """Instantiate `sde`, `data`, `model` (the network, given `shape=data.shape`) and `score` (the wrapper,
+    given `net` and `sde`)."""
+    sde = build_sde(cfg)
+    data = instantiate_node(cfg, "data")
+    net = instantiate_node(cfg, "model", shape=tuple(data.shape))
+    model = instantiate_node(cfg, "score", net=net, sde=sde)
+    return Built(sde=sde, data=data, model=model)
+
+
+def build_evaluator(cfg: DictConfig, sde: SDE, key: str = "eval") -> Evaluator:
+    """The Evaluator of node `key`, every sampler checked against `sde` (a bad one names its slot's key)."""
+    evaluator = instantiate_node(cfg, key, _convert_="all")
+    for slot, run in evaluator.samplers.items():
+        check_run(run, sde, f"{key}.samplers.{slot}")
+    return evaluator
+
+
+def check_run(run: SamplerRun, sde: SDE, key: str) -> None:
+    """`run` against its sampler's spec and `sde`; a bad value is a ConfigError naming `<key>.<argument>`."""
+    try:
+        run.check(sde)
+    except SamplerArgError as err:
+        raise config_error(f"{key}.{err.key}", err.value, err.allowed) from None
+    except ArgumentError as err:
+        raise argument_error(key, err) from None
+
+
+def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, SDE, Any, DictConfig]:
+    """Rebuild a trained run from its checkpoint: (EMA score model in eval mode, sde, data, config)."""
+    state = load_checkpoint(checkpoint_path, map_location="cpu")
+    if state.get("config") is None:
+        raise ConfigError(f"checkpoint {checkpoint_path}: holds no 'config'; was it written by experiments/train.py?")
+    cfg = OmegaConf.create(state["config"])
+    built = build(cfg)
+    try:
+        built.model.load_state_dict(state["ema"])
+    except RuntimeError as err:
+        raise ConfigError(
+            f"checkpoint {checkpoint_path}: EMA weights do not fit the model of its config: {err}"
+        ) from None
+    return built.model.to(resolve_device(device)).eval(), built.sde, built.data, cfg
