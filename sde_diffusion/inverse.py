@@ -213,8 +213,9 @@ def dps(
     device: torch.device | str | None = None,
 ) -> InverseResult:
     """Diffusion posterior sampling (Chung et al. 2023, Alg. 1): the DDIM-η step, then x ← x − ζ ∇ₓ‖y − A x̂₀(x)‖
-    through Tweedie's x̂₀, per sample (the reference code's step on the norm, ζ = ζ'/‖y − A x̂₀‖ of the paper's
-    squared one halved). Approximate: p(y | x_t) is replaced by p(y | x̂₀(x_t)). NFE = steps + 1, vjp = steps."""
+    through Tweedie's x̂₀, per sample: the reference code's step on the norm, i.e. the paper's ζ_i = ζ'/‖y − A x̂₀‖ on
+    the squared norm with ζ = 2ζ'. Approximate: p(y | x_t) is replaced by p(y | x̂₀(x_t)). NFE = steps + 1,
+    vjp = steps."""
     if isinstance(zeta, bool) or not isinstance(zeta, int | float) or not (math.isfinite(zeta) and zeta >= 0):
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
     p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
