@@ -26,6 +26,7 @@ RUNS = [
     ("dpm_solver", {}),
     ("dpm_solver", {"method": "singlestep"}),
     ("torchsde", {}),
+    ("ddim", {}),
     ("rk45", {}),
 ]
 

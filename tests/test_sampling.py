@@ -22,6 +22,7 @@ GENEROUS = {
     "rk45": (1, {}),
     "dpm_solver": (50, {}),
     "torchsde": (500, {}),
+    "ddim": (100, {}),
 }
 
 
