@@ -9,6 +9,7 @@ import pkgutil
 
 from ..scipy_ode import SolverError
 from .common import tweedie_denoise
+from .optimize import TunedGrid, optimize_timesteps
 from .sample import SampleResult, sample
 from .specs import SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
@@ -26,7 +27,9 @@ __all__ = [
     "SamplerArgError",
     "SamplerSpec",
     "SolverError",
+    "TunedGrid",
     "check_sampler",
+    "optimize_timesteps",
     "sample",
     "sampler_table",
     "timesteps",

@@ -23,14 +23,14 @@ def timesteps(
     spacing: str = "time_uniform",
     rho: float = 7.0,
     device=None,
-    custom: Sequence[float] | None = None,
+    custom: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     """steps + 1 decreasing times from T to eps (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
 
     time_uniform: linspace(T, eps); time_quadratic: linspace(√T, √eps)²; logsnr: uniform in λ;
     karras: σ̃_i = (σ̃_max^{1/ρ} + i/M (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ, t_i = λ⁻¹(−log σ̃_i); custom: the grid
     `custom` itself (e.g. tuned by `optimize_timesteps`), which must run strictly down from T to eps in steps + 1
-    times.
+    times; a Tensor keeps its autograd graph, so a solver can be differentiated in its times.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {list(SPACINGS)}, got {spacing!r}")
@@ -40,7 +40,7 @@ def timesteps(
         raise ValueError("a custom time grid needs spacing='custom' and timesteps=[T, …, eps], and only then")
     f64 = dict(dtype=torch.float64)
     if spacing == "custom":
-        t = torch.as_tensor(list(custom), **f64)
+        t = custom.to(**f64) if isinstance(custom, Tensor) else torch.as_tensor(list(custom), **f64)
         ends = len(t) == steps + 1 and abs(t[0] - sde.T) < 1e-9 and abs(t[-1] - eps) < 1e-9
         if not (ends and bool((t[1:] < t[:-1]).all())):
             raise ValueError(

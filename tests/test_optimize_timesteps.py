@@ -1,0 +1,94 @@
+"""`optimize_timesteps` on the exact oracle: the tuned grid against every built-in spacing on held-out noise, its
+shape, the λ-parametrisation and its implicit derivative, the rk45 reference, and the validation."""
+
+import pytest
+import torch
+from conftest import SDES
+
+from sde_diffusion import VPSDE, eight_gaussians
+from sde_diffusion.analytic import exact_flow_map
+from sde_diffusion.metrics import flow_error
+from sde_diffusion.sampling import optimize_timesteps, sample, timesteps
+from sde_diffusion.sampling.optimize import BUILT_IN, _grid, _log_snr_inverse, _logits, rk45_reference
+
+SDE, MIX, EPS = VPSDE(), eight_gaussians(), 1e-3
+SCORE = MIX.score_fn(SDE)
+STEPS = 9  # 10 NFE with the final Tweedie step
+
+
+def noise(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def exact(x_T: torch.Tensor) -> torch.Tensor:
+    return exact_flow_map(SDE, MIX, x_T, EPS, denoise=True)
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    return optimize_timesteps(SDE, SCORE, "dpm_solver", STEPS, noise(256, 1), exact, iters=60, lr=0.05)
+
+
+def test_tuned_10_nfe_grid_beats_every_built_in_spacing_on_held_out_noise(tuned):
+    x_T = noise(500, 0)
+    truth = exact(x_T)
+
+    def err(**grid) -> float:
+        return flow_error(
+            sample(SDE, SCORE, (500, 2), "dpm_solver", STEPS, x_T=x_T, dtype=torch.float64, **grid).x, truth
+        )
+
+    built_in = {s: err(spacing=s) for s in BUILT_IN}
+    assert set(built_in) == {"time_uniform", "logsnr", "time_quadratic", "karras"}
+    tuned_err = err(spacing="custom", timesteps=tuned.timesteps)
+    assert tuned_err < 0.5 * min(built_in.values()), (tuned_err, built_in)
+    assert tuned.train["tuned"] < tuned.train[tuned.init] == min(v for k, v in tuned.train.items() if k != "tuned")
+
+
+def test_tuned_grid_runs_strictly_down_from_T_to_eps(tuned):
+    t = torch.tensor(tuned.timesteps, dtype=torch.float64)
+    assert len(t) == STEPS + 1 and t[0] == SDE.T and t[-1] == EPS
+    assert (t.diff() < 0).all()
+    assert len(tuned.losses) == 60 and min(tuned.losses) < tuned.losses[0] and tuned.held_out == {}
+
+
+def test_held_out_errors_are_each_grids_flow_error():
+    x_T = noise(64, 3)
+    r = optimize_timesteps(SDE, SCORE, "ode_euler", 4, noise(32, 2), exact, iters=3, held_out=x_T)
+    assert set(r.held_out) == {*BUILT_IN, "tuned"}
+    for name, value in r.held_out.items():
+        grid = {"spacing": "custom", "timesteps": r.timesteps} if name == "tuned" else {"spacing": name}
+        x = sample(SDE, SCORE, (64, 2), "ode_euler", 4, x_T=x_T, dtype=torch.float64, **grid).x
+        assert value == pytest.approx(flow_error(x, exact(x_T)), rel=1e-9)
+
+
+@pytest.mark.parametrize("sde", SDES.values(), ids=SDES.keys())
+def test_logits_and_grid_round_trip_and_dt_dlambda_is_the_inverse_slope(sde):
+    t = timesteps(sde, 6, EPS, "karras")
+    torch.testing.assert_close(_grid(sde, _logits(sde, t), EPS), t, rtol=1e-9, atol=1e-12)
+    lam = sde.log_snr(torch.tensor([0.3, 0.7], dtype=torch.float64)).requires_grad_(True)
+    (slope,) = torch.autograd.grad(_log_snr_inverse(sde, lam).sum(), lam)
+    h = 1e-6
+    fd = (sde.log_snr_inverse(lam.detach() + h) - sde.log_snr_inverse(lam.detach() - h)) / (2 * h)
+    torch.testing.assert_close(slope, fd, rtol=1e-5, atol=0)
+
+
+def test_rk45_reference_is_the_exact_flow_map():
+    x_T = noise(16, 4)
+    torch.testing.assert_close(rk45_reference(SDE, SCORE, EPS)(x_T), exact(x_T), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "kw", "match"),
+    [
+        ("euler_maruyama", {}, "deterministic sampler on a time grid"),
+        ("rk45", {}, "deterministic sampler on a time grid"),
+        ("dpm_solver", {"options": {"spacing": "logsnr"}}, r"\['spacing'\] are set by optimize_timesteps"),
+        ("dpm_solver", {"options": {"order": 4}}, r"options.order=4: one of \[1, 2, 3\]"),
+        ("dpm_solver", {"iters": 0}, "iters must be an int >= 1, got 0"),
+        ("dpm_solver", {"lr": -1.0}, "lr must be a number > 0, got -1.0"),
+    ],
+)
+def test_rejects_a_stochastic_or_gridless_sampler_and_bad_arguments(sampler, kw, match):
+    with pytest.raises(ValueError, match=match):
+        optimize_timesteps(SDE, SCORE, sampler, 4, noise(8, 0), exact, **kw)
