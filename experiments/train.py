@@ -95,7 +95,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         load(trainer, run, resume_path, cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    with start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker() as hooks.tracker:
+    hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
+    with hooks.tracker:
         start = time.perf_counter()
         try:
             trainer.fit()
@@ -118,7 +119,7 @@ def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks
     try:
         return partial(
             built.model, built.sde, built.data, device=ctx.device, callbacks=[hooks],
-            progress=cfg.train.progress and ctx.is_main, rank=ctx.rank, world_size=ctx.world_size,
+            progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
         )  # fmt: skip
     except ArgumentError as err:
         raise argument_error("train", err) from None

@@ -1,9 +1,9 @@
 """End-to-end runs of experiments/train.py (tiny step counts), in a subprocess or as one job in this process: what
-lands in the output dir, what the offline wandb run holds, resuming a finished run, and multiruns."""
+lands in the output dir, what the offline wandb run holds, resuming a finished run, image data (multiruns:
+tests/test_experiments.py)."""
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -70,17 +70,19 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
 
 
 @pytest.mark.slow
-def test_resume_auto_of_a_finished_run_evaluates_again_in_the_same_wandb_run(tiny_run, tmp_path, caplog):
-    run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run, run_dir, symlinks=True)
+def test_resume_auto_of_a_finished_run_evaluates_again_in_the_same_wandb_run(tmp_path, caplog):
+    out = tmp_path / "run"
+    run_job("train", *TINY, out=out)
     with caplog.at_level(logging.INFO, logger="train"):
-        run_job("train", *RUN, "train.resume=auto", out=run_dir)
-    assert f"resumed from step 30 of {run_dir / 'checkpoints' / 'last.pt'}" in caplog.text
-    first, second = (read_run(p) for p in find_run_files(run_dir / "wandb"))
-    assert first.run_id == second.run_id == load_checkpoint(run_dir / "checkpoints" / "last.pt")["wandb_run_id"]
-    assert second.summary["main_metric"] == json.loads((run_dir / "metrics.json").read_text())["main_metric"]["value"]
+        run_job("train", *TINY, "train.resume=auto", out=out)
+    assert f"resumed from step 30 of {out / 'checkpoints' / 'last.pt'}" in caplog.text
+    first, second = (read_run(p) for p in find_run_files(out / "wandb"))
+    assert first.run_id == second.run_id == load_checkpoint(out / "checkpoints" / "last.pt")["wandb_run_id"]
+    assert second.summary["main_metric"] == json.loads((out / "metrics.json").read_text())["main_metric"]["value"]
+    assert second.summary["main_metric"] == first.summary["main_metric"]  # the same state, evaluated the same way
 
 
+@pytest.mark.slow
 def test_digits_writes_image_grids(tmp_path):
     out = tmp_path / "digits"
     run_job("train", "experiment=train/digits_unet", "model.channels=8", "train.steps=3", "eval.n_samples=16",
@@ -90,23 +92,3 @@ def test_digits_writes_image_grids(tmp_path):
         assert (out / name).read_bytes()[:8] == PNG
     assert "mode_weight_error" not in json.loads((out / "metrics.json").read_text())["floor"]  # no oracle
     assert not (out / "wandb").exists()
-
-
-@pytest.mark.slow
-def test_multirun_makes_one_wandb_run_per_job_in_one_group(tmp_path):
-    proc = run_app("train.py", "-m", "schedule=linear,constant", "train.steps=30", "train.progress=false",
-                   "eval.n_samples=50", "eval.samplers.euler_maruyama.steps=5", "eval.samplers.dpm_solver.steps=3",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = [read_run(p) for p in find_run_files(tmp_path / "sweep")]
-    assert len(runs) == 2 and len({r.run_id for r in runs}) == 2
-    assert {r.group for r in runs} == {"train-sweep"}
-    names = sorted(r.name for r in runs)  # the job's overrides, without those that do not change results
-    assert [n.split(",")[-2:] for n in names] == [
-        ["schedule=constant", "train.steps=30"],
-        ["schedule=linear", "train.steps=30"],
-    ]
-    assert all("train.progress" not in n for n in names)
-    assert sorted(r.config["schedule"]["_target_"].rsplit(".", 1)[1] for r in runs) == ["ConstantBeta", "LinearBeta"]
-    for job in ("0", "1"):
-        assert (tmp_path / "sweep" / job / "metrics.json").is_file()

@@ -41,7 +41,8 @@ def test_schedule_sweep_preset_2x2_gives_4_runs_in_one_group_and_a_4_row_summary
     pairs = {(r.config["schedule"]["_target_"].rsplit(".", 1)[1], r.config["sde"]["_target_"].rsplit(".", 1)[1])
              for r in runs}  # fmt: skip
     assert pairs == {(s, d) for s in ("LinearBeta", "CosineBeta") for d in ("VPSDE", "SubVPSDE")}
-    assert all("schedule=" in r.name and "sde=" in r.name for r in runs)  # run name = the job's overrides
+    assert all("schedule=" in r.name and "sde=" in r.name for r in runs)  # run name = the job's overrides ...
+    assert all("train.steps=3" in r.name and "train.progress" not in r.name for r in runs)  # ... minus run-only keys
 
     summarize.main([str(sweep), "--log", "offline"])
     with open(sweep / "summary.csv") as f:
