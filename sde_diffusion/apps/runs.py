@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def run_only_keys() -> list[str]:
     return list(HydraConfig.get().job.config.override_dirname.exclude_keys)
 
 
-def config_diff(old: dict, new: dict, skip: list[str] = (), prefix: str = "") -> list[str]:
+def config_diff(old: dict, new: dict, skip: Sequence[str] = (), prefix: str = "") -> list[str]:
     """'key: old -> new' for every leaf that differs between two plain configs, except keys in or under `skip`."""
     out = []
     for k in sorted(old.keys() | new.keys(), key=str):
