@@ -3,6 +3,7 @@
     pip install --no-deps k-diffusion torchdiffeq && pip install diffusers     # the peers; not project dependencies
     OMP_NUM_THREADS=1 python experiments/compare_peers.py --mode sde         # energy distance at ≤ 10/20/50 NFE
     OMP_NUM_THREADS=1 python experiments/compare_peers.py --mode ode         # flow error at 5/10/20 NFE
+    OMP_NUM_THREADS=1 python experiments/compare_peers.py --mode ode --tuned # + dpm_solver on a tuned grid
 
 Every sampler sees the same exact Gaussian-mixture score: this project's through `score_fn`, k-diffusion's through
 `interop.as_denoiser` in σ̃ = σ/s space, diffusers' schedulers through ε̂ = −σ(t)∇log p_t at the continuous time t
@@ -11,13 +12,16 @@ score call, the final denoising step included. `sde` mode: each sampler and opti
 step count within each budget; the table keeps each sampler's best setting by energy distance to a fresh data
 set (floor: two data sets, mean ± sd over 5 draws) and reports its mode-weight error. `ode` mode: flow error =
 RMS distance to the exact probability-flow map of the same noise (with Tweedie's step at the end time, which is
-what every peer's last step to σ = 0 computes). k-diffusion's `sampling.py` is loaded alone: its package
-`__init__` imports torchvision, which does not load beside the CPU build of torch. Writes outputs/peers/<mode>.md.
+what every peer's last step to σ = 0 computes); with --tuned also dpm_solver (2M and 3M, the better on the training
+noise) on a grid from `optimize_timesteps` tuned on other noise of the same size. k-diffusion's `sampling.py` is
+loaded alone: its package `__init__` imports torchvision, which does not load beside the CPU build of torch. Writes
+outputs/peers/<mode>.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import math
@@ -33,8 +37,9 @@ from sde_diffusion import VPSDE, eight_gaussians, mixture
 from sde_diffusion.analytic import GaussianMixture, exact_flow_map
 from sde_diffusion.interop import as_denoiser
 from sde_diffusion.metrics import energy_distance, flow_error, mode_weight_error
-from sde_diffusion.sampling import SAMPLERS, sample
+from sde_diffusion.sampling import SAMPLERS, optimize_timesteps, sample
 from sde_diffusion.sampling.ancestral import chain_times
+from sde_diffusion.sampling.optimize import BUILT_IN
 
 EPS = 1e-3
 # (label, sampler, options): the settings tried at every budget; unregistered names are skipped.
@@ -59,8 +64,7 @@ PROJECT_SDE = [
 PROJECT_ODE = [
     ("dpm_solver (default grid)", "dpm_solver", {}),
     *[(f"dpm_solver {s}", "dpm_solver", {"spacing": s}) for s in ("time_uniform", "time_quadratic", "karras")],
-    ("dpm_solver 2M logsnr", "dpm_solver", {"order": 2}),
-    ("dpm_solver 2M karras", "dpm_solver", {"order": 2, "spacing": "karras"}),
+    *[(f"dpm_solver 2M {s}", "dpm_solver", {"order": 2, "spacing": s}) for s in BUILT_IN],
 ]
 
 
@@ -219,7 +223,7 @@ def sde_table(n: int, budgets: list[int], seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ode_table(n: int, budgets: list[int], seed: int) -> str:
+def ode_table(n: int, budgets: list[int], seed: int, tuned: bool = False) -> str:
     K = load_k_diffusion()
     sde = VPSDE()
     lines = []
@@ -227,6 +231,8 @@ def ode_table(n: int, budgets: list[int], seed: int) -> str:
         score = oracle.score_fn(sde)
         x_T = torch.randn(n, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         exact = exact_flow_map(sde, oracle, x_T, EPS, denoise=True)
+        x_train = torch.randn(n, oracle.dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+        reference = functools.partial(exact_flow_map, sde, oracle, eps=EPS, denoise=True)
         lines += [f"\n### {data} (n = {n}; flow error to the exact PF-ODE map of the same noise)\n",
                   "| NFE ≤ | who | setting | NFE | flow error |", "|---|---|---|---|---|"]  # fmt: skip
         for budget in budgets:
@@ -235,6 +241,13 @@ def ode_table(n: int, budgets: list[int], seed: int) -> str:
                 out = project_run(name, options, sde, score, x_T, budget, seed)
                 if out is not None:
                     rows.append(("sde-diffusion", label, out[1], flow_error(out[0], exact)))
+            if tuned:  # steps = budget − 1: the Tweedie step is the last NFE
+                fits = {o: optimize_timesteps(sde, score, "dpm_solver", budget - 1, x_train, reference, eps=EPS,
+                                              options={"order": o}) for o in (2, 3)}  # fmt: skip
+                order = min(fits, key=lambda o: fits[o].train["tuned"])
+                out = project_run("dpm_solver", {"order": order, "spacing": "custom",
+                                  "timesteps": fits[order].timesteps}, sde, score, x_T, budget, seed)  # fmt: skip
+                rows.append(("sde-diffusion tuned", f"dpm_solver {order}M tuned", out[1], flow_error(out[0], exact)))
             for label, fn, kwargs in k_diffusion_runs(K, "ode"):
                 out = run_k_diffusion(K, fn, kwargs, sde, score, x_T, budget, seed)
                 if out is not None:
@@ -265,11 +278,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="samples (default 4000 for sde, 1000 for ode)")
     parser.add_argument("--budgets", type=int, nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tuned", action="store_true", help="ode: also dpm_solver on a tuned grid")
     args = parser.parse_args()
     if args.mode == "sde":
         table = sde_table(args.n or 4000, args.budgets or [10, 20, 50], args.seed)
     else:
-        table = ode_table(args.n or 1000, args.budgets or [5, 10, 20], args.seed)
+        table = ode_table(args.n or 1000, args.budgets or [5, 10, 20], args.seed, args.tuned)
     out = Path("outputs/peers") / f"{args.mode}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
