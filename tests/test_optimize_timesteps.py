@@ -81,8 +81,8 @@ def test_rk45_reference_is_the_exact_flow_map():
 @pytest.mark.parametrize(
     ("sampler", "kw", "match"),
     [
-        ("euler_maruyama", {}, "deterministic sampler on a time grid"),
-        ("rk45", {}, "deterministic sampler on a time grid"),
+        ("euler_maruyama", {}, r"one of \[.*'dpm_solver'.*\] \(deterministic, on a time grid\), got 'euler_maruyama'"),
+        ("rk45", {}, "deterministic, on a time grid"),
         ("dpm_solver", {"options": {"spacing": "logsnr"}}, r"\['spacing'\] are set by optimize_timesteps"),
         ("dpm_solver", {"options": {"order": 4}}, r"options.order=4: one of \[1, 2, 3\]"),
         ("dpm_solver", {"iters": 0}, "iters must be an int >= 1, got 0"),

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from ..metrics import flow_error
 from ..sde import SDE, ScoreFn
 from .common import tweedie_denoise
 from .sample import sample
-from .specs import GRID, check_sampler
+from .specs import GRID, SAMPLERS, check_sampler
 from .timesteps import SPACINGS
 from .timesteps import timesteps as make_grid
 
@@ -44,6 +45,11 @@ class TunedGrid:
     train: dict[str, float]
     held_out: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+
+
+def tunable() -> list[str]:
+    """The samplers whose grid `optimize_timesteps` tunes: the deterministic ones that take `timesteps`."""
+    return [name for name, spec in SAMPLERS.items() if not spec.stochastic and GRID.keys() <= spec.options.keys()]
 
 
 def rk45_reference(sde: SDE, score_fn: ScoreFn, eps: float, tol: float = 1e-7) -> Callable[[Tensor], Tensor]:
@@ -105,14 +111,12 @@ def optimize_timesteps(
     """
     options = dict(options or {})
     spec = check_sampler(sampler, steps=steps, eps=eps, options=options, sde_type=type(sde), T=sde.T)
-    if spec.stochastic or not GRID.keys() <= spec.options.keys():
-        raise ValueError(f"sampler={sampler!r}: optimize_timesteps needs a deterministic sampler on a time grid")
+    if sampler not in tunable():
+        raise ValueError(f"sampler must be one of {tunable()} (deterministic, on a time grid), got {sampler!r}")
     if fixed := GRID.keys() & options.keys():
         raise ValueError(f"options={options}: {sorted(fixed)} are set by optimize_timesteps; leave them out")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    check_number("iters", iters, integer=True, ge=1)
+    check_number("lr", lr, gt=0)
     reference = reference or rk45_reference(sde, score_fn, eps)
 
     def solve(x: Tensor, grid: Tensor) -> Tensor:
