@@ -1,6 +1,6 @@
 """Inverse-problem methods against the exact posterior at about 100 and 1000 NFE (a table per problem).
 
-    OMP_NUM_THREADS=1 python experiments/bench_inverse.py [--n 2000] [--particles 16] [--seed 0]
+    OMP_NUM_THREADS=1 python experiments/bench_inverse.py [--n 2048] [--particles 16] [--seed 0]
 
 Problems, with the exact score of the prior (VP, linear β): the 16-D mixture with its even coordinates observed and
 8-Gaussians with its first coordinate observed, y = A x + 0.05·n for a seeded prior draw x. Per method: the energy
@@ -81,7 +81,7 @@ def tuned_zeta(sde, prior, post, A, y, n: int, steps: int, seed: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--particles", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
