@@ -13,7 +13,12 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))  # the apps' modules, for run_job
-CONFIG_NAMES = {"train": "train", "compare_samplers": "compare", "likelihood": "likelihood"}
+CONFIG_NAMES = {
+    "train": "train",
+    "compare_samplers": "compare",
+    "likelihood": "likelihood",
+    "tune_timesteps": "tune_timesteps",
+}
 
 # The smallest train.py run every end-to-end test can share: 30 steps of a 16-unit MLP, a loss row every 5 steps, a
 # checkpoint every 10, and a cheap evaluation. A test that needs more adds its overrides after these (the last wins).

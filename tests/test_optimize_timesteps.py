@@ -1,12 +1,18 @@
 """`optimize_timesteps` on the exact oracle: the tuned grid against every built-in spacing on held-out noise, its
-shape, the λ-parametrisation and its implicit derivative, the rk45 reference, and the validation."""
+shape, the λ-parametrisation and its implicit derivative, the rk45 reference, and the validation; the app
+experiments/tune_timesteps.py end to end and its bad configs."""
+
+import json
 
 import pytest
 import torch
+from apps import run_app, run_job
 from conftest import SDES
+from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.analytic import exact_flow_map
+from sde_diffusion.apps import ConfigError
 from sde_diffusion.metrics import flow_error
 from sde_diffusion.sampling import optimize_timesteps, sample, timesteps
 from sde_diffusion.sampling.optimize import BUILT_IN, _grid, _log_snr_inverse, _logits, rk45_reference
@@ -92,3 +98,49 @@ def test_rk45_reference_is_the_exact_flow_map():
 def test_rejects_a_stochastic_or_gridless_sampler_and_bad_arguments(sampler, kw, match):
     with pytest.raises(ValueError, match=match):
         optimize_timesteps(SDE, SCORE, sampler, 4, noise(8, 0), exact, **kw)
+
+
+@pytest.mark.slow
+def test_app_on_the_oracle_writes_grids_figure_metrics_and_a_wandb_run(tmp_path):
+    proc = run_app("tune_timesteps.py", "n_train=64", "n_held_out=64", "iters=10", "budgets=[4,6]",
+                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "timesteps.json").read_text())
+    assert (saved["sampler"], saved["options"]["order"], saved["source"]) == ("dpm_solver", 3, "oracle")
+    assert "spacing" not in saved["options"]  # conf/sampler/dpm_solver.yaml's logsnr is the "default" grid
+    assert (tmp_path / "grids.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # seed + 1: held out
+    for budget, grid in saved["grids"].items():
+        t = torch.tensor(grid, dtype=torch.float64)
+        assert len(t) == int(budget) and t[0] == SDE.T and t[-1] == EPS and (t.diff() < 0).all()  # NFE − 1 steps
+        x = sample(SDE, SCORE, (64, 2), "dpm_solver", len(t) - 1, x_T=x_T, dtype=torch.float64, spacing="custom",
+                   timesteps=grid, **saved["options"])  # fmt: skip
+        assert x.nfe == int(budget)
+        held_out = m["budgets"][budget]["held_out"]
+        assert held_out["tuned"] == pytest.approx(flow_error(x.x, exact(x_T)), rel=1e-9)
+        assert m["budgets"][budget]["default_spacing"] == "logsnr" and set(held_out) == {*BUILT_IN, "tuned"}
+    (path,) = find_run_files(tmp_path)
+    run = read_run(path)
+    assert run.job_type == "tune_timesteps" and run.exit_code == 0
+    assert run.summary["main_metric"] == pytest.approx(m["budgets"]["4"]["held_out"]["tuned"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["sampler=euler_maruyama"], "config error: sampler.name='euler_maruyama': must be one of ["),
+        (["budgets=[1]"], "config error: budgets.0=1: must be an int >= 2"),
+        (["sampler=ode_heun", "budgets=[2]"], "config error: budgets=2: too small for ode_heun"),
+        (["sampler.options.order=4"], "config error: sampler.options.order=4: one of [1, 2, 3]"),
+        (["iters=0"], "config error: iters=0: must be an int >= 1"),
+        (["data=moons"], "config error: data='sde_diffusion.data.Moons': without a checkpoint"),
+        (["checkpoint=nope.pt"], "config error: checkpoint='nope.pt'"),
+    ],
+)
+def test_app_rejects_a_bad_config_in_one_line(overrides, line, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as info:
+        run_job("tune_timesteps", *overrides, "logger=none", out=out)
+    assert str(info.value).startswith(line) and "\n" not in str(info.value), str(info.value)
+    assert not out.exists()
