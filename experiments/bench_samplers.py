@@ -27,6 +27,7 @@ RUNS = [
     ("dpm_solver", {"method": "singlestep"}),
     ("torchsde", {}),
     ("ddim", {}),
+    ("sa_solver", {}),
     ("rk45", {}),
 ]
 

@@ -23,6 +23,7 @@ GENEROUS = {
     "dpm_solver": (50, {}),
     "torchsde": (500, {}),
     "ddim": (100, {}),
+    "sa_solver": (50, {}),
 }
 
 
