@@ -82,7 +82,6 @@ def test_resume_auto_of_a_finished_run_evaluates_again_in_the_same_wandb_run(tmp
     assert second.summary["main_metric"] == first.summary["main_metric"]  # the same state, evaluated the same way
 
 
-@pytest.mark.slow
 def test_digits_writes_image_grids(tmp_path):
     out = tmp_path / "digits"
     run_job("train", "experiment=train/digits_unet", "model.channels=8", "train.steps=3", "eval.n_samples=16",

@@ -212,7 +212,6 @@ def test_huge_learning_rate_trips_the_guard_naming_the_learning_rate(tmp_path):
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
 
 
-@pytest.mark.slow
 def test_skip_policy_counts_and_logs_skipped_steps(tmp_path, caplog):
     out = tmp_path / "run"
     run_job("train", *TINY, "data._target_=conftest.NaNAt", "+data.at=[13,17]", "train.nan_policy=skip", out=out)
