@@ -28,6 +28,7 @@ RUNS = [
     ("torchsde", {}),
     ("ddim", {}),
     ("sa_solver", {}),
+    ("adaptive_sde", {}),
     ("rk45", {}),
 ]
 

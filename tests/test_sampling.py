@@ -24,6 +24,7 @@ GENEROUS = {
     "torchsde": (500, {}),
     "ddim": (100, {}),
     "sa_solver": (50, {}),
+    "adaptive_sde": (1, {}),
 }
 
 
