@@ -38,6 +38,7 @@ from sde_diffusion.apps import (
     require_file,
     require_number,
     require_values,
+    run_names,
     run_only_keys,
     start_tracker,
 )
@@ -109,7 +110,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         hooks.save(trainer)
         evaluation = hooks.evaluate(trainer)
         if ctx.is_main:
-            report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker)
+            title = plots.describe(type(built.data).__name__, built.sde, run_names(cfg)[1])
+            report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
 
 
@@ -196,9 +198,10 @@ class StepHooks:
 
 
 def report(
-    ev: Evaluation, trainer: Trainer, history: list, wall: float, built: Built, out: Path, tracker: Tracker
+    ev: Evaluation, trainer: Trainer, history: list, wall: float, built: Built, out: Path, tracker: Tracker, title: str
 ) -> None:
-    """metrics.json, the sample and loss plots, and the tracker's final series, table, images and summary."""
+    """metrics.json, the sample and loss plots (under `title`), and the tracker's final series, table, images and
+    summary."""
     first = next(iter(ev.rows))
     result = {"n_samples": len(ev.reference), "floor": ev.floor, "floor_sd": ev.floor_sd, "samplers": ev.rows}
     result |= {"train_steps": trainer.step, "train_wall_s": wall, "final_loss": history[-1][1]}
@@ -206,8 +209,8 @@ def report(
     result["main_metric"] = {"name": f"{first}/sw2", "value": ev.rows[first]["sw2"]}
     if trainer.skipped_steps:
         log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
-    result["plots"] = [str(p) for p in sample_plots(ev, built, out)]
-    result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png")))
+    result["plots"] = [str(p) for p in sample_plots(ev, built, out, title)]
+    result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png", title)))
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     for slot, row in ev.rows.items():
         log.info(
@@ -222,18 +225,19 @@ def report(
     tracker.summary({**series(ev), "main_metric": result["main_metric"]["value"], "train_wall_s": wall})
 
 
-def sample_plots(ev: Evaluation, built: Built, out: Path) -> list[Path]:
-    """Image grids (samples_data.png, samples_<slot>.png) for image data, else one scatter panel per sampler."""
+def sample_plots(ev: Evaluation, built: Built, out: Path, title: str) -> list[Path]:
+    """Image grids (samples_data.png, samples_<slot>.png) for image data, else one scatter panel per sampler;
+    every figure titled with the data, SDE, β(t) and run (`title`), and each sampler's panel with its NFE."""
     scaler = built.data.scaler
     if scaler is not None and len(built.data.shape) == 3:
-        grids = [plots.image_grid(ev.reference[:64], out / "samples_data.png", "data", scaler=scaler)]
+        grids = [plots.image_grid(ev.reference[:64], out / "samples_data.png", f"{title}\ndata", scaler=scaler)]
         return grids + [
-            plots.image_grid(x[:64], out / f"samples_{k}.png", f"{k} ({ev.rows[k]['nfe']} NFE)", scaler=scaler)
+            plots.image_grid(x[:64], out / f"samples_{k}.png", f"{title}\n{k}: {ev.rows[k]['nfe']} NFE", scaler=scaler)
             for k, x in ev.samples.items()
         ]
-    titled = {f"{k}\n{ev.rows[k]['nfe']} NFE, SW2 = {ev.rows[k]['sw2_over_floor']:.2f}x floor": x
+    titled = {f"{k}: {ev.rows[k]['nfe']} NFE\nSW2 = {ev.rows[k]['sw2_over_floor']:.2f}x floor": x
               for k, x in ev.samples.items()}  # fmt: skip
-    return [plots.scatter_panels(titled, ev.reference, out / "samples.png")]
+    return [plots.scatter_panels(titled, ev.reference, out / "samples.png", title)]
 
 
 def series(ev: Evaluation) -> dict[str, float]:

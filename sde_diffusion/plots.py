@@ -90,18 +90,20 @@ def image_grid(
 
 
 def loss_curve(
-    steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "", decay: float = 0.9
+    steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "", decay: float | None = None
 ) -> Path:
     """The logged training loss against the step, raw and as an exponential moving average from the first point
-    (bias-corrected like Adam's moments, so it starts at the first loss and does not lag behind a window)."""
+    (bias-corrected like Adam's moments, so it starts at the first loss); `decay` defaults to an average over about
+    5% of the logged points, so the curve follows the loss instead of lagging a fixed window behind it."""
     steps_a, losses_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    decay = max(0.0, 1 - 20 / len(losses_a)) if decay is None else decay
     ema, smooth = 0.0, []
     for i, value in enumerate(losses_a, start=1):
         ema = decay * ema + (1 - decay) * value
-        smooth.append(ema / (1 - decay**i))
+        smooth.append(ema / (1 - decay**i) if decay > 0 else value)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot(steps_a, losses_a, lw=0.8, alpha=0.4, label="logged")
-    ax.plot(steps_a, smooth, lw=1.6, label=f"EMA ({decay} per logged point)")
+    ax.plot(steps_a, smooth, lw=1.6, label=f"EMA (decay {decay:.2f} per logged point)")
     if np.all(losses_a > 0):
         ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="DSM loss")
