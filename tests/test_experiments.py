@@ -58,7 +58,7 @@ def test_schedule_sweep_preset_2x2_gives_4_runs_in_one_group_and_a_4_row_summary
     assert (sweep / "summary.png").read_bytes()[:8] == PNG
     (summary_run,) = [read_run(p) for p in find_run_files(sweep / "wandb")]
     assert summary_run.job_type == "summary" and summary_run.group == "schedule_sweep-sweep"
-    assert summary_run.summary["summary/nrows"] == 4
+    assert summary_run.summary["summary.nrows"] == 4
 
 
 @pytest.mark.slow
@@ -67,6 +67,7 @@ def test_a_failing_job_does_not_hide_the_others_and_is_named(tmp_path):
     proc = run_app("train.py", "-m", "train.lr=0.003,-1", *SHORT, "logger=none", f"hydra.sweep.dir={sweep}",
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode != 0 and "config error: train.lr=-1" in proc.stderr  # Hydra re-raises after all jobs ran
+    assert "job failed: ConfigError: config error: train.lr=-1" in proc.stdout + proc.stderr  # logged as it failed
     assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
     record = json.loads((sweep / "1" / "failure.json").read_text())
     assert (record["error"], record["message"]) == ("ConfigError", "config error: train.lr=-1: must be a number > 0")
@@ -77,6 +78,14 @@ def test_a_failing_job_does_not_hide_the_others_and_is_named(tmp_path):
     assert jobs[1].error == "ConfigError: config error: train.lr=-1: must be a number > 0"
     table = (sweep / "summary.md").read_text()
     assert "Failed jobs (1 of 2)" in table and "- job 1 (train.lr=-1): ConfigError" in table
+
+
+@pytest.mark.slow
+def test_a_config_error_is_printed_once(tmp_path):
+    proc = run_app("train.py", "train.lr=-1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and output.count("train.lr=-1: must be a number > 0") == 1, output
+    assert json.loads((tmp_path / "run" / "failure.json").read_text())["error"] == "ConfigError"
 
 
 @pytest.mark.slow
@@ -114,7 +123,7 @@ def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
 
     runs = [read_run(p) for p in find_run_files(sweep)]
     assert len({r.run_id for r in runs}) == 2 and {r.group for r in runs} == {"compare-sweep"}
-    assert {r.job_type for r in runs} == {"compare"} and all(r.summary["comparison/nrows"] == 2 for r in runs)
+    assert {r.job_type for r in runs} == {"compare"} and all(r.summary["comparison.nrows"] == 2 for r in runs)
     em_csv = float(next(csv.DictReader(open(sweep / "0" / "comparison.csv")))["sw2"])
     assert [r.summary["eight_gaussians/sw2"] for r in runs if "euler" in r.name] == [pytest.approx(em_csv)]
 

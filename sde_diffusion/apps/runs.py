@@ -78,9 +78,10 @@ def start_tracker(cfg: DictConfig, output_dir: str | Path, job_type: str, resume
 
 class RecordFailure(Callback):
     """Hydra callback (`hydra.callbacks` in conf/hydra/default.yaml): a job that raises writes `failure.json`
-    (error type, message, overrides) to its output dir and logs the error to the job's log. Hydra's launchers run
-    every job of a sweep and re-raise only the first failure at the end, so this is how experiments/summarize.py
-    names every failed job."""
+    (error type, message, overrides) to its output dir and, in a multirun, logs the error to the job's log. Hydra's
+    launchers run every job of a sweep and re-raise only the first failure at the end, so this is how
+    experiments/summarize.py names every failed job; a single run's error Hydra prints itself, so it is not logged
+    twice."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Write the record if the job failed."""
@@ -91,4 +92,5 @@ class RecordFailure(Callback):
         out = Path(config.hydra.runtime.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "failure.json").write_text(json.dumps(record, indent=2))
-        logging.getLogger(config.hydra.job.name).error("job failed: %s: %s", record["error"], record["message"])
+        if config.hydra.mode == RunMode.MULTIRUN:
+            logging.getLogger(config.hydra.job.name).error("job failed: %s: %s", record["error"], record["message"])
