@@ -206,6 +206,11 @@ class _FiniteSet:
         """`reference` and the examples' labels."""
         return self._labelled(self._draw(self._held_out, self._held_out_labels, n, generator))
 
+    def labelled_examples(self, held_out: bool = False) -> tuple[Tensor, Tensor]:
+        """Every example of the training (or held-out) split once, in model space, with its label."""
+        x, y = (self._held_out, self._held_out_labels) if held_out else (self._train, self._train_labels)
+        return self._labelled((self.scaler.to_model(x.float()) if self.scaler is not None else x.float(), y))
+
 
 class Digits(_FiniteSet):
     """sklearn's digits (ships with scikit-learn): 1 797 8×8 images, 17 levels 0..16, shape (1, 8, 8), labelled

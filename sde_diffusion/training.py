@@ -5,6 +5,10 @@ and applies one AdamW update. Everything a step depends on is in `state_dict()` 
 scheduler, step, both generators and the global torch/numpy/python RNGs, which dropout uses), so training N
 steps equals training k, saving, loading into a new Trainer and training N − k: bitwise on the CPU.
 
+A class-conditional model (built with `num_classes`) trains on the data's labels, each replaced by the null label ∅
+with probability `cond_drop` (drawn with the data generator), so that one network learns s(x, t | y) and s(x, t)
+(Ho & Salimans 2022).
+
 A non-finite loss or gradient is caught before the optimiser touches the weights: nan_policy="stop" rewinds the
 step's random draws and raises NonFiniteLossError naming the step and the likely cause, so `state_dict()` is then
 the exact state after the last good step; "skip" drops the update and counts it.
@@ -26,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .checks import check_choice, check_number
+from .checks import ArgumentError, check_choice, check_number
 from .distributed import rank_seed, shard
 from .losses import WEIGHTINGS, dsm_draws, dsm_loss
 from .runtime import resolve_device, seed_everything
@@ -51,7 +55,8 @@ def warmup_cosine(step: int, warmup: int, steps: int) -> float:
 
 
 class Trainer:
-    """Trains a ScoreModel on `data` (an object with `batch(n, generator)`) by denoising score matching.
+    """Trains a ScoreModel on `data` (an object with `batch(n, generator)`; for a conditional model also
+    `batch_with_labels` and `num_classes` equal to the model's) by denoising score matching.
 
     `model` is the module trained; `train_model` is the module the loss calls (the same one, or a
     DistributedDataParallel wrapper of it); `ema_model` holds the EMA weights and is the one to sample from.
@@ -82,6 +87,7 @@ class Trainer:
         ema_decay: float = 0.999,
         loss_eps: float = 1e-5,
         weighting: str = "simple",
+        cond_drop: float = 0.0,
         seed: int = 0,
         nan_policy: str = "stop",
         device: str | torch.device = "cpu",
@@ -101,6 +107,15 @@ class Trainer:
         check_number("ema_decay", ema_decay, ge=0, lt=1)
         check_number("loss_eps", loss_eps, gt=0, lt=sde.T)
         check_choice("weighting", weighting, WEIGHTINGS)
+        check_number("cond_drop", cond_drop, ge=0, le=1)
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None and cond_drop > 0:
+            raise ArgumentError("cond_drop", cond_drop, "0 for an unconditional model (one built without num_classes)")
+        if num_classes is not None and getattr(data, "num_classes", None) != num_classes:
+            raise ValueError(
+                f"the model is conditional on {num_classes} classes but the data set has "
+                f"num_classes={getattr(data, 'num_classes', None)}; build the model with the data's num_classes"
+            )
         check_number("seed", seed, integer=True, ge=0)
         check_choice("nan_policy", nan_policy, NAN_POLICIES)
         check_choice("progress", progress, (True, False))
@@ -112,6 +127,7 @@ class Trainer:
         self.sde, self.data = sde, data
         self.steps, self.batch_size, self.grad_clip, self.ema_decay = steps, batch_size, grad_clip, ema_decay
         self.loss_eps, self.weighting, self.nan_policy = loss_eps, weighting, nan_policy
+        self.num_classes, self.cond_drop = num_classes, cond_drop
         self.callbacks, self.progress = list(callbacks), progress
         self.device = resolve_device(device)
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -154,12 +170,20 @@ class Trainer:
         """One AdamW step on one batch; returns {"step", "loss", "lr", "grad_norm", "skipped_steps"}; the loss is
         the mean over the global batch (all ranks)."""
         rng = self.data_generator.get_state(), self.noise_generator.get_state(), torch.get_rng_state()
-        x0 = self.data.batch(self.batch_size, self.data_generator)
+        x0, y = self._batch()
         t, noise = dsm_draws(self.sde, x0.shape, self.loss_eps, self.noise_generator, x0.dtype, self.device)
         x0 = x0[self.shard].to(self.device, non_blocking=True)
+        y = y[self.shard].to(self.device, non_blocking=True) if y is not None else None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             loss = dsm_loss(
-                self.sde, self.train_model, x0, self.loss_eps, self.weighting, t=t[self.shard], noise=noise[self.shard]
+                self.sde,
+                self.train_model,
+                x0,
+                self.loss_eps,
+                self.weighting,
+                t=t[self.shard],
+                noise=noise[self.shard],
+                y=y,
             ).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -192,6 +216,17 @@ class Trainer:
             "grad_norm": grad_value,
             "skipped_steps": self.skipped_steps,
         }
+
+    def _batch(self) -> tuple[Tensor, Tensor | None]:
+        """The global batch x₀ and, for a conditional model, its labels with each replaced by ∅ (the index
+        num_classes) with probability cond_drop (Ho & Salimans 2022, Alg. 1)."""
+        if self.num_classes is None:
+            return self.data.batch(self.batch_size, self.data_generator), None
+        x0, y = self.data.batch_with_labels(self.batch_size, self.data_generator)
+        if self.cond_drop > 0:
+            drop = torch.rand(self.batch_size, generator=self.data_generator) < self.cond_drop
+            y = y.masked_fill(drop, self.num_classes)
+        return x0, y
 
     @torch.no_grad()
     def _update_ema(self) -> None:

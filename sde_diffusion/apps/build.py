@@ -60,11 +60,15 @@ def build_sde(cfg: DictConfig, **kwargs: Any) -> SDE:
 
 
 def build(cfg: DictConfig) -> Built:
-    """Instantiate `sde`, `data`, `model` (the network, given `shape=data.shape`) and `score` (the wrapper,
-    given `net` and `sde`)."""
+    """Instantiate `sde`, `data`, `model` (the network, given `shape=data.shape`; a conditional one's num_classes
+    must be the data's) and `score` (the wrapper, given `net` and `sde`)."""
     sde = build_sde(cfg)
     data = instantiate_node(cfg, "data")
     net = instantiate_node(cfg, "model", shape=tuple(data.shape))
+    classes, data_classes = getattr(net, "num_classes", None), getattr(data, "num_classes", None)
+    if classes is not None and classes != data_classes:
+        allowed = f"null (unconditional) or the data's {data_classes}" if data_classes else "null: no labels in data"
+        raise config_error("model.num_classes", classes, f"must be {allowed}")
     model = instantiate_node(cfg, "score", net=net, sde=sde)
     return Built(sde=sde, data=data, model=model)
 
