@@ -66,7 +66,7 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     assert run.summary["eval/euler_maruyama/sw2"] == pytest.approx(em["sw2"])
     assert run.summary["eval/floor/sw2"] == pytest.approx(metrics["floor"]["sw2"])
     assert run.summary["main_metric"] == pytest.approx(em["sw2"])
-    assert run.summary["eval/samplers/nrows"] == 3  # two samplers and the floor
+    assert run.summary["eval/samplers.nrows"] == 3  # two samplers and the floor
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_offline_run_reads_back(tmp_path):
     assert run.series("train/loss") == losses
     assert run.series(STEP_METRIC)[:3] == [10, 20, 30]
     assert run.summary["eval/em/sw2"] == 0.1
-    assert run.summary["eval/samplers/nrows"] == 2
+    assert run.summary["eval/samplers.nrows"] == 2
     assert run.exit_code == 0
 
 
