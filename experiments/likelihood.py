@@ -5,12 +5,14 @@
     python experiments/likelihood.py checkpoint=outputs/train/<date>/checkpoints/last.pt
     python experiments/likelihood.py checkpoint=outputs/digits_unet/<date>/checkpoints/last.pt  # dequantised bpd
 
-Output dir (Hydra's): metrics.json — mean NLL in nats per example and bits/dim with standard errors, mean NFE per
-ODE solve, wall time; for data with an oracle also the true NLL of the same points, mean |log p̂ − log p| per
-dimension and the part of it due to the N(0, σ_T² I) prior; and an offline wandb run (`likelihood/*`). The oracle
+Output dir (Hydra's): metrics.json — mean NLL in nats per example with its standard error (image data, which is
+discrete: also bits/dim of the dequantised bound; continuous data: nats only, as bits/dim of a density have no
+meaning), mean NFE per ODE solve, wall time; for data with an oracle also the true NLL of the same points, mean
+|log p̂ − log p| per dimension and the part of it due to the N(0, σ_T² I) prior; and an offline wandb run
+(`likelihood/*`). The oracle
 is evaluated in float64, a checkpoint's network in float32. `likelihood.divergence=auto` takes the exact trace
 for vector data and Hutchinson's estimator for images (the exact one costs D backward passes per NFE: 64 for
-digits). Returns bits/dim for Hydra sweepers.
+digits). Returns the main metric (bits/dim for image data, else NLL in nats) for Hydra sweepers.
 """
 
 from __future__ import annotations
@@ -108,15 +110,16 @@ def main(cfg: DictConfig) -> float:
             "dequantised": data.scaler is not None,
             "divergence": divergence,
             "settings": OmegaConf.to_container(lc),
-            "main_metric": {"name": "bpd", "value": result["bpd"]},
         }
+        main = "bpd" if "bpd" in result else "nll"
+        result["main_metric"] = {"name": main, "value": result[main]}
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         log.info("%s", ", ".join(f"{k}={v:.6g}" for k, v in result.items() if isinstance(v, float)))
         log.info("wrote %s", out / "metrics.json")
         series = {f"likelihood/{k}": v for k, v in result.items() if isinstance(v, int | float)}
         tracker.log(series)
-        tracker.summary({**series, "main_metric": result["bpd"]})
-        return float(result["bpd"])
+        tracker.summary({**series, "main_metric": result[main]})
+        return float(result[main])
 
 
 if __name__ == "__main__":

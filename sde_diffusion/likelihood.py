@@ -227,10 +227,11 @@ def evaluate_likelihood(
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> dict[str, float]:
-    """Mean NLL of a data set in nats per example and bits/dim, with standard errors, NFE and wall time.
+    """Mean NLL of a data set in nats per example with its standard error, NFE and wall time.
 
-    With a `scaler` (image data) the NLL is the dequantised bound of `bits_per_dim` in level units; without one
-    it is the continuous −log p̂(x) (whose bits/dim can be negative). With an `oracle` (vector data) it adds the
+    With a `scaler` (discrete data: images) the NLL is the dequantised bound of `bits_per_dim` in level units, also
+    given in bits/dim (`bpd`, `bpd_sem`); without one it is the continuous −log p̂(x), a density, not a code length,
+    so it is reported in nats only (bits/dim of a density has no meaning). With an `oracle` (vector data) it adds the
     true NLL, the mean |log p̂ − log p|/D and the part of it that is prior mismatch, mean |log π(x_T) −
     log p_T(x_T)|/D. `options` go to `log_likelihood`; x is split into batches of `batch_size` solves.
     """
@@ -260,12 +261,12 @@ def evaluate_likelihood(
         "dim": d,
         "nll": float(nll.mean()),
         "nll_sem": sem,
-        "bpd": float(nll.mean()) / (d * math.log(2)),
-        "bpd_sem": sem / (d * math.log(2)),
         "nfe": sum(nfe) / len(nfe),
         "wall_s": wall,
         "wall_s_per_sample": wall / n,
     }
+    if scaler is not None:
+        out |= {"bpd": out["nll"] / (d * math.log(2)), "bpd_sem": sem / (d * math.log(2))}
     if true_nll:
         true_nll = torch.cat(true_nll).cpu()
         out["oracle_nll"] = float(true_nll.mean())
