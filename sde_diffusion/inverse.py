@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sampling.common import at, randn_like
+from .sampling.common import randn_like, tweedie_denoise
+from .sampling.ddim import ddim_step
 from .sampling.timesteps import timesteps
 from .sde import SDE, ScoreFn
 
@@ -39,8 +40,9 @@ class InverseResult:
 
 @dataclass
 class _Setup:
-    """The prior draw x_T, the measurement in x's dtype and device, and the grid's α, σ, λ in float64."""
+    """The SDE, the prior draw x_T, the measurement in x's dtype and device, and the grid's α, σ, λ in float64."""
 
+    sde: SDE
     x: Tensor
     A: Tensor
     y: Tensor
@@ -50,17 +52,13 @@ class _Setup:
     lam: Tensor
 
     def tweedie(self, score_fn: ScoreFn, x: Tensor, i: int) -> Tensor:
-        """x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie's formula)."""
-        s = score_fn(x, at(self.t[i], x))
-        return (x + self.sigma[i].to(x.dtype) ** 2 * s) / self.alpha[i].to(x.dtype)
+        """x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie's formula, `SDE.tweedie`)."""
+        return tweedie_denoise(self.sde, score_fn, x, self.t[i])
 
     def step(self, x: Tensor, x0: Tensor, i: int, eta: float) -> tuple[Tensor, Tensor]:
-        """The DDIM-η step from t_i to t_{i+1} (module docstring): its mean and its noise std, a 0-d tensor."""
+        """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`): its mean and its noise std."""
         h = self.lam[i + 1] - self.lam[i]
-        lost = -torch.expm1(-2 * h)  # 1 − e^{−2h}
-        r = torch.exp(-h) * torch.sqrt(1 - eta**2 * lost)
-        mean = (self.alpha[i + 1] / self.alpha[i] * r).to(x.dtype) * x + (self.alpha[i + 1] * (1 - r)).to(x.dtype) * x0
-        return mean, (self.sigma[i + 1] * eta * lost.sqrt()).to(x.dtype)
+        return ddim_step(x, x0, self.alpha[i], self.alpha[i + 1], self.sigma[i + 1], h, eta)
 
     def measure(self, x: Tensor) -> Tensor:
         """A x, shape (batch, m)."""
@@ -102,7 +100,7 @@ def _setup(
     x = x_T.to(device=device or x_T.device, dtype=dtype)
     t = timesteps(sde, steps, eps, spacing, device=x.device)
     A, y = A.to(device=x.device, dtype=dtype), y.to(device=x.device, dtype=dtype)
-    return _Setup(x, A, y, t, sde.scale(t), sde.sigma(t), sde.log_snr(t))
+    return _Setup(sde, x, A, y, t, sde.scale(t), sde.sigma(t), sde.log_snr(t))
 
 
 def _walk(steps: int, jump_length: int, resample: int) -> list[int]:

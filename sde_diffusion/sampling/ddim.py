@@ -46,10 +46,18 @@ def ddim(
     alpha, sigma, lam = sde.scale(t), sde.sigma(t), sde.log_snr(t)
     for i in trange(steps, disable=not progress, desc="ddim"):
         x0 = tweedie_denoise(sde, score_fn, x, t[i])
-        h = lam[i + 1] - lam[i]
-        lost = -torch.expm1(-2 * h)  # 1 − σ̃_t²/σ̃_s²
-        r = torch.exp(-h) * torch.sqrt(1 - eta**2 * lost)
-        x = (alpha[i + 1] / alpha[i] * r).to(x.dtype) * x + (alpha[i + 1] * (1 - r)).to(x.dtype) * x0
+        x, std = ddim_step(x, x0, alpha[i], alpha[i + 1], sigma[i + 1], lam[i + 1] - lam[i], eta)
         if eta > 0:
-            x = x + (sigma[i + 1] * eta * lost.sqrt()).to(x.dtype) * randn_like(x, generator)
+            x = x + std * randn_like(x, generator)
     return x, t[-1]
+
+
+def ddim_step(
+    x: Tensor, x0: Tensor, alpha_s: Tensor, alpha_t: Tensor, sigma_t: Tensor, h: Tensor, eta: float
+) -> tuple[Tensor, Tensor]:
+    """The DDIM-η step from s to t (module docstring), h = λ_t − λ_s: its mean (α_t/α_s) r x + α_t(1 − r) x̂₀ and its
+    noise std σ_t η √(1 − e^{−2h}) (a 0-d tensor in x's dtype); the float64 scalars are cast to x's dtype."""
+    lost = -torch.expm1(-2 * h)  # 1 − σ̃_t²/σ̃_s²
+    r = torch.exp(-h) * torch.sqrt(1 - eta**2 * lost)
+    mean = (alpha_t / alpha_s * r).to(x.dtype) * x + (alpha_t * (1 - r)).to(x.dtype) * x0
+    return mean, (sigma_t * eta * lost.sqrt()).to(x.dtype)
