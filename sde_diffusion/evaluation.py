@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,32 @@ from .sampling import DETERMINISTIC, check_sampler, sample
 from .sde import SDE, ScoreFn
 
 Draw = Callable[[int, torch.Generator], Tensor]
+
+# What the numbers of an evaluation mean, for the apps' metrics.json ("legend") and markdown tables: one text per key.
+LEGEND = {
+    "floor": "the same metrics between independent draws of the data itself (mean, and sd over floor_repeats draws): "
+    "what a perfect sampler scores with this many samples; a sampler is judged against it, not against 0",
+    "sw2": "sliced Wasserstein-2 distance to a held-out data draw (in data units, model space)",
+    "sw2_over_floor": "SW2 / the floor's mean SW2: 1 = as good as this sample size can tell; below 1 by chance, "
+    "as the floor is itself an estimate with spread floor_sd",
+    "mmd2": "unbiased MMD^2 (Gaussian kernels at 5 bandwidths): 0 in expectation when the laws agree, so estimates "
+    "scatter around 0 and can be negative",
+    "energy": "squared energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (Szekely & Rizzo): 0 iff the laws agree, no "
+    "bandwidth; its unbiased estimate can be negative too",
+    "mode_weight_error": "sum over mixture components of |fraction of samples assigned - true weight|",
+    "oracle_nll": "mean -log p(x) of the samples under the exact data density, in nats (the data's own: the floor)",
+    "flow_error": "deterministic samplers: RMS distance to the exact probability-flow map of the true data from the "
+    "same prior noise x_T, free of sampling noise: the solver's own error on the exact score, plus the model's on a "
+    "trained one",
+    "time_ratio": "wall time / (NFE x one score call on the batch): the sampler's cost per NFE beyond the score; "
+    "1 = score calls only",
+}
+
+
+def legend(keys: Iterable[str]) -> dict[str, str]:
+    """The LEGEND entries of the metrics in `keys`, and always the floor's."""
+    keys = set(keys) | {"floor"}
+    return {k: text for k, text in LEGEND.items() if k in keys}
 
 
 def sample_metrics(
@@ -124,6 +150,16 @@ class Evaluator:
         )  # fmt: skip
         self.metric_kw = {"n_projections": n_projections, "mmd_samples": mmd_samples, "seed": seed}
 
+    def reference(self, draw: Draw) -> Tensor:
+        """The held-out draw every sampler is scored against: `draw(n_samples)` seeded with `seed + 500`."""
+        return draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
+
+    def score(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
+              ) -> dict[str, float]:  # fmt: skip
+        """Every metric of samples `x` against `reference`, and `sw2_over_floor` (SW₂ over the floor's mean)."""
+        row = sample_metrics(x, reference, oracle, **self.metric_kw)
+        return row | {"sw2_over_floor": row["sw2"] / floor["sw2"]}
+
     def floor(self, draw: Draw, reference: Tensor, oracle: GaussianMixture | None) -> tuple[dict, dict]:
         """(mean, sd) of every metric over `floor_repeats` independent data draws against `reference`."""
         rows = [
@@ -144,11 +180,13 @@ class Evaluator:
         shape: tuple[int, ...],
         oracle: GaussianMixture | None = None,
         device: torch.device | str = "cpu",
+        progress: bool = False,
     ) -> Evaluation:
         """Sample with every sampler from the same x_T, score each against a held-out `draw(n, generator)` of the
-        data, and compute the floor; `shape` is one example's shape, `device` the one `score_fn` runs on."""
+        data, and compute the floor; `shape` is one example's shape, `device` the one `score_fn` runs on, `progress`
+        shows each sampler's progress bar."""
         rank, world_size = distributed.rank(), distributed.world_size()
-        reference = draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
+        reference = self.reference(draw)
         floor, floor_sd = self.floor(draw, reference, oracle)
         x_T = sde.prior_sampling((self.n, *shape), generator=torch.Generator().manual_seed(self.seed))
         start = sum(distributed.split(self.n, r, world_size) for r in range(rank))
@@ -160,13 +198,12 @@ class Evaluator:
             try:
                 res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.eps,
                              denoise=run.denoise, x_T=mine, generator=generator, device=device,
-                             batch_size=self.batch_size, **run.options)  # fmt: skip
+                             batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
             except (RuntimeError, ValueError) as err:
                 raise SamplerFailed(slot, run.name, err) from err
             x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
             row = {"sampler": run.name, "steps": run.steps, "nfe": nfe, "wall_s": time.perf_counter() - t0}
-            row |= sample_metrics(x, reference, oracle, **self.metric_kw)
-            row["sw2_over_floor"] = row["sw2"] / floor["sw2"]
+            row |= self.score(x, reference, floor, oracle)
             if self.flow_error and oracle is not None and run.name in DETERMINISTIC:
                 key = (run.eps, run.denoise)
                 if key not in exact:

@@ -35,6 +35,8 @@ def test_writes_metrics_checkpoint_and_plots(tiny_run):
     for key in ("sw2", "mmd2", "energy", "mode_weight_error", "oracle_nll"):
         assert key in em and key in metrics["floor"] and metrics["floor_sd"][key] > 0
     assert em["sw2_over_floor"] == pytest.approx(em["sw2"] / metrics["floor"]["sw2"])
+    assert {"floor", "sw2_over_floor", "mmd2", "energy"} <= metrics["legend"].keys()
+    assert "time_ratio" not in metrics["legend"]  # compare_samplers.py's column
     assert metrics["main_metric"] == {"name": "euler_maruyama/sw2", "value": em["sw2"]}
     assert metrics["train_steps"] == 30
     for name in ("samples.png", "loss.png"):
