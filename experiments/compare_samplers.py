@@ -17,6 +17,9 @@ per job, one group per sweep; `python experiments/summarize.py MULTIRUN_DIR` tab
 
 `sampler=NAME` (a conf/sampler/ file) replaces the grid with that one sampler at `sampler.steps`, so each job of a
 multirun is one point; `schedules` (set by the oracle_study preset) repeats the grid for every β(t) listed.
+With `sampler=NAME`, `timesteps=tuned` runs it on the grid experiments/tune_timesteps.py tuned for the checkpoint at
+sampler.steps steps (`timesteps=PATH`: any timesteps.json of it). metrics.json and comparison.md name the model (the
+oracles, or the checkpoint with its run's config) and carry a legend of the metrics (sde_diffusion.evaluation).
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ from sde_diffusion.apps import (
     load_run,
     output_dir,
     require_values,
+    run_weights,
     start_tracker,
+    tuned_run,
 )
 from sde_diffusion.checks import ArgumentError
-from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
+from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun, legend
 from sde_diffusion.sde import SDE, ScoreFn
 
 matplotlib.use("Agg")
@@ -225,8 +230,9 @@ def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, t
     if cfg.get("checkpoint") is not None:
         if cfg.get("schedules"):
             raise config_error("schedules", "...", "must be empty with checkpoint= (the run fixes its SDE)")
-        if not Path(str(cfg.checkpoint)).is_file():
-            raise config_error("checkpoint", cfg.checkpoint, "the path of a checkpoint written by experiments/train.py")
+        if not Path(str(cfg.checkpoint)).exists():
+            raise config_error("checkpoint", cfg.checkpoint, "the path of a checkpoint of experiments/train.py or a "
+                               "folder of experiments/export.py")  # fmt: skip
         model, sde, data, _ = load_run(cfg.checkpoint)
 
         def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -248,6 +254,39 @@ def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, t
             yield data, schedule, sde, oracle.score_fn(sde), oracle.sample, (oracle.dim,), oracle
 
 
+def _tuned(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: list[SDE]) -> tuple[list, dict | None]:
+    """The one run of `sampler` on the grid that `timesteps` names (apps.tuned_run: tuned, beside the checkpoint, or
+    a path), checked against every SDE, labelled "<sampler> tuned"; and the record of that grid (None without)."""
+    if cfg.get("timesteps") is None:
+        return runs, None
+    if cfg.get("sampler") is None:
+        raise config_error("timesteps", cfg.timesteps, "needs sampler=NAME: one sampler at one budget (sampler.steps)")
+    ((label, key, run),) = runs
+    for sde in sdes:
+        tuned, record = tuned_run(run, sde, cfg.timesteps, cfg.get("checkpoint"))
+    return [(f"{label} tuned", key, tuned)], record
+
+
+def _model(cfg: DictConfig) -> dict:
+    """What the samplers ran on, for metrics.json: the oracles' exact scores, or the checkpoint and its run's config."""
+    if cfg.get("checkpoint") is None:
+        return {"source": f"oracle: {', '.join(cfg.oracles)} (exact score)"}
+    return {"source": str(cfg.checkpoint), "config": run_weights(cfg.checkpoint)[1]}
+
+
+def _model_line(model: dict, data: str, sde: SDE) -> str:
+    """comparison.md's line naming the model: the oracles, or the checkpoint with its data, SDE, network and steps."""
+    if "config" not in model:
+        return f"Model: {model['source']}."
+    net, steps = model["config"].get("model", {}).get("_target_"), model["config"].get("train", {}).get("steps")
+    return f"Model: checkpoint `{model['source']}` ({data}, {sde!r}; {net}, {steps} training steps)."
+
+
+def _legend_lines(keys: list[str]) -> str:
+    """The legend of the table's metrics (evaluation.LEGEND), as markdown lines under it."""
+    return "\nLegend:\n\n" + "".join(f"- {k}: {text}\n" for k, text in legend(keys).items())
+
+
 def _evaluator(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: list[SDE]) -> Evaluator:
     """The Evaluator of every run, each checked against every SDE first (a bad value names its config key)."""
     for _, key, run in runs:
@@ -267,6 +306,8 @@ def main(cfg: DictConfig) -> None:
     out = output_dir()
     runs = _runs(cfg)
     problems = list(_problems(cfg))  # validates and builds everything before the tracker starts
+    runs, grid = _tuned(cfg, runs, [p[2] for p in problems])
+    model = _model(cfg)
     evaluator = _evaluator(cfg, runs, [p[2] for p in problems])
     with start_tracker(cfg, out, job_type="compare") as tracker:
         rows, floors = [], {}
@@ -286,7 +327,8 @@ def main(cfg: DictConfig) -> None:
             table = schedule_table(rows, floors) + "\n" + table
         print("\n" + table)
         title = "β(t) study" if study else f"Sampler comparison: {problems[0][2]}"
-        (out / "comparison.md").write_text(f"# {title}\n\n" + table)
+        head = f"# {title}\n\n{_model_line(model, problems[0][0], problems[0][2])}\n\n"
+        (out / "comparison.md").write_text(head + table + _legend_lines(columns(rows)))
         with open(out / "comparison.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns(rows))
             writer.writeheader()
@@ -295,7 +337,8 @@ def main(cfg: DictConfig) -> None:
         one_point = cfg.get("sampler") is not None  # a multirun job: metrics.json per data set only
         keys = ["data"] + (["schedule"] if study else []) + ([] if one_point else ["sampler", "steps"])
         metrics = metrics_tree(rows, floors, keys)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        extra = {"model": model, "legend": legend(columns(rows))} | ({"timesteps": grid} if grid else {})
+        (out / "metrics.json").write_text(json.dumps(metrics | extra, indent=2))
         print(f"wrote {out}/comparison.csv, comparison.md, quality_vs_nfe.png, metrics.json")
 
         floor_means = [{"data": d, "sampler": "floor (true vs true)", **m} for d, m in metrics["floor"].items()]

@@ -33,8 +33,8 @@ from sde_diffusion.apps import (
     load_run,
     output_dir,
     require_choice,
-    require_file,
     require_number,
+    require_run,
     require_values,
     start_tracker,
 )
@@ -58,7 +58,7 @@ def check(cfg: DictConfig) -> None:
     require_choice(cfg, "likelihood.divergence", ("auto", *DIVERGENCES))
     require_choice(cfg, "likelihood.noise", NOISES)
     require_choice(cfg, "likelihood.solver", SOLVERS)
-    require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
+    require_run(cfg, "checkpoint")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="likelihood")

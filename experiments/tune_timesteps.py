@@ -8,7 +8,8 @@ For each budget, `sampling.optimize_timesteps` tunes the grid of the largest `st
 fits, with the sampler's other options (conf/sampler/), on `n_train` noise paths, against the exact flow map of the
 oracle or, for a checkpoint, RK45 at rtol = atol = 1e-7; every built-in spacing (the sampler config's own is the
 "default") and the tuned grid are then scored on `n_held_out` other paths (flow error: RMS distance to the
-reference). Writes timesteps.json (the grids by NFE; for a checkpoint also next to it, as timesteps_<sampler>.json),
+reference). Writes timesteps.json (the grids by NFE; for a checkpoint also next to it, or into its export folder, as
+timesteps_<sampler>.json, which sample.py and compare_samplers.py read with timesteps=tuned),
 grids.png (each tuned grid in λ beside the uniform-λ `logsnr` grid), metrics.json (flow errors before and after) and
 an offline wandb run. Returns the tuned grid's held-out flow error at the first budget, for Hydra sweepers.
 """
@@ -34,11 +35,12 @@ from sde_diffusion.apps import (
     load_run,
     output_dir,
     require_choice,
-    require_file,
     require_number,
+    require_run,
     require_values,
     start_tracker,
 )
+from sde_diffusion.apps.tuned import tuned_path
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.plots import describe
@@ -58,7 +60,7 @@ log = logging.getLogger("tune_timesteps")
 def check(cfg: DictConfig) -> None:
     """The keys only this app reads: every bad value is a ConfigError naming the key."""
     require_values(cfg)
-    require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
+    require_run(cfg, "checkpoint")
     require_choice(cfg, "sampler.name", tunable())
     for key in ("n_train", "n_held_out", "iters"):
         require_number(cfg, key, integer=True, ge=1)
@@ -163,7 +165,7 @@ def main(cfg: DictConfig) -> float:
                  "grids": {str(b): g for b, g in grids.items()}}  # fmt: skip
         (out / "timesteps.json").write_text(json.dumps(saved, indent=2))
         if cfg.checkpoint is not None:
-            (Path(cfg.checkpoint).parent / f"timesteps_{name}.json").write_text(json.dumps(saved, indent=2))
+            tuned_path(cfg.checkpoint, name).write_text(json.dumps(saved, indent=2))
         title = describe(type(data).__name__, sde, f"{name} {options}")
         plot_grids(sde, grids, eps, title, out / "grids.png")
         first = results[str(cfg.budgets[0])]["held_out"]["tuned"]

@@ -18,6 +18,8 @@ CONFIG_NAMES = {
     "compare_samplers": "compare",
     "likelihood": "likelihood",
     "tune_timesteps": "tune_timesteps",
+    "sample": "sample",
+    "export": "export",
 }
 
 # The smallest train.py run every end-to-end test can share: 30 steps of a 16-unit MLP, a loss row every 5 steps, a

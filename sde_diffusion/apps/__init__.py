@@ -1,11 +1,23 @@
 """The apps' side: the Hydra glue that experiments/ shares. It checks the keys only apps read, builds library
-objects from config nodes (naming the key of a bad value), reloads trained runs, starts the tracker and records
-failed jobs. The library never imports this package, and nothing else in it imports hydra or omegaconf."""
+objects from config nodes (naming the key of a bad value), reloads trained runs (and their tuned time grids),
+starts the tracker and records failed jobs. The library never imports this package, and nothing else in it
+imports hydra or omegaconf."""
 
-from .build import Built, argument_error, build, build_evaluator, build_sde, check_run, instantiate_node, load_run
+from .build import (
+    Built,
+    argument_error,
+    build,
+    build_evaluator,
+    build_sde,
+    check_run,
+    instantiate_node,
+    load_run,
+    run_weights,
+)
 from .errors import ConfigError, RunError, config_error
 from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker
-from .validation import require_choice, require_file, require_number, require_values
+from .tuned import tuned_run
+from .validation import require_choice, require_file, require_number, require_run, require_values
 
 __all__ = [
     "Built",
@@ -25,8 +37,11 @@ __all__ = [
     "require_choice",
     "require_file",
     "require_number",
+    "require_run",
     "require_values",
     "run_names",
     "run_only_keys",
+    "run_weights",
     "start_tracker",
+    "tuned_run",
 ]

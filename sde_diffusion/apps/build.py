@@ -1,6 +1,7 @@
 """Objects from config nodes with `_target_` (hydra.utils.instantiate), and a trained run rebuilt from its
-checkpoint. A constructor's `checks.ArgumentError` becomes `config error: <node>.<argument>=<value>: ...`, any
-other failure `config error: <node> (<target>): <message>`, so each value is checked once, by its object."""
+checkpoint or its export (experiments/export.py). A constructor's `checks.ArgumentError` becomes
+`config error: <node>.<argument>=<value>: ...`, any other failure `config error: <node> (<target>): <message>`,
+so each value is checked once, by its object."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_exported
 from ..checks import ArgumentError
 from ..evaluation import Evaluator, SamplerRun
 from ..runtime import resolve_device
@@ -91,15 +92,25 @@ def check_run(run: SamplerRun, sde: SDE, key: str) -> None:
         raise argument_error(key, err) from None
 
 
-def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, SDE, Any, DictConfig]:
-    """Rebuild a trained run from its checkpoint: (EMA score model in eval mode, sde, data, config)."""
-    state = load_checkpoint(checkpoint_path, map_location="cpu")
+def run_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(EMA weights, run config) of a trained run: a checkpoint file of experiments/train.py, or a folder of
+    experiments/export.py (model.safetensors + config.json); neither runs any pickled code."""
+    if Path(path).is_dir():
+        return load_exported(path)
+    state = load_checkpoint(path, map_location="cpu")
     if state.get("config") is None:
-        raise ConfigError(f"checkpoint {checkpoint_path}: holds no 'config'; was it written by experiments/train.py?")
-    cfg = OmegaConf.create(state["config"])
+        raise ConfigError(f"checkpoint {path}: holds no 'config'; was it written by experiments/train.py?")
+    return state["ema"], state["config"]
+
+
+def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, SDE, Any, DictConfig]:
+    """Rebuild a trained run from its checkpoint or export folder (`run_weights`): (EMA score model in eval mode,
+    sde, data, config)."""
+    weights, config = run_weights(checkpoint_path)
+    cfg = OmegaConf.create(config)
     built = build(cfg)
     try:
-        built.model.load_state_dict(state["ema"])
+        built.model.load_state_dict(weights)
     except RuntimeError as err:
         raise ConfigError(
             f"checkpoint {checkpoint_path}: EMA weights do not fit the model of its config: {err}"

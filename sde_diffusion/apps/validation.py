@@ -50,6 +50,15 @@ def require_choice(cfg: DictConfig, key: str, choices: Sequence[Any]) -> None:
             raise config_error(key, value, f"must be {err.allowed}") from None
 
 
+def require_run(cfg: DictConfig, key: str = "checkpoint", also: Sequence[Any] = (None,)) -> None:
+    """`key`, if present, is one of `also` or a trained run: a checkpoint file of experiments/train.py or a folder
+    of experiments/export.py (what apps.load_run reads)."""
+    value = _get(cfg, key)
+    if value is not _ABSENT and value not in also and not Path(str(value)).exists():
+        allowed = "the path of a checkpoint file of experiments/train.py or of a folder of experiments/export.py"
+        raise config_error(key, value, " or ".join([*(repr(v) if v is not None else "null" for v in also), allowed]))
+
+
 def require_file(cfg: DictConfig, key: str, allowed: str, also: Sequence[Any] = (None,)) -> None:
     """`key`, if present, is one of `also` or the path of an existing file; else `allowed` says what may go there."""
     value = _get(cfg, key)

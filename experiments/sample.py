@@ -1,0 +1,207 @@
+"""Sample a trained run (a checkpoint of experiments/train.py, or a folder of experiments/export.py) with any sampler.
+
+    python experiments/sample.py checkpoint=outputs/train/<date_time>/checkpoints/last.pt
+    python experiments/sample.py checkpoint=... sampler=ddim steps=50 sampler.options.eta=0.5 n=10000 metrics=true
+    python experiments/sample.py checkpoint=... sampler=dpm_solver steps=9 timesteps=tuned  # tune_timesteps.py's grid
+    python experiments/sample.py checkpoint=... labels=all w=2  # a class-conditional run: n/C of every class, guided
+    python experiments/sample.py -m checkpoint=... sampler=ddim,dpm_solver steps=10,20      # one job per pair
+
+The sampler is a conf/sampler/ file with its options; `steps` is its number of steps (`steps=10` is
+`sampler.steps=10`). Output dir (Hydra's): samples.npz (`x`: the samples in data space, i.e. raw levels for data
+with a scaler such as images, as sampled, and then also `quantised`: rounded and clipped to the integer levels;
+`labels` when labels were asked for), samples.png (an image grid, one row per class with labels=all, or a scatter
+beside a held-out data draw; titled with data, SDE, β(t), sampler and NFE), metrics.json (sampler, steps, NFE, wall
+time, the tuned grid if any; with metrics=true every metric of sde_diffusion.evaluation against a held-out draw of n
+points, the floor and a legend) and an offline wandb run. NFE counts score calls; with labels each is two network
+evaluations (classifier-free guidance). The seeds are sde_diffusion.evaluation's: x_T from `seed`, the sampler's
+noise from `seed + 1`, the held-out draw from `seed + 500`, so an unconditional run draws what train.py's
+evaluation with eval.seed = seed draws. Returns SW₂ with metrics=true (for Hydra sweepers), else None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from sde_diffusion import plots
+from sde_diffusion.apps import (
+    RunError,
+    argument_error,
+    config_error,
+    load_run,
+    output_dir,
+    require_choice,
+    require_number,
+    require_run,
+    require_values,
+    run_names,
+    start_tracker,
+    tuned_run,
+)
+from sde_diffusion.checkpoint import CheckpointError
+from sde_diffusion.checks import ArgumentError
+from sde_diffusion.evaluation import Evaluator, SamplerRun, legend
+from sde_diffusion.guidance import classifier_free
+from sde_diffusion.runtime import resolve_device
+from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.sde import SDE
+
+log = logging.getLogger("sample")
+
+
+def check(cfg: DictConfig) -> None:
+    """The keys this app reads itself (the sampler, labels and eval are checked once the run is loaded)."""
+    require_values(cfg)
+    require_run(cfg, "checkpoint", also=())
+    require_choice(cfg, "metrics", (True, False))
+    require_choice(cfg, "progress", (True, False))
+    require_number(cfg, "n", integer=True, ge=2 if cfg.metrics else 1)
+    require_number(cfg, "steps", integer=True, ge=1)
+    require_number(cfg, "batch_size", integer=True, ge=1, optional=True)
+    require_number(cfg, "seed", integer=True, ge=0)
+    require_number(cfg, "w", ge=0)
+
+
+def sampler_run(cfg: DictConfig, sde: SDE) -> tuple[SamplerRun, dict | None]:
+    """The `sampler` at `steps`, checked against its spec and `sde` (a bad value names its key), on the tuned grid
+    of `timesteps` if set; and the record of that grid (None without)."""
+    run = SamplerRun(**(OmegaConf.to_container(cfg.sampler, resolve=True) | {"steps": cfg.steps}))
+    try:
+        run.check(sde)
+    except SamplerArgError as err:
+        raise config_error("steps" if err.key == "steps" else f"sampler.{err.key}", err.value, err.allowed) from None
+    except ArgumentError as err:
+        raise argument_error("sampler", err) from None
+    if cfg.timesteps is None:
+        return run, None
+    return tuned_run(run, sde, cfg.timesteps, cfg.checkpoint)
+
+
+def class_labels(cfg: DictConfig, num_classes: int | None) -> torch.Tensor | None:
+    """The class of each of the n samples: None (unconditional), one class for all, or n/C of each class in turn."""
+    if cfg.labels is None:
+        if cfg.w != 0:
+            raise config_error("w", cfg.w, "must be 0 without labels (guidance needs labels=CLASS or labels=all)")
+        return None
+    if num_classes is None:
+        raise config_error("labels", cfg.labels, "must be null: this run's model is unconditional (no num_classes)")
+    if cfg.labels == "all":
+        if cfg.n % num_classes:
+            raise config_error("n", cfg.n, f"must be a multiple of num_classes={num_classes} with labels=all")
+        return torch.arange(num_classes).repeat_interleave(cfg.n // num_classes)
+    if isinstance(cfg.labels, bool) or not isinstance(cfg.labels, int) or not 0 <= cfg.labels < num_classes:
+        raise config_error("labels", cfg.labels, f"must be null, 'all' or a class index in [0, {num_classes - 1}]")
+    return torch.full((cfg.n,), cfg.labels, dtype=torch.long)
+
+
+def draw(
+    cfg: DictConfig, model: torch.nn.Module, sde: SDE, run: SamplerRun, shape: tuple[int, ...],
+    labels: torch.Tensor | None, device: torch.device,
+) -> tuple[torch.Tensor, int, float]:  # fmt: skip
+    """n samples of `run` (model space, on the CPU) from x_T (seed `seed`) with the sampler's noise (`seed + 1`),
+    `batch_size` at a time, each chunk guided with its own labels; their NFE and the wall time in seconds."""
+    x_T = sde.prior_sampling((cfg.n, *shape), generator=torch.Generator().manual_seed(cfg.seed))
+    generator = torch.Generator(device).manual_seed(cfg.seed + 1)
+    chunks, outs, nfe, done = x_T.split(cfg.batch_size or cfg.n), [], 0, 0
+    start = time.perf_counter()
+    with tqdm(total=cfg.n, unit="sample", desc=run.name, disable=not cfg.progress or len(chunks) == 1) as bar:
+        for chunk in chunks:
+            score = model
+            if labels is not None:
+                y = labels[done : done + len(chunk)].to(device)
+                score = classifier_free(model, y, cfg.w, null_label=model.num_classes)
+            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+                         denoise=run.denoise, x_T=chunk, generator=generator, device=device,
+                         progress=cfg.progress and len(chunks) == 1, **run.options)  # fmt: skip
+            outs.append(res.x.float().cpu())
+            nfe, done = max(nfe, res.nfe), done + len(chunk)
+            bar.update(len(chunk))
+    return torch.cat(outs), nfe, time.perf_counter() - start
+
+
+def data_space(x: torch.Tensor, scaler) -> dict[str, np.ndarray]:
+    """samples.npz's arrays: `x` in data space (raw levels with a scaler) and, with a scaler, `quantised`."""
+    if scaler is None:
+        return {"x": x.numpy()}
+    raw = scaler.to_raw(x)
+    levels = raw.round().clamp(0, scaler.levels - 1).to(torch.uint8 if scaler.levels <= 256 else torch.int32)
+    return {"x": raw.numpy(), "quantised": levels.numpy()}
+
+
+def figure(x: torch.Tensor, data, labels: torch.Tensor | None, cfg: DictConfig, title: str, path: Path) -> Path:
+    """An image grid of the samples (10 per class, a row each, with labels=all; else the first 64), or a scatter of
+    them beside a held-out data draw."""
+    if len(data.shape) == 3:
+        if cfg.labels == "all":
+            c = int(labels.max()) + 1
+            show = min(10, cfg.n // c)
+            return plots.image_grid(x.view(c, -1, *x.shape[1:])[:, :show].flatten(0, 1), path, title, nrow=show,
+                                    scaler=data.scaler)  # fmt: skip
+        return plots.image_grid(x[:64], path, title, scaler=data.scaler)
+    reference = data.reference(cfg.n, torch.Generator().manual_seed(cfg.seed + 500))
+    return plots.scatter_panels({title.splitlines()[-1]: x}, reference, path, title.splitlines()[0])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+def main(cfg: DictConfig) -> float | None:
+    """Check and load everything (every bad value fails here, before any output), sample, write and log."""
+    check(cfg)
+    out = output_dir()
+    try:
+        device = resolve_device(cfg.device)
+    except ArgumentError as err:
+        raise argument_error("", err) from None
+    try:
+        model, sde, data, _ = load_run(cfg.checkpoint, device)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+    run, grid = sampler_run(cfg, sde)
+    labels = class_labels(cfg, model.num_classes)
+    evaluator = None
+    if cfg.metrics:
+        try:
+            evaluator = Evaluator({run.name: run}, n_samples=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size,
+                                  **OmegaConf.to_container(cfg.eval))  # fmt: skip
+        except ArgumentError as err:
+            raise argument_error("eval", err) from None
+    shape = tuple(data.shape)
+    out.mkdir(parents=True, exist_ok=True)
+    with start_tracker(cfg, out, job_type="sample") as tracker:
+        x, nfe, wall = draw(cfg, model, sde, run, shape, labels, device)
+        arrays = data_space(x, data.scaler) | ({"labels": labels.numpy()} if labels is not None else {})
+        np.savez(out / "samples.npz", **arrays)
+        result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "eps": run.eps,
+                  "denoise": run.denoise, "options": dict(run.options), "timesteps": grid, "nfe": nfe, "wall_s": wall,
+                  "n": cfg.n, "seed": cfg.seed, "labels": cfg.labels, "w": cfg.w}  # fmt: skip
+        if evaluator is not None:
+            reference = evaluator.reference(data.reference)
+            floor, floor_sd = evaluator.floor(data.reference, reference, data.oracle)
+            row = evaluator.score(x, reference, floor, data.oracle)
+            result |= {"metrics": row, "floor": floor, "floor_sd": floor_sd, "legend": legend(row)}
+            result["main_metric"] = {"name": "sw2", "value": row["sw2"]}
+        guided = f", labels={cfg.labels}, w={cfg.w:g}" if labels is not None else ""
+        tuned = f" (grid tuned for {grid['budget']} NFE)" if grid else ""
+        title = plots.describe(type(data).__name__, sde, run_names(cfg)[1])
+        title += f"\n{run.name}, {run.steps} steps{tuned}, {nfe} NFE{guided}"
+        png = figure(x, data, labels, cfg, title, out / "samples.png")
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        log.info("%d samples of %s: %d NFE, %.1f s; wrote %s", cfg.n, run.name, nfe, wall,
+                 ", ".join(str(out / f) for f in ("samples.npz", png.name, "metrics.json")))  # fmt: skip
+        summary = {"sample/nfe": nfe, "sample/wall_s": wall}
+        summary |= {f"sample/{k}": v for k, v in result.get("metrics", {}).items()}
+        summary |= {f"sample/floor/{k}": v for k, v in result.get("floor", {}).items()}
+        tracker.log_images({"samples": png})
+        tracker.summary(summary | ({"main_metric": result["main_metric"]["value"]} if evaluator else {}))
+        return result["main_metric"]["value"] if evaluator else None
+
+
+if __name__ == "__main__":
+    main()

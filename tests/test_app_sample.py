@@ -1,0 +1,221 @@
+"""experiments/sample.py and experiments/export.py on tiny trained runs, as one job in this process (a multirun in a
+subprocess): the samples are the library's `sample` with the documented seeds, in data space; metrics, a tuned time
+grid (also in compare_samplers.py), class labels with guidance, the export round trip, and bad configs in one line."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from apps import ROOT, TINY, run_app, run_job
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors.torch import load_file
+from wandb_reader import find_run_files, read_run
+
+from sde_diffusion.apps import ConfigError, load_run
+from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.guidance import classifier_free
+from sde_diffusion.metrics import sliced_wasserstein
+from sde_diffusion.sampling import sample
+
+PNG = b"\x89PNG\r\n\x1a\n"
+QUIET = ["logger=none", "progress=false"]
+GRID = [1.0, 0.6, 0.3, 0.1, 0.001]  # a hand-made 4-step grid from T to eps, saved as tune_timesteps.py saves one
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints of tiny train.py runs: eight_gaussians, class-conditional eight_gaussians, digits (U-Net)."""
+    root = tmp_path_factory.mktemp("runs")
+    run_job("train", *TINY, "logger=none", out=root / "vector")
+    run_job("train", *TINY, "logger=none", "model.num_classes=8", "train.cond_drop=0.2", "guidance.per_class=2",
+            out=root / "cond")  # fmt: skip
+    run_job("train", "experiment=train/digits_unet", "model.channels=8", "train.steps=3", "eval.n_samples=16",
+            "eval.samplers.euler_maruyama.steps=3", "eval.samplers.dpm_solver.steps=3", "logger=none",
+            "train.progress=false", out=root / "digits")  # fmt: skip
+    return {name: root / name / "checkpoints" / "last.pt" for name in ("vector", "cond", "digits")}
+
+
+def sampler_options(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml").options)
+
+
+def library_samples(checkpoint: Path, n: int, name: str, steps: int, score=None, **options) -> torch.Tensor:
+    """`sample` on the run's EMA model as the app documents it: x_T from seed 0, the sampler's noise from seed 1."""
+    model, sde, data, _ = load_run(checkpoint)
+    x_T = sde.prior_sampling((n, *data.shape), generator=torch.Generator().manual_seed(0))
+    res = sample(sde, score or model, tuple(x_T.shape), sampler=name, steps=steps, x_T=x_T,
+                 generator=torch.Generator().manual_seed(1), **(sampler_options(name) | options))  # fmt: skip
+    return res.x
+
+
+def test_vector_samples_are_the_library_samples(runs, tmp_path):
+    out = tmp_path / "job"
+    run_job("sample", f"checkpoint={runs['vector']}", "sampler=euler_maruyama", "steps=5", "n=50", "batch_size=20",
+            *QUIET, out=out)  # fmt: skip
+    x = np.load(out / "samples.npz")["x"]
+    expected = library_samples(runs["vector"], 50, "euler_maruyama", 5, batch_size=20)
+    torch.testing.assert_close(torch.from_numpy(x), expected)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["sampler"], metrics["steps"], metrics["nfe"], metrics["n"]) == ("euler_maruyama", 5, 6, 50)
+    assert "metrics" not in metrics and (out / "samples.png").read_bytes()[:8] == PNG
+
+
+def test_image_samples_are_raw_levels_with_a_large_grid(runs, tmp_path):
+    out = tmp_path / "job"
+    run_job("sample", f"checkpoint={runs['digits']}", "sampler=ddim", "steps=3", "n=20", *QUIET, out=out)
+    arrays = np.load(out / "samples.npz")
+    expected = library_samples(runs["digits"], 20, "ddim", 3)
+    torch.testing.assert_close(torch.from_numpy(arrays["x"]), (expected + 1) * 16 / 2)  # [-1, 1] -> levels 0..16
+    levels = arrays["quantised"]
+    assert levels.shape == (20, 1, 8, 8) and levels.dtype == np.uint8 and levels.max() <= 16
+    inside = (arrays["x"] >= 0) & (arrays["x"] <= 16)
+    assert np.array_equal(levels[inside], np.round(arrays["x"][inside]).astype(np.uint8))
+    assert Image.open(out / "samples.png").size[0] >= 512
+
+
+def test_metrics_against_the_held_out_draw_and_a_wandb_run(runs, tmp_path):
+    out = tmp_path / "job"
+    sw2 = run_job("sample", f"checkpoint={runs['vector']}", "n=300", "metrics=true", "progress=false", out=out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, _, data, _ = load_run(runs["vector"])
+    reference = data.reference(300, torch.Generator().manual_seed(500))  # the Evaluator's held-out draw: seed + 500
+    x = torch.from_numpy(np.load(out / "samples.npz")["x"])
+    assert metrics["metrics"]["sw2"] == pytest.approx(sliced_wasserstein(x, reference, 256, seed=0)) == sw2
+    assert metrics["floor_sd"]["sw2"] > 0 and {"floor", "sw2_over_floor", "mmd2", "energy"} <= set(metrics["legend"])
+    (path,) = find_run_files(out / "wandb")
+    run = read_run(path)
+    assert run.job_type == "sample" and run.exit_code == 0 and run.config["sampler"]["name"] == "dpm_solver"
+    assert run.summary["sample/sw2"] == pytest.approx(sw2) and run.summary["sample/nfe"] == metrics["nfe"] == 21
+
+
+def write_grid(folder: Path, sampler: str = "dpm_solver") -> Path:
+    """A timesteps_<sampler>.json as tune_timesteps.py writes it, beside a copy of a checkpoint."""
+    path = folder / f"timesteps_{sampler}.json"
+    saved = {"sampler": sampler, "options": {"order": 3}, "eps": 0.001, "sde": "VPSDE", "grids": {"5": GRID}}
+    path.write_text(json.dumps(saved))
+    return path
+
+
+def test_a_tuned_grid_is_used_when_asked(runs, tmp_path):
+    checkpoint = tmp_path / "run" / "last.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(runs["vector"], checkpoint)
+    grid_file = write_grid(checkpoint.parent)
+    out = tmp_path / "job"
+    run_job("sample", f"checkpoint={checkpoint}", "sampler=dpm_solver", "steps=4", "timesteps=tuned", "n=40", *QUIET,
+            out=out)  # fmt: skip
+    x = torch.from_numpy(np.load(out / "samples.npz")["x"])
+    assert json.loads((out / "metrics.json").read_text())["timesteps"] == {
+        "file": str(grid_file), "budget": 5, "timesteps": GRID,
+    }  # fmt: skip
+    torch.testing.assert_close(x, library_samples(checkpoint, 40, "dpm_solver", 4, spacing="custom", timesteps=GRID))
+    assert not torch.allclose(x, library_samples(checkpoint, 40, "dpm_solver", 4), atol=1e-3)  # the grid matters
+
+    with pytest.raises(ConfigError, match=r"has no grid of 9 steps; it has 5 NFE \(steps=4\)$"):
+        run_job("sample", f"checkpoint={checkpoint}", "steps=9", "timesteps=tuned", *QUIET, out=tmp_path / "bad")
+    with pytest.raises(ConfigError, match="timesteps_ddim.json not found: tune one with"):
+        run_job("sample", f"checkpoint={checkpoint}", "sampler=ddim", "timesteps=tuned", *QUIET, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_compare_samplers_records_its_model_a_legend_and_the_tuned_grid(runs, tmp_path):
+    checkpoint = tmp_path / "run" / "last.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(runs["vector"], checkpoint)
+    write_grid(checkpoint.parent)
+    out, oracle_out = tmp_path / "job", tmp_path / "oracle"
+    out.mkdir(), oracle_out.mkdir()  # compare_samplers.py writes into the dir Hydra made
+    run_job("compare_samplers", f"checkpoint={checkpoint}", "sampler=dpm_solver", "sampler.steps=4", "timesteps=tuned",
+            "n=100", "floor_repeats=2", "logger=none", out=out)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["source"] == str(checkpoint) and metrics["model"]["config"]["train"]["steps"] == 30
+    assert metrics["timesteps"]["timesteps"] == GRID and {"floor", "flow_error", "time_ratio"} <= set(metrics["legend"])
+    table = (out / "comparison.md").read_text()
+    assert f"Model: checkpoint `{checkpoint}`" in table and "| dpm_solver tuned | 4 | 5 |" in table  # ints stay ints
+    assert "- time_ratio: wall time / (NFE x one score call" in table
+
+    run_job("compare_samplers", "sampler=ode_euler", "sampler.steps=3", "n=100", "floor_repeats=2",
+            "oracles=[eight_gaussians]", "logger=none", out=oracle_out)  # fmt: skip
+    oracle = json.loads((oracle_out / "metrics.json").read_text())
+    assert oracle["model"] == {"source": "oracle: eight_gaussians (exact score)"}
+
+
+def test_class_labels_with_guidance(runs, tmp_path):
+    out = tmp_path / "job"
+    run_job("sample", f"checkpoint={runs['cond']}", "labels=all", "w=1.5", "n=16", "batch_size=5", "steps=3", *QUIET,
+            out=out)  # fmt: skip
+    arrays = np.load(out / "samples.npz")
+    labels = torch.arange(8).repeat_interleave(2)
+    assert np.array_equal(arrays["labels"], labels.numpy())
+    model = load_run(runs["cond"])[0]
+    guided = classifier_free(model, labels, 1.5, null_label=8)  # the whole batch at once: the same deterministic ODE
+    expected = library_samples(runs["cond"], 16, "dpm_solver", 3, score=guided)
+    torch.testing.assert_close(torch.from_numpy(arrays["x"]), expected)
+
+    for overrides, line in [
+        (["labels=3"], "config error: labels=3: must be null: this run's model is unconditional"),
+        (["w=2"], "config error: w=2: must be 0 without labels"),
+    ]:
+        with pytest.raises(ConfigError, match=line):
+            run_job("sample", f"checkpoint={runs['vector']}", *overrides, *QUIET, out=tmp_path / "bad")
+    with pytest.raises(ConfigError, match="config error: n=15: must be a multiple of num_classes=8"):
+        run_job("sample", f"checkpoint={runs['cond']}", "labels=all", "n=15", *QUIET, out=tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"config error: labels=8: must be null, 'all' or a class index in \[0, 7\]"):
+        run_job("sample", f"checkpoint={runs['cond']}", "labels=8", *QUIET, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+BAD = {
+    "sampler.options.order=5": "config error: sampler.options.order=5: ",
+    "+sampler.options.ordr=2": "config error: sampler.options.ordr=2: ",
+    "steps=0": "config error: steps=0: must be an int >= 1",
+    "sampler=ancestral steps=1": "config error: steps=1: ",
+    "n=0": "config error: n=0: must be an int >= 1",
+    "metrics=true eval.floor_repeats=1": "config error: eval.floor_repeats=1: must be an int >= 2",
+    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': the path of a checkpoint file",
+    "timesteps=/no/such.json": "config error: timesteps='/no/such.json': /no/such.json not found",
+}
+
+
+@pytest.mark.parametrize("overrides", list(BAD))
+def test_bad_config_is_one_line_before_any_output(runs, overrides, tmp_path):
+    out = tmp_path / "job"
+    with pytest.raises(ConfigError) as info:
+        run_job("sample", f"checkpoint={runs['vector']}", *overrides.split(), *QUIET, out=out)
+    assert str(info.value).startswith(BAD[overrides]) and "\n" not in str(info.value), str(info.value)
+    assert not out.exists()
+
+
+def test_export_then_sample_gives_the_checkpoint_samples(runs, tmp_path):
+    folder = tmp_path / "exported"
+    run_job("export", f"checkpoint={runs['digits']}", f"out={folder}", out=tmp_path / "export_job")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    state = load_checkpoint(runs["digits"])
+    assert json.loads((folder / "config.json").read_text()) == state["config"]
+    weights = load_file(folder / "model.safetensors")  # safetensors: tensors only, nothing to unpickle
+    assert weights.keys() == state["ema"].keys() and all(torch.equal(weights[k], v) for k, v in state["ema"].items())
+    for source, out in ((runs["digits"], tmp_path / "from_checkpoint"), (folder, tmp_path / "from_export")):
+        run_job("sample", f"checkpoint={source}", "sampler=ddim", "steps=3", "n=8", *QUIET, out=out)
+    a, b = (np.load(tmp_path / d / "samples.npz")["x"] for d in ("from_checkpoint", "from_export"))
+    assert np.array_equal(a, b)
+
+    with pytest.raises(ConfigError, match="config error: checkpoint="):
+        run_job("export", f"checkpoint={folder}", out=tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_multirun_over_samplers_and_steps_on_one_checkpoint(runs, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_app("sample.py", "-m", f"checkpoint={runs['vector']}", "sampler=ddim,dpm_solver", "steps=3,4", "n=32",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(4)]
+    assert {(j["sampler"], j["steps"]) for j in jobs} == {(s, n) for s in ("ddim", "dpm_solver") for n in (3, 4)}
+    assert all(np.load(sweep / str(i) / "samples.npz")["x"].shape == (32, 2) for i in range(4))
+    logged = [read_run(p) for p in find_run_files(sweep)]
+    assert len(logged) == 4 and {(r.group, r.job_type) for r in logged} == {("sample-sweep", "sample")}
+    assert "%|" in proc.stderr  # the samplers' progress bars
