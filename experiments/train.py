@@ -8,14 +8,15 @@ Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, a
 sde_diffusion.evaluation against a held-out data draw, beside the sampling floor = the same metrics for independent
 data draws, mean and sd), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
 loss.png, checkpoints/last.pt (a checkpoint.RunState), wandb/ (offline run; `wandb sync` it). Returns the first
-evaluation sampler's SW2 for Hydra sweepers.
+evaluation sampler's SW2 for Hydra sweepers. A class-conditional run (model.num_classes, e.g.
+experiment=train/digits_cond) also writes guided_w<w>.png (one row per class at classifier-free guidance scale w)
+or guided.png (2-D), and metrics.json's "guidance": per w the class accuracy of the samples as judged by a classifier
+of the real data, beside that classifier's accuracy on held-out data.
 
     torchrun --standalone --nproc_per_node=2 experiments/train.py hydra.run.dir=outputs/ddp   # DDP (docs/scaling.md)
 
 Under torchrun (or the submitit_*_ddp launchers) every process runs this script: train.batch_size is the global
 batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
-
-metrics.json's "legend" says what each metric and the floor mean (sde_diffusion.evaluation.LEGEND).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from sde_diffusion.apps import (
     RunError,
     build,
     build_evaluator,
+    check_run,
     config_diff,
+    instantiate_node,
     output_dir,
     require_file,
     require_number,
@@ -47,7 +50,8 @@ from sde_diffusion.apps import (
 from sde_diffusion.apps.build import argument_error
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
-from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
+from sde_diffusion.class_eval import GuidedEvaluation
+from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
 from sde_diffusion.training import NonFiniteLossError, Trainer
@@ -91,6 +95,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     seed_everything(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     built = build(cfg)
     evaluator = build_evaluator(cfg, built.sde)
+    guided = instantiate_node(cfg, "guidance", _convert_="all")
+    check_run(guided.sampler, built.sde, "guidance.sampler")
     resume_path, run = resume_state(cfg, out / "checkpoints" / "last.pt")
     hooks = StepHooks(cfg, out, run, evaluator, built)
     trainer = build_trainer(cfg, built, ctx, hooks)
@@ -114,6 +120,9 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, run_names(cfg)[1])
             report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
+            if built.model.num_classes is not None:
+                guided_report(guided(built.sde, trainer.ema_model, built.data, trainer.device), built, out,
+                              hooks.tracker, title, trainer.step)  # fmt: skip
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
 
 
@@ -179,12 +188,11 @@ class StepHooks:
             self.save(trainer)
 
     def evaluate(self, trainer: Trainer) -> Evaluation:
-        """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
-        a RunError naming its slot."""
+        """Every evaluation sampler on the EMA model; a failing one is a RunError naming its slot."""
         b = self.built
         try:
             return self.evaluator(b.sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
-                                  trainer.device, progress=self.cfg.train.progress and trainer.rank == 0)  # fmt: skip
+                                  trainer.device)  # fmt: skip
         except SamplerFailed as err:
             raise RunError(
                 f"evaluation sampler eval.samplers.{err.slot} ({err.name}) failed at training step {trainer.step}: "
@@ -210,7 +218,6 @@ def report(
     result |= {"train_steps": trainer.step, "train_wall_s": wall, "final_loss": history[-1][1]}
     result |= {"skipped_steps": trainer.skipped_steps}
     result["main_metric"] = {"name": f"{first}/sw2", "value": ev.rows[first]["sw2"]}
-    result["legend"] = legend(k for row in ev.rows.values() for k in row)
     if trainer.skipped_steps:
         log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
     result["plots"] = [str(p) for p in sample_plots(ev, built, out, title)]
@@ -242,6 +249,38 @@ def sample_plots(ev: Evaluation, built: Built, out: Path, title: str) -> list[Pa
     titled = {f"{k}: {ev.rows[k]['nfe']} NFE\nSW2 = {ev.rows[k]['sw2_over_floor']:.2f}x floor": x
               for k, x in ev.samples.items()}  # fmt: skip
     return [plots.scatter_panels(titled, ev.reference, out / "samples.png", title)]
+
+
+def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracker, title: str, step: int) -> None:
+    """The guided samples' grids (one row per class; first 10 per class) or scatter, their accuracy per guidance
+    scale beside the judge's on held-out data in metrics.json's "guidance", and to the tracker."""
+    c, scaler = built.model.num_classes, built.data.scaler
+    judge = f"judged by {ev.judge.name}: {ev.judge.held_out_accuracy:.1%} on held-out data"
+    if scaler is not None and len(built.data.shape) == 3:
+        show = min(10, len(ev.labels) // c)
+        paths = [
+            plots.image_grid(x.view(c, -1, *x.shape[1:])[:, :show].flatten(0, 1), out / f"guided_w{w:g}.png",
+                             f"{title}\nguidance w = {w:g}: one row per class 0..{c - 1}, accuracy "
+                             f"{ev.rows[w]['accuracy']:.1%} ({judge})", nrow=show, scaler=scaler)
+            for w, x in ev.samples.items()
+        ]  # fmt: skip
+    else:
+        titled = {f"w = {w:g}: accuracy {ev.rows[w]['accuracy']:.1%}": x for w, x in ev.samples.items()}
+        data = built.data.reference(len(ev.labels), torch.Generator().manual_seed(0))
+        paths = [plots.scatter_panels(titled, data, out / "guided.png", f"{title}\n{judge}")]
+    result = json.loads((out / "metrics.json").read_text())
+    result["guidance"] = {"judge": ev.judge.name, "judge_held_out_accuracy": ev.judge.held_out_accuracy,
+                          "scales": {f"{w:g}": row for w, row in ev.rows.items()}}  # fmt: skip
+    result["plots"] += [str(p) for p in paths]
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    for w, row in ev.rows.items():
+        log.info("guidance w=%g: accuracy %.3f (%d NFE, %.1f s)", w, row["accuracy"], row["nfe"], row["wall_s"])
+    log.info("%s", judge)
+    row = {f"guidance/w{w:g}/accuracy": r["accuracy"] for w, r in ev.rows.items()}
+    row["guidance/judge_held_out_accuracy"] = ev.judge.held_out_accuracy
+    tracker.log(row, step=step)
+    tracker.log_images({f"guidance/{Path(p).stem}": p for p in paths}, step=step)
+    tracker.summary(row)
 
 
 def series(ev: Evaluation) -> dict[str, float]:

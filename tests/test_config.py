@@ -89,7 +89,7 @@ def test_every_sampler_file_is_a_valid_eval_sampler():
 
 def test_every_experiment_preset_composes_and_builds():
     presets = options("experiment")
-    assert presets == ["compare/oracle_study", "train/digits_unet", "train/schedule_sweep"]
+    assert presets == ["compare/oracle_study", "train/digits_cond", "train/digits_unet", "train/schedule_sweep"]
     for option in (p for p in presets if p.startswith("train/")):
         check_builds(load(f"experiment={option}"))
     study = load("experiment=compare/oracle_study", config_name="compare")
