@@ -18,8 +18,7 @@ CONFIG_NAMES = {
     "compare_samplers": "compare",
     "likelihood": "likelihood",
     "tune_timesteps": "tune_timesteps",
-    "sample": "sample",
-    "export": "export",
+    "inpaint": "inpaint",
 }
 
 # The smallest train.py run every end-to-end test can share: 30 steps of a 16-unit MLP, a loss row every 5 steps, a

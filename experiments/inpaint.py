@@ -1,0 +1,237 @@
+"""Inpainting with an unconditional score: sample p(x | y) for y = A x* + noise_std·n, A a mask's row selection, with
+one method of sde_diffusion.inverse, on the exact oracle or a trained run.
+
+    python experiments/inpaint.py                                         # 16-D mixture, half observed, replacement
+    python experiments/inpaint.py data=eight_gaussians method=tds         # x₁ observed; SMC
+    python experiments/inpaint.py -m method=replacement,repaint,dps,tds   # one job, one wandb run per method
+    python experiments/inpaint.py checkpoint=outputs/digits_unet/DATE/checkpoints/last.pt mask=box method=dps
+
+For each of `truths` held-out draws x* (seed `seed`): y = A x* + noise_std·n, `n` samples of the method on the DDIM-η
+base step (`steps`, `eta`, `spacing`, `eps`). With an exact oracle (data=mixture/eight_gaussians, or a checkpoint of
+such a data set), the exact posterior p(x | y) (GaussianMixture.posterior, or inpainting_posterior for noise_std = 0)
+gives the metrics, averaged over the truths: the energy distance of the samples to n exact posterior draws, the error
+‖x̄ − E[x | y]‖ of their mean, the relative Frobenius error ‖Ĉ − Cov[x | y]‖/‖Cov[x | y]‖ of their covariance, beside
+the floor (the same metrics for a second set of n exact draws). Always: the consistency error, RMS of A x − y per
+observed coordinate (noise_std is its exact draws' level), NFE, backward passes and wall time.
+
+Output dir (Hydra's): metrics.json; inpaint.png: for images one row per truth (measurement with the missing pixels
+grey, `show` samples, the truth), for vectors a scatter of the samples beside exact posterior draws for the first
+truth (the first two missing coordinates); an offline wandb run. Returns the energy distance (oracle) or the
+consistency error for Hydra sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from sde_diffusion import plots
+from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.apps import (
+    ConfigError,
+    RunError,
+    argument_error,
+    build_sde,
+    config_error,
+    instantiate_node,
+    load_run,
+    output_dir,
+    require_choice,
+    require_file,
+    require_number,
+    require_values,
+    run_names,
+    start_tracker,
+)
+from sde_diffusion.checkpoint import CheckpointError
+from sde_diffusion.checks import ArgumentError
+from sde_diffusion.masks import measurement_matrix
+from sde_diffusion.metrics import energy_distance
+from sde_diffusion.runtime import resolve_device
+from sde_diffusion.sampling.timesteps import SPACINGS
+
+log = logging.getLogger("inpaint")
+
+
+def check(cfg: DictConfig) -> None:
+    """The keys this app reads itself (the mask and the method check theirs when they are built and dry-run)."""
+    require_values(cfg)
+    for key in ("truths", "show"):
+        require_number(cfg, key, integer=True, ge=1)
+    require_number(cfg, "n", integer=True, ge=2)
+    require_number(cfg, "seed", integer=True, ge=0)
+    require_number(cfg, "noise_std", ge=0)
+    require_number(cfg, "steps", integer=True, ge=1)
+    require_number(cfg, "eps", gt=0)
+    require_number(cfg, "eta", ge=0, le=1)
+    require_choice(cfg, "spacing", [s for s in SPACINGS if s != "custom"])
+    require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
+
+
+class Posterior:
+    """The exact p(x | y) over all D coordinates: its draws, mean and covariance (a point mass on the observed
+    coordinates when noise_std = 0)."""
+
+    def __init__(self, oracle: GaussianMixture, mask: Tensor, y: Tensor, noise_std: float):
+        self.mask = mask.flatten()
+        if noise_std > 0:
+            self.full, self.y = oracle.posterior(measurement_matrix(mask), y, noise_std), None
+            self.mean, self.cov = self.full.mean, self.full.covariance
+        else:
+            self.full, self.y = oracle.inpainting_posterior(self.mask, y), y.double()
+            u = ~self.mask
+            self.mean = torch.zeros(len(self.mask), dtype=torch.float64).masked_scatter(self.mask, self.y)
+            self.mean[u] = self.full.mean
+            self.cov = torch.zeros(len(self.mask), len(self.mask), dtype=torch.float64)
+            idx = u.nonzero()[:, 0]
+            self.cov[idx[:, None], idx] = self.full.covariance
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n exact draws, (n, D) float64."""
+        if self.y is None:
+            return self.full.sample(n, generator)
+        x = self.y.new_zeros(n, len(self.mask))
+        x[:, self.mask], x[:, ~self.mask] = self.y, self.full.sample(n, generator)
+        return x
+
+
+def posterior_metrics(x: Tensor, post: Posterior, exact: Tensor) -> dict[str, float]:
+    """Energy distance to exact draws, posterior-mean error and relative covariance error of samples x (n, D)."""
+    x = x.flatten(1).double()
+    cov_error = (torch.cov(x.T) - post.cov).norm() / post.cov.norm()
+    return {"energy": energy_distance(x, exact), "mean_error": float((x.mean(0) - post.mean).norm()),
+            "cov_error": float(cov_error)}  # fmt: skip
+
+
+def consistency(x: Tensor, mask: Tensor, y: Tensor) -> float:
+    """RMS of A x − y over the samples and the observed coordinates."""
+    return float((x.flatten(1)[:, mask.flatten()].double() - y.double()).square().mean().sqrt())
+
+
+def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
+    """Run the method once on a zero score: its own checks of every argument (and of the options in conf/method/)
+    fail here, before any output, as one ConfigError naming the method."""
+    try:
+        run(method, cfg, sde, lambda x, t: torch.zeros_like(x), A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config error: method ({method.func.__name__}): {str(err).splitlines()[0]}") from None
+
+
+def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, shape, seed: int, device):
+    """The method on measurement y with the base-step settings of `cfg`."""
+    kwargs = {"eta": cfg.eta, "spacing": cfg.spacing, "device": device}
+    return method(sde, score_fn, A, y, shape, cfg.steps, cfg.eps, generator=torch.Generator(device).manual_seed(seed),
+                  **kwargs)  # fmt: skip
+
+
+def score_of(cfg: DictConfig, device: torch.device):
+    """(score_fn, sde, data, source): the oracle's exact score, or a checkpoint's EMA model (its null label if
+    class-conditional) with its SDE and data set."""
+    if cfg.checkpoint is None:
+        sde, data = build_sde(cfg), instantiate_node(cfg, "data")
+        if data.oracle is None:
+            raise config_error("data", cfg.data._target_, "without a checkpoint, a data set with an exact oracle")
+        return data.oracle.score_fn(sde), sde, data, "oracle"
+    try:
+        model, sde, data, _ = load_run(cfg.checkpoint, device)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+    model.requires_grad_(False)
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        return model(x.float(), t.float()).to(x.dtype)
+
+    return score_fn, sde, data, str(cfg.checkpoint)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="inpaint")
+def main(cfg: DictConfig) -> float:
+    """Check, build (mask, method: dry run), sample per truth, measure, write and log."""
+    check(cfg)
+    out = output_dir()
+    try:
+        device = resolve_device(cfg.device)
+    except ArgumentError as err:
+        raise argument_error("", err) from None
+    score_fn, sde, data, source = score_of(cfg, device)
+    shape = tuple(data.shape)
+    mask = instantiate_node(cfg, "mask", shape=shape)
+    method = instantiate_node(cfg, "method")
+    name = method.func.__name__
+    if not cfg.eps < sde.T:
+        raise config_error("eps", cfg.eps, f"must be < the SDE's T = {sde.T}")
+    A = measurement_matrix(mask).float().to(device)
+    dry_run(method, cfg, sde, A, shape, device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    truths = data.reference(cfg.truths, g)
+    ys = truths.flatten(1)[:, mask.flatten()] + cfg.noise_std * torch.randn(cfg.truths, int(mask.sum()), generator=g)
+    with start_tracker(cfg, out, job_type="inpaint") as tracker:
+        rows, samples = [], []
+        for i, y in enumerate(ys):
+            t0 = time.perf_counter()
+            res = run(method, cfg, sde, score_fn, A, y.to(device), (cfg.n, *shape), cfg.seed + 1, device)
+            row = {"truth": i, "nfe": res.nfe, "vjp": res.vjp, "wall_s": time.perf_counter() - t0}
+            x = res.x.detach().float().cpu()
+            row["consistency"] = consistency(x, mask, y)
+            if data.oracle is not None:
+                post = Posterior(data.oracle, mask, y.double(), cfg.noise_std)
+                exact = post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 2))
+                row |= posterior_metrics(x, post, exact)
+                floor = posterior_metrics(post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 3)), post, exact)
+                row |= {f"floor_{k}": v for k, v in floor.items()}
+                row["floor_consistency"] = consistency(exact, mask, y)
+                samples.append((x, exact))
+            else:
+                samples.append((x, None))
+            rows.append(row)
+            log.info("truth %d: %s", i, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "truth"))
+        metrics = {k: statistics.mean(r[k] for r in rows) for k in rows[0] if k != "truth"}
+        result = {"method": name, "options": dict(method.keywords), "source": source, "sde": repr(sde),
+                  "mask": int(mask.sum()), "of": mask.numel(), **metrics, "per_truth": rows}  # fmt: skip
+        main_name = "energy" if data.oracle is not None else "consistency"
+        result["main_metric"] = {"name": main_name, "value": metrics[main_name]}
+        title = plots.describe(type(data).__name__, sde, run_names(cfg)[1])
+        plot = figure(cfg, data, mask, truths, ys, samples, out / "inpaint.png", f"{title}\n{name}: "
+                      f"{metrics['nfe']:g} NFE, consistency RMS {metrics['consistency']:.3g}")  # fmt: skip
+        result["plots"] = [str(plot)]
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        log.info("wrote %s", out / "metrics.json")
+        tracker.log_table("inpaint", rows)
+        tracker.log_images({"inpaint": plot})
+        tracker.summary({f"inpaint/{k}": v for k, v in metrics.items()} | {"main_metric": metrics[main_name]})
+    return float(metrics[main_name])
+
+
+def figure(cfg: DictConfig, data, mask: Tensor, truths: Tensor, ys: Tensor, samples: list, path: Path, title: str):
+    """Images: one row per truth (measurement with the missing pixels grey, `show` samples, truth). Vectors: the
+    first truth's samples beside exact posterior draws, in the first two missing coordinates (or the first two)."""
+    if data.scaler is not None and len(data.shape) == 3:
+        rows = []
+        for truth, y, (x, _) in zip(truths, ys, samples, strict=True):
+            measured = torch.zeros(mask.numel()).masked_scatter(mask.flatten(), y.float()).view(mask.shape)
+            rows += [measured[None], x[: cfg.show], truth[None]]
+        return plots.image_grid(torch.cat(rows), path, f"{title}\ncolumns: measurement, samples, truth",
+                                nrow=min(cfg.show, cfg.n) + 2, scaler=data.scaler)  # fmt: skip
+    missing = (~mask.flatten()).nonzero()[:, 0]
+    coords = missing[:2] if len(missing) >= 2 else torch.arange(2)
+    x, exact = samples[0]
+    panels = {"samples": x.flatten(1)[:, coords]}
+    if exact is not None:
+        panels["exact posterior"] = exact[:, coords].float()
+    prior = data.reference(cfg.n, torch.Generator().manual_seed(cfg.seed + 4)).flatten(1)[:, coords]
+    names = ", ".join(f"x{int(c) + 1}" for c in coords)
+    return plots.scatter_panels(panels, prior, path, f"{title}\ncoordinates {names} of the first truth; data: prior")
+
+
+if __name__ == "__main__":
+    main()
