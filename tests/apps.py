@@ -18,6 +18,8 @@ CONFIG_NAMES = {
     "compare_samplers": "compare",
     "likelihood": "likelihood",
     "tune_timesteps": "tune_timesteps",
+    "sample": "sample",
+    "export": "export",
     "inpaint": "inpaint",
 }
 
