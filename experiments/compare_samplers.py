@@ -6,6 +6,7 @@ sampling floor.
     python experiments/compare_samplers.py checkpoint=outputs/train/DATE/checkpoints/last.pt   # a trained model
     python experiments/compare_samplers.py -m sampler=euler_maruyama,pc,rk45,dpm_solver sampler.steps=10,20,50,100,1000
     python experiments/compare_samplers.py experiment=compare/oracle_study  # β(t) × sampler × steps, no training
+    python experiments/compare_samplers.py -m experiment=compare/beta_search  # Optuna search over β(t) (docs/sweeps.md)
 
 For each run: every metric of sde_diffusion.evaluation against an independent true set, the flow error of the
 deterministic samplers (RMS distance to the exact probability-flow map of the same noise), and the wall time over
@@ -20,6 +21,8 @@ multirun is one point; `schedules` (set by the oracle_study preset) repeats the 
 With `sampler=NAME`, `timesteps=tuned` runs it on the grid experiments/tune_timesteps.py tuned for the checkpoint at
 sampler.steps steps (`timesteps=PATH`: any timesteps.json of it). metrics.json and comparison.md name the model (the
 oracles, or the checkpoint with its run's config) and carry a legend of the metrics (sde_diffusion.evaluation).
+`objective=METRIC` (e.g. flow_error, energy) on a run of one row (one sampler, one oracle or checkpoint): main()
+returns that metric for a Hydra sweeper (Optuna), and metrics.json records it as `main_metric`.
 """
 
 from __future__ import annotations
@@ -300,12 +303,31 @@ def _evaluator(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: l
         raise config_error(key, err.value, f"must be {err.allowed}") from None
 
 
+def _objective(cfg: DictConfig, rows: list[dict]) -> float | None:
+    """The `objective` metric of the one row, or None without an objective; undefined (NaN) is a ConfigError."""
+    if cfg.objective is None:
+        return None
+    value = rows[0].get(cfg.objective, math.nan)
+    if not isinstance(value, int | float) or math.isnan(value):
+        defined = [c for c in columns(rows)[len(HEAD) :] if not _is_nan(rows[0][c])]
+        raise config_error("objective", cfg.objective, "must be a metric this run defines: " + ", ".join(defined))
+    return float(value)
+
+
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Run every (problem, sampler run), write the outputs; returns the `objective` metric, if one is set."""
     require_values(cfg)
     out = output_dir()
     runs = _runs(cfg)
     problems = list(_problems(cfg))  # validates and builds everything before the tracker starts
+    if cfg.objective is not None and len(runs) * len(problems) != 1:
+        raise config_error(
+            "objective",
+            cfg.objective,
+            "needs a run of one row: sampler=NAME, one oracle "
+            f"(oracles=[NAME]) or a checkpoint, no schedules (this run has {len(runs) * len(problems)})",
+        )
     runs, grid = _tuned(cfg, runs, [p[2] for p in problems])
     model = _model(cfg)
     evaluator = _evaluator(cfg, runs, [p[2] for p in problems])
@@ -321,6 +343,7 @@ def main(cfg: DictConfig) -> None:
                 rows.append({"data": data, "schedule": schedule, **r, "sampler": label, "time_ratio": time_ratio})
             floors.setdefault(data, (ev.floor, ev.floor_sd))
         rows = [{c: r.get(c, math.nan) for c in columns(rows)} for r in rows]
+        objective = _objective(cfg, rows)
         study = len({r["schedule"] for r in rows}) > 1
         table = to_markdown(rows, floors)
         if study:
@@ -337,6 +360,8 @@ def main(cfg: DictConfig) -> None:
         one_point = cfg.get("sampler") is not None  # a multirun job: metrics.json per data set only
         keys = ["data"] + (["schedule"] if study else []) + ([] if one_point else ["sampler", "steps"])
         metrics = metrics_tree(rows, floors, keys)
+        if objective is not None:
+            metrics["main_metric"] = {"name": f"{rows[0]['data']}/{cfg.objective}", "value": objective}
         extra = {"model": model, "legend": legend(columns(rows))} | ({"timesteps": grid} if grid else {})
         (out / "metrics.json").write_text(json.dumps(metrics | extra, indent=2))
         print(f"wrote {out}/comparison.csv, comparison.md, quality_vs_nfe.png, metrics.json")
@@ -345,7 +370,11 @@ def main(cfg: DictConfig) -> None:
         tracker.log_table("comparison", rows + floor_means)
         tracker.log_images({"quality_vs_nfe": out / "quality_vs_nfe.png"})
         if one_point:
-            tracker.summary({f"{d}/{k}": v for d, m in metrics.items() if d != "floor" for k, v in m.items()})
+            tracker.summary({f"{d}/{k}": v for d, m in metrics.items() if d not in ("floor", "main_metric")
+                             for k, v in m.items()})  # fmt: skip
+        if objective is not None:
+            tracker.summary({"main_metric": objective})
+    return objective
 
 
 if __name__ == "__main__":

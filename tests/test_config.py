@@ -89,11 +89,21 @@ def test_every_sampler_file_is_a_valid_eval_sampler():
 
 def test_every_experiment_preset_composes_and_builds():
     presets = options("experiment")
-    assert presets == ["compare/oracle_study", "train/digits_cond", "train/digits_unet", "train/schedule_sweep"]
+    assert presets == [
+        "compare/beta_search",
+        "compare/oracle_study",
+        "train/beta_search_train",
+        "train/digits_cond",
+        "train/digits_unet",
+        "train/schedule_sweep",
+    ]
     for option in (p for p in presets if p.startswith("train/")):
         check_builds(load(f"experiment={option}"))
     study = load("experiment=compare/oracle_study", config_name="compare")
     assert study.name == "oracle_study" and set(study.schedules) == {"linear", "cosine", "constant"}
+    search = load("experiment=compare/beta_search", config_name="compare")
+    assert (search.objective, search.sampler.name, search.sampler.options.spacing) == ("energy", "dpm_solver",
+                                                                                        "time_uniform")  # fmt: skip
 
 
 @pytest.mark.parametrize("logger", ["wandb", "none"])
