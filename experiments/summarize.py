@@ -3,13 +3,21 @@
     python experiments/summarize.py multirun/train/2026-01-01_12-00-00              # summary.csv/.md/.png there
     python experiments/summarize.py DIR --metrics '*/mmd2' 'final_loss' --x schedule.beta_max
     python experiments/summarize.py DIR --log offline        # + a wandb run (job_type "summary") in the sweep's group
+    python experiments/summarize.py multirun/beta_search/2026-01-01_12-00-00    # an Optuna sweep: its best trial
 
 Reads every job dir below DIR that holds `.hydra/overrides.yaml` (any app: train.py, compare_samplers.py,
 likelihood.py; any launcher). A job's metrics are the numeric leaves of its `metrics.json`, flattened with "/"
-(e.g. `samplers/euler_maruyama/sw2`). A job without metrics.json is listed as failed with the error from its
-`failure.json` (written by the `sde_diffusion.apps.RecordFailure` Hydra callback), else from the last ERROR line
-of its log, else as "no result". summary.csv holds every metric; summary.md and summary.png the `--metrics`
-selection. Swept keys are the overrides whose values differ between jobs; the others are listed as fixed.
+(e.g. `samplers/euler_maruyama/sw2`), integers kept; its `main_metric` (train.py's sample quality, compare_samplers'
+`objective`: what the app returns to a sweeper) is the column `main_metric`, shown by default. A job without
+metrics.json is listed as failed with the error from its `failure.json` (written by the
+`sde_diffusion.apps.RecordFailure` Hydra callback), else from the last ERROR line of its log, else as "no result".
+summary.csv holds every metric; summary.md and summary.png the `--metrics` selection. Swept keys are the overrides
+whose values differ between jobs; the others are listed as fixed. `final_loss` across jobs whose β(t) or SDE differ
+is labelled as not comparable: the DSM loss's scale depends on both.
+
+An Optuna sweep (hydra-optuna-sweeper's `optimization_results.yaml` in DIR): summary.md names the best trial (its
+job dir and parameters) above the trial table, and summary.png plots main_metric, the objective, against each
+searched parameter.
 """
 
 from __future__ import annotations
@@ -25,21 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-DEFAULT_METRICS = ("*sw2", "final_loss")
+DEFAULT_METRICS = ("main_metric", "*sw2")
+LOSS_CAVEAT = "not comparable across β(t)/SDEs"
 
 
 @dataclass
 class Job:
-    """One job of a sweep: its dir, its command-line overrides, its flattened metrics or its error."""
+    """One job of a sweep: its dir, its command-line overrides, its config (unresolved), its flattened metrics and
+    the name of its main metric, or its error."""
 
     dir: Path
     overrides: dict[str, str]
-    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, int | float] = field(default_factory=dict)
+    main_name: str = ""
     status: str = "ok"  # ok | failed | no result
     error: str = ""
 
@@ -49,15 +62,15 @@ class Job:
         return self.dir.name
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a JSON tree as {"a/b/c": value}; booleans, strings and lists are skipped."""
+def flatten(tree: Any, prefix: str = "") -> dict[str, int | float]:
+    """The numeric leaves of a JSON tree as {"a/b/c": value}, integers kept; booleans, strings and lists skipped."""
     if isinstance(tree, dict):
-        out: dict[str, float] = {}
+        out: dict[str, int | float] = {}
         for key, value in tree.items():
             out |= flatten(value, f"{prefix}{key}/")
         return out
     if isinstance(tree, int | float) and not isinstance(tree, bool):
-        return {prefix[:-1]: float(tree)}
+        return {prefix[:-1]: tree}
     return {}
 
 
@@ -79,11 +92,18 @@ def _last_error_line(job_dir: Path) -> str:
 
 
 def read_job(job_dir: Path) -> Job:
-    """A job dir's overrides, and its metrics.json or, failing that, its error."""
+    """A job dir's overrides and config, and its metrics.json or, failing that, its error."""
     overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
     job = Job(dir=job_dir, overrides=parse_overrides([str(o) for o in overrides]))
+    if (job_dir / ".hydra" / "config.yaml").is_file():
+        job.config = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"))
     if (job_dir / "metrics.json").is_file():
-        job.metrics = flatten(json.loads((job_dir / "metrics.json").read_text()))
+        tree = json.loads((job_dir / "metrics.json").read_text())
+        main = tree.pop("main_metric", None)
+        job.metrics = flatten(tree)
+        if main is not None:
+            job.metrics = {"main_metric": main["value"], **job.metrics}
+            job.main_name = main["name"]
     elif (job_dir / "failure.json").is_file():
         record = json.loads((job_dir / "failure.json").read_text())
         job.status, job.error = "failed", f"{record['error']}: {record['message']}"
@@ -116,6 +136,56 @@ def swept_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
     return swept, fixed
 
 
+@dataclass
+class Search:
+    """A single-objective Optuna sweep (hydra-optuna-sweeper's optimization_results.yaml: best_params,
+    best_value) and the job of its best trial (None if no finished job holds best_params)."""
+
+    params: dict[str, Any]
+    value: float
+    best: Job | None
+
+
+def _same(override: str | None, value: Any) -> bool:
+    """Whether an override's string holds `value` (numbers compared as numbers)."""
+    if override is None:
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _number(override) == value
+    return override == str(value)
+
+
+def read_search(sweep_dir: Path, jobs: list[Job]) -> Search | None:
+    """The Optuna result in `sweep_dir`, if any (a multi-objective one, a Pareto front, is not read). Its best trial
+    is the finished job whose overrides hold best_params; of several, the one whose main_metric is nearest
+    best_value."""
+    path = sweep_dir / "optimization_results.yaml"
+    if not path.is_file():
+        return None
+    result = OmegaConf.to_container(OmegaConf.load(path))
+    if "best_params" not in result:
+        return None
+    params, value = result["best_params"], float(result["best_value"])
+    matches = [j for j in jobs if j.status == "ok" and all(_same(j.overrides.get(k), v) for k, v in params.items())]
+    best = min(matches, key=lambda j: abs(j.metrics.get("main_metric", math.inf) - value), default=None)
+    return Search(params, value, best)
+
+
+def labels(jobs: list[Job], metrics: list[str]) -> dict[str, str]:
+    """Each metric's label in the table and the plot: `main_metric` with the metric it is, `final_loss` marked as not
+    comparable when the jobs' β(t) or SDE configs differ (the DSM loss's scale depends on both)."""
+    out = {m: m for m in metrics}
+    names = sorted({j.main_name for j in jobs if j.main_name})
+    if "main_metric" in out and names:
+        out["main_metric"] = f"main_metric ({', '.join(names)})"
+    configs = [j.config for j in jobs if j.config]
+    if "final_loss" in out and any(
+        len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 for k in ("schedule", "sde")
+    ):
+        out["final_loss"] = f"final_loss ({LOSS_CAVEAT})"
+    return out
+
+
 def select(columns: list[str], patterns: list[str] | tuple[str, ...]) -> list[str]:
     """The columns matching any of the fnmatch `patterns`, in pattern order, then column order."""
     out = [c for p in patterns for c in columns if fnmatch.fnmatchcase(c, p)]
@@ -128,15 +198,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def to_markdown(jobs: list[Job], swept: list[str], fixed: dict[str, str], metrics: list[str], title: str) -> str:
-    """The table (job, status, swept keys, selected metrics), the fixed overrides and the failed jobs."""
-    header = ["job", "status", *swept, *metrics]
+def to_markdown(
+    jobs: list[Job], swept: list[str], fixed: dict[str, str], metrics: list[str], title: str, search: Search | None
+) -> str:
+    """The table (job, status, swept keys, selected metrics), the fixed overrides, an Optuna search's best trial,
+    the failed jobs."""
+    names = labels(jobs, metrics)
+    header = ["job", "status", *swept, *names.values()]
     lines = [f"# {title}", ""]
     if fixed:
         lines += ["Fixed: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
+    if search is not None:
+        params = " ".join(f"`{k}={_fmt(v)}`" for k, v in search.params.items())
+        where = f"job {search.best.label} (`{search.best.dir}`)" if search.best else "no job of this dir"
+        lines += [f"Optuna search: best value {search.value:.4g} in {where}: {params}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    searched = set(search.params) if search is not None else set()
     for j in jobs:
-        cells = [j.label, j.status, *(j.overrides.get(k, "") for k in swept)]
+        cells = [j.label, j.status]
+        for k in swept:  # Optuna's numbers to 4 digits (summary.csv has them all)
+            v = j.overrides.get(k, "")
+            cells.append(_fmt(_number(v)) if k in searched and _number(v) is not None else v)
         cells += [_fmt(j.metrics.get(m, math.nan)) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j.status != "ok"]
@@ -171,12 +253,68 @@ def _number(value: str) -> float | None:
         return None
 
 
+def _log_range(values: list[float]) -> bool:
+    """Whether a log axis suits `values`: all positive, spanning more than 10x."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 10
+
+
+def _log_x(ax: plt.Axes) -> None:
+    """A log x axis labelled at 1, 2 and 5 times each power of ten, as plain numbers."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _positions(values: list[str]) -> tuple[list[float], list[str] | None]:
+    """Axis positions of override strings: the numbers, or (all not numeric) category indices and the categories."""
+    numbers = [_number(v) for v in values]
+    if all(n is not None for n in numbers):
+        return numbers, None
+    categories = list(dict.fromkeys(values))
+    return [categories.index(v) for v in values], categories
+
+
+def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path:
+    """An Optuna sweep: the objective (main_metric) against each searched parameter, one panel each, the trials
+    coloured by their order and the best one starred, the objective's sampling floor (if the jobs hold one) dashed;
+    log axes where the values are positive and span > 10x."""
+    ok = [j for j in jobs if j.status == "ok" and "main_metric" in j.metrics and set(search.params) <= set(j.overrides)]
+    ys = [j.metrics["main_metric"] for j in ok]
+    floor = [j.metrics[f"floor/{j.main_name}"] for j in ok if f"floor/{j.main_name}" in j.metrics][:1]
+    fig, axes = plt.subplots(1, len(search.params), figsize=(4.2 * len(search.params), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], search.params, strict=True):
+        xs, categories = _positions([j.overrides[key] for j in ok])
+        points = ax.scatter(xs, ys, c=range(len(ok)), cmap="viridis", s=18)
+        if search.best in ok:
+            i = ok.index(search.best)
+            ax.plot(xs[i], ys[i], "*", ms=15, mfc="none", mec="red", label=f"best (job {search.best.label})")
+        if categories is not None:
+            ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
+        elif _log_range(xs):
+            _log_x(ax)
+        if floor:
+            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
+        if search.best in ok or floor:
+            ax.legend(fontsize=7)
+        if _log_range(ys + floor):
+            ax.set_yscale("log")
+        ax.set(xlabel=key, ylabel=label, title=f"{label.split(' (')[0]} vs {key}")
+        ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=axes[0, -1], label="trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: str | None = None) -> Path:
     """One panel per metric (floor/* columns drawn as a dashed line in the panel of the same metric): the metric
     against `x` (default: the first swept key with numeric values, else the first swept key as categories), one
-    line per combination of the other swept keys. Log axes where the values span a decade and are positive."""
+    line per combination of the other swept keys. Log axes where the values are positive and span > 10x."""
     ok = [j for j in jobs if j.status == "ok"]
     panels = [m for m in metrics if not m.startswith("floor/")] or metrics
+    titles = labels(jobs, panels)
     if x is None:
         numeric = [k for k in swept if all(_number(j.overrides.get(k, "")) is not None for j in ok)]
         x = (numeric or swept or [None])[0]
@@ -202,14 +340,13 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
                  if f in j.metrics][:1]  # fmt: skip
         if floor:
             ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
-        values = [v for pts in lines.values() for _, v in pts] + floor
-        if values and min(values) > 0 and max(values) / min(values) >= 10:
+        if _log_range([v for pts in lines.values() for _, v in pts] + floor):
             ax.set_yscale("log")
-        if is_numeric and xs and min(map(float, xs)) > 0 and max(map(float, xs)) / min(map(float, xs)) >= 10:
-            ax.set_xscale("log")
+        if is_numeric and _log_range([float(v) for v in xs]):
+            _log_x(ax)
         if not is_numeric:
             ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
-        ax.set(xlabel=x or "job", title=metric)
+        ax.set(xlabel=x or "job", title=titles[metric].replace(" (", "\n("))
         ax.grid(alpha=0.3)
         if len(lines) > 1 or floor:
             ax.legend(fontsize=7)
@@ -247,8 +384,8 @@ def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: 
 def summarize(
     sweep_dir: Path, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS, x: str | None = None, log: str = "disabled"
 ) -> list[Job]:
-    """Write summary.csv, summary.md and summary.png into `sweep_dir` (and a wandb summary run unless `log` is
-    "disabled"); returns the jobs."""
+    """Write summary.csv, summary.md and summary.png (for an Optuna sweep its objective against each parameter) into
+    `sweep_dir`, and a wandb summary run unless `log` is "disabled"; returns the jobs."""
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise ValueError(f"sweep_dir={sweep_dir}: no job dirs (with .hydra/overrides.yaml) below it")
@@ -259,14 +396,17 @@ def summarize(
         raise ValueError(f"metrics={list(metrics)}: match none of the metric columns {columns}")
     if x is not None and x not in swept and x not in columns:
         raise ValueError(f"x={x!r}: must be a swept key {swept} or a metric column")
-    table = to_markdown(jobs, swept, fixed, selected, f"Sweep {sweep_dir}")
+    search = read_search(sweep_dir, jobs)
+    table = to_markdown(jobs, swept, fixed, selected, f"Sweep {sweep_dir}", search)
     (sweep_dir / "summary.md").write_text(table)
     rows = write_csv(jobs, swept, sweep_dir / "summary.csv")
     plot_path = sweep_dir / "summary.png"
-    if selected:
+    if search is not None:
+        plot_search(jobs, search, labels(jobs, ["main_metric"])["main_metric"], plot_path)
+    elif selected:
         plot(jobs, swept, selected, plot_path, x=x)
     print(table)
-    if log != "disabled" and selected:
+    if log != "disabled" and (selected or search is not None):
         group = log_to_wandb(sweep_dir, jobs, rows, plot_path, log)
         print(f"wandb summary run in group {group!r} under {sweep_dir / 'wandb'}")
     failed = [j for j in jobs if j.status != "ok"]
