@@ -95,6 +95,7 @@ def test_every_experiment_preset_composes_and_builds():
         "train/beta_search_train",
         "train/digits_cond",
         "train/digits_unet",
+        "train/fast_eval",
         "train/schedule_sweep",
     ]
     for option in (p for p in presets if p.startswith("train/")):
