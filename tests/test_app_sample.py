@@ -31,7 +31,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints of tiny train.py runs: eight_gaussians, class-conditional eight_gaussians, digits (U-Net)."""
     root = tmp_path_factory.mktemp("runs")
     run_job("train", *TINY, "logger=none", out=root / "vector")
-    run_job("train", *TINY, "logger=none", "model.num_classes=8", "train.cond_drop=0.2", "guidance.per_class=2",
+    run_job("train", *TINY, "logger=none", "+model.num_classes=8", "train.cond_drop=0.2", "guidance.per_class=2",
             out=root / "cond")  # fmt: skip
     run_job("train", "experiment=train/digits_unet", "model.channels=8", "train.steps=3", "eval.n_samples=16",
             "eval.samplers.euler_maruyama.steps=3", "eval.samplers.dpm_solver.steps=3", "logger=none",
