@@ -17,6 +17,8 @@ of the real data, beside that classifier's accuracy on held-out data.
 
 Under torchrun (or the submitit_*_ddp launchers) every process runs this script: train.batch_size is the global
 batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
+
+metrics.json's "legend" says what each metric and the floor mean (sde_diffusion.evaluation.LEGEND).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from sde_diffusion.apps.build import argument_error
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
-from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed
+from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
 from sde_diffusion.training import NonFiniteLossError, Trainer
@@ -188,11 +190,12 @@ class StepHooks:
             self.save(trainer)
 
     def evaluate(self, trainer: Trainer) -> Evaluation:
-        """Every evaluation sampler on the EMA model; a failing one is a RunError naming its slot."""
+        """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
+        a RunError naming its slot."""
         b = self.built
         try:
             return self.evaluator(b.sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
-                                  trainer.device)  # fmt: skip
+                                  trainer.device, progress=self.cfg.train.progress and trainer.rank == 0)  # fmt: skip
         except SamplerFailed as err:
             raise RunError(
                 f"evaluation sampler eval.samplers.{err.slot} ({err.name}) failed at training step {trainer.step}: "
@@ -218,6 +221,7 @@ def report(
     result |= {"train_steps": trainer.step, "train_wall_s": wall, "final_loss": history[-1][1]}
     result |= {"skipped_steps": trainer.skipped_steps}
     result["main_metric"] = {"name": f"{first}/sw2", "value": ev.rows[first]["sw2"]}
+    result["legend"] = legend(k for row in ev.rows.values() for k in row)
     if trainer.skipped_steps:
         log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
     result["plots"] = [str(p) for p in sample_plots(ev, built, out, title)]
