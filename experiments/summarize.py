@@ -100,6 +100,8 @@ def read_job(job_dir: Path) -> Job:
     if (job_dir / "metrics.json").is_file():
         tree = json.loads((job_dir / "metrics.json").read_text())
         main = tree.pop("main_metric", None)
+        for context in ("model", "legend"):  # what the job ran on and what its metrics mean: not results
+            tree.pop(context, None)
         job.metrics = flatten(tree)
         if main is not None:
             job.metrics = {"main_metric": main["value"], **job.metrics}
