@@ -233,17 +233,7 @@ def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, t
     if cfg.get("checkpoint") is not None:
         if cfg.get("schedules"):
             raise config_error("schedules", "...", "must be empty with checkpoint= (the run fixes its SDE)")
-        if not Path(str(cfg.checkpoint)).exists():
-            raise config_error("checkpoint", cfg.checkpoint, "the path of a checkpoint of experiments/train.py or a "
-                               "folder of experiments/export.py")  # fmt: skip
-        model, sde, data, _ = load_run(cfg.checkpoint)
-
-        def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return model(x.float(), t.float()).to(x.dtype)
-
-        schedule = type(sde.schedule).__name__ if hasattr(sde, "schedule") else "-"
-        yield type(data).__name__, schedule, sde, score_fn, data.reference, tuple(data.shape), data.oracle
+        yield _trained(None, cfg.checkpoint, "checkpoint")
         return
     for data in cfg.oracles:
         if not hasattr(analytic, data):
@@ -251,10 +241,34 @@ def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, t
                 "oracles", data, "entries must be sde_diffusion.analytic functions, e.g. eight_gaussians"
             )
     sdes = _sdes(cfg)
+    perturbations = OmegaConf.to_container(cfg.get("perturbations") or {}, resolve=True)
     for data in cfg.oracles:
         oracle = getattr(analytic, data)()
         for schedule, sde in sdes.items():
             yield data, schedule, sde, oracle.score_fn(sde), oracle.sample, (oracle.dim,), oracle
+            for label, kwargs in perturbations.items():
+                try:
+                    score_fn = analytic.PerturbedScore(oracle, sde, **kwargs)
+                except (TypeError, ValueError) as err:
+                    raise config_error(f"perturbations.{label}", kwargs, str(err).splitlines()[0]) from None
+                yield f"{data} {label}", schedule, sde, score_fn, oracle.sample, (oracle.dim,), oracle
+    for label, path in (cfg.get("checkpoints") or {}).items():
+        yield _trained(label, path, f"checkpoints.{label}")
+
+
+def _trained(label: str | None, path: str, key: str) -> tuple[str, str, SDE, ScoreFn, Draw, tuple[int, ...], object]:
+    """(label, schedule, sde, score_fn, draw, shape, oracle) of the trained run at `path` (a checkpoint or export),
+    labelled by its data set's class unless `label` is given."""
+    if not Path(str(path)).exists():
+        raise config_error(key, path, "the path of a checkpoint of experiments/train.py or a folder of export.py")
+    model, sde, data, _ = load_run(path)
+
+    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x.float(), t.float()).to(x.dtype)
+
+    schedule = type(sde.schedule).__name__ if hasattr(sde, "schedule") else "-"
+    return label or type(data).__name__, schedule, sde, score_fn, data.reference, tuple(data.shape), data.oracle
 
 
 def _tuned(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: list[SDE]) -> tuple[list, dict | None]:
@@ -273,7 +287,10 @@ def _tuned(cfg: DictConfig, runs: list[tuple[str, str, SamplerRun]], sdes: list[
 def _model(cfg: DictConfig) -> dict:
     """What the samplers ran on, for metrics.json: the oracles' exact scores, or the checkpoint and its run's config."""
     if cfg.get("checkpoint") is None:
-        return {"source": f"oracle: {', '.join(cfg.oracles)} (exact score)"}
+        perturbed = ", perturbed: " + ", ".join(cfg.perturbations) if cfg.get("perturbations") else ""
+        trained = {label: str(path) for label, path in (cfg.get("checkpoints") or {}).items()}
+        record = {"source": f"oracle: {', '.join(cfg.oracles)} (exact score{perturbed})"}
+        return record | ({"checkpoints": trained} if trained else {})
     return {"source": str(cfg.checkpoint), "config": run_weights(cfg.checkpoint)[1]}
 
 
@@ -356,7 +373,10 @@ def main(cfg: DictConfig) -> float | None:
             writer = csv.DictWriter(f, fieldnames=columns(rows))
             writer.writeheader()
             writer.writerows(rows)
-        (plot_schedules if study else plot)(rows, floors, out / "quality_vs_nfe.png")
+        if study:
+            plot_schedules(rows, floors, out / "quality_vs_nfe.png")
+        else:
+            plot(rows, floors, out / "quality_vs_nfe.png", tuple(cfg.plot_metrics))
         one_point = cfg.get("sampler") is not None  # a multirun job: metrics.json per data set only
         keys = ["data"] + (["schedule"] if study else []) + ([] if one_point else ["sampler", "steps"])
         metrics = metrics_tree(rows, floors, keys)
