@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from apps import ROOT, TINY, app_env, run_app
+from apps import ROOT, TINY, app_env, run_app, run_job
 from omegaconf import OmegaConf
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
 from sde_diffusion.analytic import exact_flow_map
+from sde_diffusion.apps import ConfigError
 from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import sample
 
@@ -191,3 +192,23 @@ def test_summarize_reads_metrics_and_lists_every_kind_of_failure(tmp_path):
 
     assert summarize.main([str(tmp_path), "--metrics", "nothing*"]) == 2
     assert summarize.main([str(tmp_path / "empty")]) == 2
+
+
+def test_compare_runs_each_oracle_again_with_its_perturbed_score(tmp_path):
+    """perturbations: the exact score's rk45 run lands on the exact flow map; the one with ε̂ scaled by 1.25 does
+    not, and its flow error is what that error does to the flow of these very samples (independent of the app)."""
+    (tmp_path / "job").mkdir()
+    run_job("compare_samplers", "sampler=rk45", "n=200", "floor_repeats=2", "oracles=[eight_gaussians]",
+            "+perturbations.scaled={kind: scale, size: 0.25}", "logger=none", out=tmp_path / "job")  # fmt: skip
+    rows = {r["data"]: r for r in csv.DictReader(open(tmp_path / "job" / "comparison.csv"))}
+    assert set(rows) == {"eight_gaussians", "eight_gaussians scaled"}
+    exact, scaled = float(rows["eight_gaussians"]["flow_error"]), float(rows["eight_gaussians scaled"]["flow_error"])
+    sde, mix = VPSDE(), eight_gaussians()
+    x_T = sde.prior_sampling((200, 2), generator=torch.Generator().manual_seed(0)).double()
+    score = mix.score_fn(sde)
+    x = sample(sde, lambda x, t: 1.25 * score(x, t), (200, 2), "rk45", x_T=x_T, dtype=torch.float64).x
+    assert exact < 1e-3 and scaled == pytest.approx(flow_error(x, exact_flow_map(sde, mix, x_T, 1e-3, denoise=True)),
+                                                    rel=0.05)  # fmt: skip
+    with pytest.raises(ConfigError, match="config error: perturbations.bad="):
+        run_job("compare_samplers", "sampler=rk45", "oracles=[eight_gaussians]", "+perturbations.bad={kind: shift}",
+                "logger=none", out=tmp_path / "bad")  # fmt: skip
