@@ -13,6 +13,7 @@ from PIL import Image
 
 from sde_diffusion.apps import ConfigError, build, build_evaluator, start_tracker
 from sde_diffusion.models import ScoreModel
+from sde_diffusion.sampling import check_sampler
 from sde_diffusion.sde import SDE, VESDE, VPSDE
 
 CONF = ROOT / "conf"
@@ -92,6 +93,7 @@ def test_every_experiment_preset_composes_and_builds():
     assert presets == [
         "compare/beta_search",
         "compare/oracle_study",
+        "compare/sde_vs_ode",
         "train/beta_search_train",
         "train/digits_cond",
         "train/digits_unet",
@@ -105,6 +107,12 @@ def test_every_experiment_preset_composes_and_builds():
     search = load("experiment=compare/beta_search", config_name="compare")
     assert (search.objective, search.sampler.name, search.sampler.options.spacing) == ("energy", "dpm_solver",
                                                                                         "time_uniform")  # fmt: skip
+    versus = load("experiment=compare/sde_vs_ode", config_name="compare")
+    assert set(versus.perturbations) == {"bias_small", "bias_large"}
+    for entry in OmegaConf.to_container(versus.grids.sde_vs_ode):  # every sampler and option of the study exists
+        for steps in entry["steps"]:
+            check_sampler(entry["name"], steps=steps, eps=versus.eps, options=entry.get("options", {}), sde_type=VPSDE,
+                          T=1.0)  # fmt: skip
 
 
 @pytest.mark.parametrize("logger", ["wandb", "none"])
