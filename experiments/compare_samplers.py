@@ -241,7 +241,7 @@ def _problems(cfg: DictConfig) -> Iterator[tuple[str, str, SDE, ScoreFn, Draw, t
                 "oracles", data, "entries must be sde_diffusion.analytic functions, e.g. eight_gaussians"
             )
     sdes = _sdes(cfg)
-    perturbations = OmegaConf.to_container(cfg.get("perturbations") or {}, resolve=True)
+    perturbations = OmegaConf.to_container(cfg.perturbations, resolve=True) if cfg.get("perturbations") else {}
     for data in cfg.oracles:
         oracle = getattr(analytic, data)()
         for schedule, sde in sdes.items():
