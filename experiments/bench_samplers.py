@@ -27,6 +27,8 @@ RUNS = [
     ("dpm_solver", {"method": "singlestep"}),
     ("torchsde", {}),
     ("ddim", {}),
+    ("sde_dpm_solver", {}),
+    ("sde_dpm_solver", {"method": "singlestep"}),
     ("sa_solver", {}),
     ("adaptive_sde", {}),
     ("rk45", {}),

@@ -23,6 +23,7 @@ GENEROUS = {
     "dpm_solver": (50, {}),
     "torchsde": (500, {}),
     "ddim": (100, {}),
+    "sde_dpm_solver": (50, {}),
     "sa_solver": (50, {}),
     "adaptive_sde": (1, {}),
 }
