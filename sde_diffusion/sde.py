@@ -96,15 +96,16 @@ class SDE(ABC):
     def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
         """f(t)x − g(t)² ∇log p_t(x) (reverse SDE, Anderson 1982; Song et al. 2021, eq. 6), or with ½g(t)² the
         probability-flow ODE (eq. 13): the dx/dt both are solved with from T down. t is 0-d or (batch,); its
-        coefficients are computed in t's dtype and cast to x's. Every sampler, likelihood and flow map calls this."""
+        coefficients are computed in t's dtype and device and moved to x's. Every sampler, likelihood and flow map
+        calls this."""
         t = t.reshape(-1)
-        f, g2 = (expand_as(c.to(x.dtype), x) for c in (self.f(t), self.g(t) ** 2))
+        f, g2 = (expand_as(c.to(x.device, x.dtype), x) for c in (self.f(t), self.g(t) ** 2))
         return f * x - (0.5 if probability_flow else 1.0) * g2 * score
 
     def tweedie(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """E[x₀ | x_t] = (x_t + σ(t)² ∇log p_t(x_t)) / s(t) (Tweedie's formula; Efron 2011, eq. 1.4)."""
         t = t.reshape(-1)
-        sigma, s = (expand_as(c.to(x.dtype), x) for c in (self.sigma(t), self.scale(t)))
+        sigma, s = (expand_as(c.to(x.device, x.dtype), x) for c in (self.sigma(t), self.scale(t)))
         return (x + sigma**2 * score) / s
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:

@@ -26,6 +26,7 @@ GENEROUS = {
     "sde_dpm_solver": (50, {}),
     "sa_solver": (50, {}),
     "adaptive_sde": (1, {}),
+    "edm": (50, {}),
 }
 
 
