@@ -51,14 +51,16 @@ PROJECT_SDE = [
     ("ddim η=1 logsnr", "ddim", {"eta": 1.0, "spacing": "logsnr"}),
     ("ddim η=1 karras", "ddim", {"eta": 1.0, "spacing": "karras"}),
     ("ddim η=0.5 logsnr", "ddim", {"eta": 0.5, "spacing": "logsnr"}),
+    ("sde_dpm_solver (defaults: 3M η=0.5 time_quadratic)", "sde_dpm_solver", {}),
+    ("sde_dpm_solver 3M η=1 logsnr", "sde_dpm_solver", {"eta": 1.0, "spacing": "logsnr"}),
     ("sde_dpm_solver 2M", "sde_dpm_solver", {"order": 2, "method": "multistep"}),
     ("sde_dpm_solver 3M", "sde_dpm_solver", {"order": 3, "method": "multistep"}),
     ("sde_dpm_solver 2S", "sde_dpm_solver", {"order": 2, "method": "singlestep"}),
     ("sde_dpm_solver 2M karras", "sde_dpm_solver", {"order": 2, "method": "multistep", "spacing": "karras"}),
     ("sde_dpm_solver 3M karras", "sde_dpm_solver", {"order": 3, "method": "multistep", "spacing": "karras"}),
-    ("edm", "edm", {}),
+    ("edm (churn 2)", "edm", {}),
+    ("edm churn 0.5", "edm", {"s_churn": 0.5}),
     ("sa_solver", "sa_solver", {}),
-    ("er_sde", "er_sde", {}),
     ("adaptive_sde", "adaptive_sde", {}),
 ]
 PROJECT_ODE = [
@@ -204,8 +206,8 @@ def sde_table(n: int, budgets: list[int], seed: int) -> str:
             runs += [(label.split(" η")[0], label, run_k_diffusion(K, fn, kw, sde, score, x_T, budget, seed + 1))
                      for label, fn, kw in k_diffusion_runs(K, "sde")]  # fmt: skip
             for label, (name, options) in {
-                "diffusers DDPM": ("DDPMScheduler", {}),
-                "diffusers DDPM trailing": ("DDPMScheduler", {"timestep_spacing": "trailing"}),
+                "diffusers DDPM": ("DDPMScheduler", {"clip_sample": False}),  # its default clips x̂₀ to [−1, 1]
+                "diffusers DDPM trailing": ("DDPMScheduler", {"clip_sample": False, "timestep_spacing": "trailing"}),
                 "diffusers SDE-DPM-Solver++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
             }.items():
                 runs.append((label.removesuffix(" trailing"), label, run_diffusers(name, options, sde, score, x_T,
