@@ -49,8 +49,8 @@ from sde_diffusion.apps import (
     require_file,
     require_number,
     require_values,
-    run_names,
     start_tracker,
+    sweep_run_name,
 )
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
@@ -199,7 +199,7 @@ def main(cfg: DictConfig) -> float:
                   "mask": int(mask.sum()), "of": mask.numel(), **metrics, "per_truth": rows}  # fmt: skip
         main_name = "energy" if data.oracle is not None else "consistency"
         result["main_metric"] = {"name": main_name, "value": metrics[main_name]}
-        title = plots.describe(type(data).__name__, sde, run_names(cfg)[1])
+        title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
         plot = figure(cfg, data, mask, truths, ys, samples, out / "inpaint.png", f"{title}\n{name}: "
                       f"{metrics['nfe']:g} NFE, consistency RMS {metrics['consistency']:.3g}")  # fmt: skip
         result["plots"] = [str(plot)]

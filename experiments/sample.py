@@ -42,8 +42,8 @@ from sde_diffusion.apps import (
     require_number,
     require_run,
     require_values,
-    run_names,
     start_tracker,
+    sweep_run_name,
     tuned_run,
 )
 from sde_diffusion.checkpoint import CheckpointError
@@ -189,7 +189,7 @@ def main(cfg: DictConfig) -> float | None:
             result["main_metric"] = {"name": "sw2", "value": row["sw2"]}
         guided = f", labels={cfg.labels}, w={cfg.w:g}" if labels is not None else ""
         tuned = f" (grid tuned for {grid['budget']} NFE)" if grid else ""
-        title = plots.describe(type(data).__name__, sde, run_names(cfg)[1])
+        title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
         title += f"\n{run.name}, {run.steps} steps{tuned}, {nfe} NFE{guided}"
         png = figure(x, data, labels, cfg, title, out / "samples.png")
         (out / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -45,9 +45,9 @@ from sde_diffusion.apps import (
     require_file,
     require_number,
     require_values,
-    run_names,
     run_only_keys,
     start_tracker,
+    sweep_run_name,
 )
 from sde_diffusion.apps.build import argument_error
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
@@ -120,7 +120,7 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         hooks.save(trainer)
         evaluation = hooks.evaluate(trainer)
         if ctx.is_main:
-            title = plots.describe(type(built.data).__name__, built.sde, run_names(cfg)[1])
+            title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
             report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
             if built.model.num_classes is not None:
                 guided_report(guided(built.sde, trainer.ema_model, built.data, trainer.device), built, out,

@@ -15,7 +15,7 @@ from .build import (
     run_weights,
 )
 from .errors import ConfigError, RunError, config_error
-from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker
+from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker, sweep_run_name
 from .tuned import tuned_run
 from .validation import require_choice, require_file, require_number, require_run, require_values
 
@@ -43,5 +43,6 @@ __all__ = [
     "run_only_keys",
     "run_weights",
     "start_tracker",
+    "sweep_run_name",
     "tuned_run",
 ]

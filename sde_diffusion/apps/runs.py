@@ -61,6 +61,12 @@ def run_names(cfg: DictConfig) -> tuple[str, str]:
     return logger.get("group") or group, logger.get("name") or run_name
 
 
+def sweep_run_name(cfg: DictConfig) -> str | None:
+    """The run name of a job of a sweep, for figure titles (two jobs of one sweep must be told apart); None in a
+    single run, whose title needs no command line."""
+    return run_names(cfg)[1] if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
+
+
 def start_tracker(cfg: DictConfig, output_dir: str | Path, job_type: str, resume_id: str | None = None) -> Tracker:
     """Instantiate `cfg.logger` (sde_diffusion.tracking.start_run) with files in `output_dir`, the resolved
     config, the names of `run_names`, and `resume_id` to continue a run; use it as `with start_tracker(...) as t:`
