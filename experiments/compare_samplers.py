@@ -132,7 +132,11 @@ def schedule_table(rows: list[dict], floors: Floors, metrics: tuple[str, ...] = 
 def _log_axes(ax: plt.Axes, metric: str) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yscale("log" if metric != "mmd2" else "symlog", **({"linthresh": 1e-4} if metric == "mmd2" else {}))
+    if metric in ("mmd2", "energy"):  # unbiased estimates, below zero near the floor: linear around 0
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=-1e-3)
+    else:
+        ax.set_yscale("log")
 
 
 def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2",
