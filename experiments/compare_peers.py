@@ -135,13 +135,15 @@ def run_k_diffusion(K, fn, kwargs: dict, sde: VPSDE, score, x_T: Tensor, budget:
     schedule = kwargs.pop("schedule")
     s_min, s_max = sigma_range(sde)
     s_T = float(sde.scale(torch.tensor([sde.T], dtype=torch.float64)))
-    for n in range(budget, 0, -1):  # the first (largest) step count whose NFE fits
+    n = budget
+    while n > 0:  # the largest step count whose NFE fits: from a run's calls per step, then down one at a time
         denoiser = Counted(as_denoiser(score, sde))
         torch.manual_seed(seed)  # k-diffusion's noise comes from the global generator
         with torch.no_grad():
             x = fn(denoiser, x_T / s_T, getattr(K, f"get_sigmas_{schedule}")(n, s_min, s_max), disable=True, **kwargs)
         if denoiser.calls <= budget:
             return x, denoiser.calls
+        n = min(n - 1, n * budget // denoiser.calls)
     return None
 
 
