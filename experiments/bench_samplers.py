@@ -30,6 +30,7 @@ RUNS = [
     ("sde_dpm_solver", {}),
     ("sde_dpm_solver", {"method": "singlestep"}),
     ("sa_solver", {}),
+    ("edm", {}),
     ("adaptive_sde", {}),
     ("rk45", {}),
 ]
