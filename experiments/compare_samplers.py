@@ -47,7 +47,7 @@ from sde_diffusion.apps import (
     check_run,
     config_error,
     instantiate_node,
-    load_run,
+    load_score,
     output_dir,
     require_values,
     run_weights,
@@ -265,12 +265,7 @@ def _trained(label: str | None, path: str, key: str) -> tuple[str, str, SDE, Sco
     labelled by its data set's class unless `label` is given."""
     if not Path(str(path)).exists():
         raise config_error(key, path, "the path of a checkpoint of experiments/train.py or a folder of export.py")
-    model, sde, data, _ = load_run(path)
-
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x.float(), t.float()).to(x.dtype)
-
+    score_fn, sde, data = load_score(path)
     schedule = type(sde.schedule).__name__ if hasattr(sde, "schedule") else "-"
     return label or type(data).__name__, schedule, sde, score_fn, data.reference, tuple(data.shape), data.oracle
 

@@ -38,12 +38,11 @@ from sde_diffusion import plots
 from sde_diffusion.analytic import GaussianMixture
 from sde_diffusion.apps import (
     ConfigError,
-    RunError,
     argument_error,
     build_sde,
     config_error,
     instantiate_node,
-    load_run,
+    load_score,
     output_dir,
     require_choice,
     require_file,
@@ -52,7 +51,6 @@ from sde_diffusion.apps import (
     start_tracker,
     sweep_run_name,
 )
-from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.masks import measurement_matrix
 from sde_diffusion.metrics import energy_distance
@@ -141,15 +139,7 @@ def score_of(cfg: DictConfig, device: torch.device):
         if data.oracle is None:
             raise config_error("data", cfg.data._target_, "without a checkpoint, a data set with an exact oracle")
         return data.oracle.score_fn(sde), sde, data, "oracle"
-    try:
-        model, sde, data, _ = load_run(cfg.checkpoint, device)
-    except CheckpointError as err:
-        raise RunError(str(err)) from err
-    model.requires_grad_(False)
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        return model(x.float(), t.float()).to(x.dtype)
-
+    score_fn, sde, data = load_score(cfg.checkpoint, device)
     return score_fn, sde, data, str(cfg.checkpoint)
 
 

@@ -27,12 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sde_diffusion.analytic import exact_flow_map
 from sde_diffusion.apps import (
-    RunError,
     argument_error,
     build_sde,
     config_error,
     instantiate_node,
-    load_run,
+    load_score,
     output_dir,
     require_choice,
     require_number,
@@ -41,7 +40,6 @@ from sde_diffusion.apps import (
     start_tracker,
 )
 from sde_diffusion.apps.tuned import tuned_path
-from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.plots import describe
 from sde_diffusion.runtime import resolve_device
@@ -127,15 +125,7 @@ def main(cfg: DictConfig) -> float:
             return exact_flow_map(sde, data.oracle, x, eps, denoise=True)
 
     else:
-        try:
-            model, sde, data, _ = load_run(cfg.checkpoint, device)
-        except CheckpointError as err:
-            raise RunError(str(err)) from err
-        model.requires_grad_(False)  # the score is frozen: only the grid is differentiated
-
-        def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(x.float(), t.float()).to(x.dtype)
-
+        score_fn, sde, data = load_score(cfg.checkpoint, device)  # frozen: only the grid is differentiated
         reference, source = rk45_reference(sde, score_fn, eps), str(cfg.checkpoint)
     steps = {budget: steps_for(cfg, sde, budget) for budget in cfg.budgets}
     shape = tuple(data.shape)

@@ -12,6 +12,7 @@ from .build import (
     check_run,
     instantiate_node,
     load_run,
+    load_score,
     run_weights,
 )
 from .errors import ConfigError, RunError, config_error
@@ -33,6 +34,7 @@ __all__ = [
     "config_error",
     "instantiate_node",
     "load_run",
+    "load_score",
     "output_dir",
     "require_choice",
     "require_file",

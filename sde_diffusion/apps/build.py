@@ -14,13 +14,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import load_checkpoint, load_exported
+from ..checkpoint import CheckpointError, load_checkpoint, load_exported
 from ..checks import ArgumentError
 from ..evaluation import Evaluator, SamplerRun
 from ..runtime import resolve_device
 from ..sampling import SamplerArgError
-from ..sde import SDE
-from .errors import ConfigError, config_error
+from ..sde import SDE, ScoreFn
+from .errors import ConfigError, RunError, config_error
 
 
 @dataclass
@@ -116,3 +116,19 @@ def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") ->
             f"checkpoint {checkpoint_path}: EMA weights do not fit the model of its config: {err}"
         ) from None
     return built.model.to(resolve_device(device)).eval(), built.sde, built.data, cfg
+
+
+def load_score(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[ScoreFn, SDE, Any]:
+    """A trained run (`load_run`) as (score_fn, sde, data): its EMA model frozen (no parameter gradients, while the
+    input can still be differentiated: DPS, tuned grids), run in float32 and returned in the caller's dtype; an
+    unreadable checkpoint is a RunError."""
+    try:
+        model, sde, data, _ = load_run(checkpoint_path, device)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+    model.requires_grad_(False)
+
+    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x.float(), t.float()).to(x.dtype)
+
+    return score_fn, sde, data
