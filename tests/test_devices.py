@@ -25,7 +25,7 @@ def test_sde_coefficients_and_prior_stay_on_the_device(sde):
     t = torch.rand(5, device=META)
     x = torch.randn(5, 3, device=META)
     outs = [sde.f(t), sde.g(t), sde.scale(t), sde.sigma(t), sde.log_snr(t), sde.log_snr_inverse(sde.log_snr(t))]
-    outs += [*sde.sde(x, t), *sde.marginal_prob(x, t), *sde.reverse(lambda x, t: -x).sde(x, t)]
+    outs += [sde.reverse_drift(x, t, -x), sde.reverse_drift(x, t, -x, probability_flow=True), sde.tweedie(x, t, -x)]
     outs += [sde.prior_sampling((5, 3), device=META), sde.prior_logp(x)]
     assert all(o.device == META for o in outs)
 
