@@ -184,7 +184,7 @@ def main(cfg: DictConfig) -> float | None:
         if evaluator is not None:
             reference = evaluator.reference(data.reference)
             floor, floor_sd = evaluator.floor(data.reference, reference, data.oracle)
-            row = evaluator.score(x, reference, floor, data.oracle)
+            row = evaluator.metrics(x, reference, floor, data.oracle)
             result |= {"metrics": row, "floor": floor, "floor_sd": floor_sd, "legend": legend(row)}
             result["main_metric"] = {"name": "sw2", "value": row["sw2"]}
         guided = f", labels={cfg.labels}, w={cfg.w:g}" if labels is not None else ""

@@ -154,7 +154,7 @@ class Evaluator:
         """The held-out draw every sampler is scored against: `draw(n_samples)` seeded with `seed + 500`."""
         return draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
 
-    def score(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
+    def metrics(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
               ) -> dict[str, float]:  # fmt: skip
         """Every metric of samples `x` against `reference`, and `sw2_over_floor` (SW₂ over the floor's mean)."""
         row = sample_metrics(x, reference, oracle, **self.metric_kw)
@@ -203,7 +203,7 @@ class Evaluator:
                 raise SamplerFailed(slot, run.name, err) from err
             x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
             row = {"sampler": run.name, "steps": run.steps, "nfe": nfe, "wall_s": time.perf_counter() - t0}
-            row |= self.score(x, reference, floor, oracle)
+            row |= self.metrics(x, reference, floor, oracle)
             if self.flow_error and oracle is not None and run.name in DETERMINISTIC:
                 key = (run.eps, run.denoise)
                 if key not in exact:
