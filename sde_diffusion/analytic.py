@@ -222,10 +222,10 @@ def mixture(dim: int = 16, k: int = 10, seed: int = 0) -> GaussianMixture:
     return GaussianMixture(weights / weights.sum(), means, 0.5 * (covs + covs.transpose(1, 2)))
 
 
-def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, eps: float, generator: torch.Generator | None):
-    """t ~ U(eps, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
+def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, t_min: float, generator: torch.Generator | None):
+    """t ~ U(t_min, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
     x0 = oracle.sample(n, generator=generator)
-    t, noise = dsm_draws(sde, x0.shape, eps, generator, torch.float64)
+    t, noise = dsm_draws(sde, x0.shape, t_min, generator, torch.float64)
     return t, sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
 
 
@@ -234,18 +234,18 @@ def eps_error(
     score_fn: ScoreFn,
     oracle: GaussianMixture,
     n: int = 20_000,
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> float:
     """The ε-prediction RMS error (E‖ε̂ − ε̂*‖²/D)^½ = (E‖σ(t)(s(x_t, t) − s*(x_t, t))‖²/D)^½ of `score_fn` against
-    the oracle's exact score s*, over n draws t ~ U(eps, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
+    the oracle's exact score s*, over n draws t ~ U(t_min, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
 
-    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same eps) over the exact score's, as
+    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same t_min) over the exact score's, as
     ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
     """
-    t, x = _noised_draws(sde, oracle, n, eps, generator)
+    t, x = _noised_draws(sde, oracle, n, t_min, generator)
     s = score_fn(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to("cpu", torch.float64)
     diff = sde.sigma(t)[:, None] * (s - oracle.score_fn(sde)(x, t))
     return float(diff.square().mean().sqrt())
@@ -323,17 +323,17 @@ def exact_flow_map(
     sde: SDE,
     mixture: GaussianMixture,
     x_T: Tensor,
-    eps: float,
+    t_min: float,
     rtol: float = 1e-10,
     atol: float = 1e-10,
     denoise: bool = False,
     T: float | None = None,
 ) -> Tensor:
-    """x_T carried from T (the SDE's, or the start time given) to eps by the probability-flow ODE (Song et al. 2021,
+    """x_T carried from T (the SDE's, or the start time given) to t_min by the probability-flow ODE (Song et al. 2021,
     eq. 13) of the exact mixture score.
 
     Solved in float64 by DOP853 to `rtol`/`atol` (on the CPU, through `scipy_ode.solve`); with `denoise` also
-    Tweedie's step at eps, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
+    Tweedie's step at t_min, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
     """
     score = mixture.score_fn(sde)
     x = x_T.detach().flatten(1).to(device="cpu", dtype=torch.float64)
@@ -342,8 +342,8 @@ def exact_flow_map(
         tt = torch.full((y.shape[0],), t, dtype=torch.float64)
         return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
 
-    x, _ = solve(drift, x, sde.T if T is None else T, eps, "DOP853", rtol, atol, desc="exact_flow_map")
+    x, _ = solve(drift, x, sde.T if T is None else T, t_min, "DOP853", rtol, atol, desc="exact_flow_map")
     if denoise:
-        te = torch.full((x.shape[0],), eps, dtype=torch.float64)
+        te = torch.full((x.shape[0],), t_min, dtype=torch.float64)
         x = sde.tweedie(x, te, score(x, te))
     return x.to(dtype=x_T.dtype, device=x_T.device).view(x_T.shape)

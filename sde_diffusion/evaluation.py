@@ -82,18 +82,18 @@ def sample_metrics(
 
 @dataclass(frozen=True)
 class SamplerRun:
-    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, eps=eps, denoise=denoise,
+    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, t_min=t_min, denoise=denoise,
     **options)`."""
 
     name: str
     steps: int
-    eps: float = 1e-3
+    t_min: float = 1e-3
     denoise: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self, sde: SDE) -> None:
         """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
-        check_sampler(self.name, steps=self.steps, eps=self.eps, options=self.options, sde_type=type(sde), T=sde.T)
+        check_sampler(self.name, steps=self.steps, eps=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
         check_choice("denoise", self.denoise, (True, False))
 
 
@@ -196,7 +196,7 @@ class Evaluator:
             generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
             t0 = time.perf_counter()
             try:
-                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
                              denoise=run.denoise, x_T=mine, generator=generator, device=device,
                              batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
             except (RuntimeError, ValueError) as err:
@@ -205,9 +205,9 @@ class Evaluator:
             row = {"sampler": run.name, "steps": run.steps, "nfe": nfe, "wall_s": time.perf_counter() - t0}
             row |= self.metrics(x, reference, floor, oracle)
             if self.flow_error and oracle is not None and run.name in DETERMINISTIC:
-                key = (run.eps, run.denoise)
+                key = (run.t_min, run.denoise)
                 if key not in exact:
-                    exact[key] = exact_flow_map(sde, oracle, x_T, run.eps, denoise=run.denoise)
+                    exact[key] = exact_flow_map(sde, oracle, x_T, run.t_min, denoise=run.denoise)
                 row["flow_error"] = metrics.flow_error(x, exact[key])
             rows[slot], samples[slot] = row, x
         return Evaluation(rows, floor, floor_sd, samples, reference)

@@ -233,7 +233,7 @@ def test_bad_measurements_raise():
 
 def test_eps_error_of_gaussian_data_is_the_closed_form():
     """For x₀ ~ N(0, c²I) under VP, ε̂* = σx/(s²c² + σ²), so a zero score's ε-RMS error is
-    ((T − eps)⁻¹ ∫ σ²/(s²c² + σ²) dt)^½; the exact score's is float32 rounding."""
+    ((T − t_min)⁻¹ ∫ σ²/(s²c² + σ²) dt)^½; the exact score's is float32 rounding."""
     sde, c2 = VPSDE(), 0.5
     gauss = GaussianMixture(torch.ones(1), torch.zeros(1, 3), c2 * torch.eye(3)[None])
     t = torch.linspace(1e-5, 1, 100_001, dtype=torch.float64)

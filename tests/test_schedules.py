@@ -199,16 +199,16 @@ def test_logsnr_linear_log_snr_is_the_line_up_to_the_stated_bound():
     assert float(gap[0]) > 0.1  # near t = 0 the log-SNR is not the line: λ̂ → ∞ there
 
 
-def _uniform_gap(sde, eps, steps=10):
-    grid = timesteps(sde, steps, eps, "logsnr")
-    return float((grid - torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)).abs().max())
+def _uniform_gap(sde, t_min, steps=10):
+    grid = timesteps(sde, steps, t_min, "logsnr")
+    return float((grid - torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)).abs().max())
 
 
-@pytest.mark.parametrize(("eps", "uniform_to"), [(1e-3, 0.17), (0.05, 0.017), (0.5, 4e-7)])
-def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(eps, uniform_to):
+@pytest.mark.parametrize(("t_min", "uniform_to"), [(1e-3, 0.17), (0.05, 0.017), (0.5, 4e-7)])
+def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(t_min, uniform_to):
     """`logsnr` steps are uniform in λ̂ = λ + δ, δ(t) = ½log(1 + e^{−2λ_max}) − ½log(1 − e^{−2(λ_max − λ(t))}) falling
-    in t. Uniform time u_i has λ(u_i) uniform, so |λ(t_i) − λ(u_i)| ≤ δ(eps) − δ(T), i.e. |t_i − u_i| ≤
-    T(δ(eps) − δ(T))/Δλ: equal to rounding once eps·Δλ/T ≳ 10, while near t = 0 no VP schedule has a linear λ̂."""
+    in t. Uniform time u_i has λ(u_i) uniform, so |λ(t_i) − λ(u_i)| ≤ δ(t_min) − δ(T), i.e. |t_i − u_i| ≤
+    T(δ(t_min) − δ(T))/Δλ: equal to rounding once t_min·Δλ/T ≳ 10, while near t = 0 no VP schedule has a linear λ̂."""
     lam_max, lam_min = 6.65, -5.0
     sde = VPSDE(LogSNRLinearBeta(lam_max, lam_min))
 
@@ -216,10 +216,10 @@ def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(eps, uniform_to):
         lam = lam_max - (lam_max - lam_min) * t
         return 0.5 * math.log1p(math.exp(-2 * lam_max)) - 0.5 * math.log1p(-math.exp(-2 * (lam_max - lam)))
 
-    bound = (delta(eps) - delta(1.0)) / (lam_max - lam_min)
+    bound = (delta(t_min) - delta(1.0)) / (lam_max - lam_min)
     assert bound <= uniform_to
-    assert _uniform_gap(sde, eps) <= bound + 1e-12
-    assert _uniform_gap(VPSDE(LinearBeta()), eps) > 0.02  # another schedule's logsnr grid is far from uniform
+    assert _uniform_gap(sde, t_min) <= bound + 1e-12
+    assert _uniform_gap(VPSDE(LinearBeta()), t_min) > 0.02  # another schedule's logsnr grid is far from uniform
 
 
 def test_edm_alpha_bar_is_the_karras_noise_levels_read_backwards():
