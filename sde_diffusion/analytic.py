@@ -1,13 +1,6 @@
-"""An exact oracle: a Gaussian mixture, its density, and its exact score under every SDE here.
-
-Under a linear SDE x_t = s(t)x_0 + σ(t)ε, so each component N(μ_k, Σ_k) of the data stays Gaussian:
-N(s μ_k, s²Σ_k + σ²I). With Σ_k = U_k diag(λ_k) U_kᵀ the diffused covariance is U_k diag(s²λ_k + σ²) U_kᵀ,
-so its inverse and log-determinant cost one projection, at every t, with no factorisation per step.
-Conditioning stays in closed form too: a class (a set of components) is again a mixture, the time-t classifier is
-the diffused responsibilities, and a linear-Gaussian measurement gives a mixture posterior (exact conditional scores
-and posterior samples). `PerturbedScore` adds a controlled ε-error to the exact score, `eps_error` measures one.
-Everything is computed in float64 and returned in the input's dtype.
-"""
+"""An exact oracle: a Gaussian mixture whose components stay Gaussian under x_t = s(t)x₀ + σ(t)ε (Song et al. 2021,
+eq. 29), N(μ_k, Σ_k) → N(sμ_k, s²Σ_k + σ²I), so its density, score, time-t classifier and linear-Gaussian posteriors
+are closed forms. Computed in float64, returned in the input's dtype."""
 
 from __future__ import annotations
 
@@ -57,7 +50,10 @@ class GaussianMixture:
         return self.means[k] + torch.einsum("nij,nj->ni", root[k], z), k
 
     def _diffused(self, x: Tensor, s: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-component log w_k N(x; sμ_k, s²Σ_k + σ²I) and the precision-weighted residual C_k⁻¹(x − sμ_k)."""
+        """Per-component log w_k N(x; sμ_k, s²Σ_k + σ²I) and the precision-weighted residual C_k⁻¹(x − sμ_k).
+
+        With Σ_k = U_k diag(λ_k) U_kᵀ, C_k = U_k diag(s²λ_k + σ²) U_kᵀ: inverse and log-determinant cost one projection.
+        """
         x = x.to(torch.float64)
         weights, means, eigvals, eigvecs = (
             p.to(x.device) for p in (self.weights, self.means, self._eigvals, self._eigvecs)
@@ -256,17 +252,15 @@ class PerturbedScore:
     a stand-in for a trained network whose error is known.
 
       kind "scale": ε̂ = (1 + size)·ε̂*, i.e. s = (1 + size)·s*: a network that over- (size > 0) or under-shoots (−1 <
-        size < 0) its ε; its ε-RMS error is |size|·RMS(ε̂*), with RMS(ε̂*) < 1 (VP, linear β: 0.87 on 8-Gaussians,
-        0.92 on the 16-D mixture).
+        size < 0) its ε; its ε-RMS error is |size|·RMS(ε̂*), with RMS(ε̂*) < 1.
       kind "bias": ε̂ = ε̂* + size·b(x, t), i.e. s = s* − size·b/σ(t), with b a fixed smooth random field: random
         Fourier features (Rahimi & Recht 2007) b_d = c Σ_f u_df cos(ω_fᵀx̃ + ν_f t/T + φ_f) of the standardised
         x̃ = x/(s(t)² + σ(t)²)^½, ω_f ~ N(0, I/length_scale²), ν_f ~ N(0, (2π)²), φ_f ~ U[0, 2π), u_d uniform on
-        the unit sphere, all drawn from `seed`; c makes b of unit RMS over t ~ U(1e-5, T), x_t ~ p_t (measured on
+        the unit sphere, all drawn from `seed`; c makes b of unit RMS over t ~ U(1e-5, T), x_t ~ p_t (estimated on
         2¹⁴ seeded draws), so its ε-RMS error (`eps_error`) is |size|.
 
     `size` is a number or a name from SIZES: "small" ≈ the ε-RMS error of the default MLP (3×128) trained for the
-    default 4000 steps, "large" ≈ one trained for 500 (measured by `eps_error`, VP linear β: 0.051 and 0.27 on
-    8-Gaussians, 0.11 and 0.26 on the 16-D mixture). Returned in x's dtype; computed in float64.
+    default 4000 steps, "large" ≈ one trained for 500 (docs/samplers.md). Returned in x's dtype; computed in float64.
     """
 
     KINDS = ("scale", "bias")

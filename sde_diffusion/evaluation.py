@@ -1,14 +1,8 @@
-"""Sample quality of a set of samplers: every metric against one held-out draw of the data, beside the sampling
-floor (the same metrics for independent draws of the data itself, mean ± sd).
+"""Sample quality of a set of samplers: every metric (`sample_metrics`) against one held-out draw of the data, beside
+the sampling floor, the same metrics for independent draws of the data itself (mean ± sd).
 
     evaluator = Evaluator({"em": {"name": "euler_maruyama", "steps": 1000}}, n_samples=10_000)
     result = evaluator(sde, score_fn, data.reference, data.shape, oracle=data.oracle)
-
-One protocol for every app: from `seed`, the prior noise x_T is drawn with `seed`, every sampler's own noise
-with `seed + 1` (the same for all: common random numbers, so the samplers differ only in themselves), the
-reference set with `seed + 500` and floor draw k with `seed + 1000 + k`. `sample_metrics` holds every metric:
-adding one is adding a line there. Under torchrun each process samples its share of x_T and every process gets
-all samples and the same result back.
 """
 
 from __future__ import annotations
@@ -119,9 +113,13 @@ class Evaluation:
 
 
 class Evaluator:
-    """Samples `n_samples` points with every sampler of `samplers` ({slot: SamplerRun or its fields}) and scores
-    them (module docstring). `batch_size` bounds the samples solved at once; `floor_repeats` data draws give the
-    floor; `flow_error` also compares the deterministic samplers with the exact flow map (needs an oracle)."""
+    """Samples `n_samples` points with every sampler of `samplers` ({slot: SamplerRun or its fields}) and measures
+    them. `batch_size` bounds the samples solved at once; `floor_repeats` data draws give the floor; `flow_error` also
+    compares the deterministic samplers with the exact flow map (needs an oracle).
+
+    One protocol for every app: x_T is drawn with `seed`, every sampler's own noise with `seed + 1` (common random
+    numbers: the samplers differ only in themselves), the reference with `seed + 500` and floor draw k with
+    `seed + 1000 + k`. Under torchrun each process samples its share of x_T and all get every sample back."""
 
     def __init__(
         self,
