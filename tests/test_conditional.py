@@ -155,13 +155,13 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_rate_cond_drop():
 def test_the_trainer_refuses_labels_it_cannot_use():
     seed_everything(0)
     plain = ScoreModel(MLP((2,), hidden=8, layers=1), VPSDE())
-    with pytest.raises(ArgumentError, match="cond_drop must be 0 for an unconditional model"):
+    with pytest.raises(ArgumentError, match=r"^cond_drop .*0\.1$"):
         Trainer(plain, VPSDE(), MixtureSet(_overlapping()), steps=1, batch_size=4, cond_drop=0.1)
     for data, classes in ((Moons(), 2), (MixtureSet(_overlapping()), 4)):
         model = ScoreModel(MLP((2,), hidden=8, layers=1, num_classes=classes), VPSDE())
         with pytest.raises(ValueError, match=f"conditional on {classes} classes.*num_classes={data.num_classes}"):
             Trainer(model, VPSDE(), data, steps=1, batch_size=4)
-    with pytest.raises(ArgumentError, match="cond_drop must be a number in"):
+    with pytest.raises(ArgumentError, match=r"^cond_drop .*1\.5$"):
         _cond_trainer(cond_drop=1.5)
 
 

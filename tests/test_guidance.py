@@ -99,16 +99,16 @@ def test_bad_labels_and_scales_are_named():
     sde, mix = VPSDE(), mixture(dim=4, k=5, seed=1)
     score = mix.score_fn(sde)
     log_p = lambda x, t: mix.classifier_log_prob(sde, x, t)  # noqa: E731
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels .*float32"):
         classifier(score, log_p, torch.zeros(4), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels .*True"):
         classifier(score, log_p, True, 1.0)
-    with pytest.raises(ValueError, match="w must be a finite number"):
+    with pytest.raises(ValueError, match="^w .*nan"):
         classifier(score, log_p, 0, float("nan"))
-    with pytest.raises(ValueError, match="null_label"):
+    with pytest.raises(ValueError, match="^null_label .*None"):
         classifier_free(lambda x, t, y: x, 0, 1.0, None)
-    with pytest.raises(ValueError, match="in \\[0, C\\)"):
+    with pytest.raises(ValueError, match=r"^log_prob_fn .*labels in \[5, 5\]"):
         classifier(score, log_p, 5, 1.0)(torch.zeros(2, 4), torch.full((2,), 0.5))
     labelled = classifier(score, log_p, torch.arange(4), 1.0)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="^labels has 4 entries .*batch of 2"):
         sample(VPSDE(), labelled, (4, 4), "ode_euler", steps=2, batch_size=2)

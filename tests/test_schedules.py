@@ -76,11 +76,19 @@ def test_integral_inverse_round_trip_and_gradient(name):
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-def test_float32_and_any_shape(name):
-    t = torch.rand(3, 4, 5)
-    for f in (SCHEDULES[name].beta, SCHEDULES[name].integral):
-        out = f(t)
-        assert out.shape == t.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+def test_float32_any_shape_and_relative_precision_down_to_t_0(name):
+    """float32 in, float32 out, any shape, and B(t) to 32 ulps of its own value on t ∈ [10⁻⁷T, T]: a few roundings,
+    no cancellation near t = 0, where σ(t)² ≈ B(t) is the smallest noise level. β to 2¹⁰ ulps: its steepest step,
+    SigmoidBeta's k/expm1(e − u) at the clip, turns u's rounding (3ε) into 3ε/(e − u_c) ≈ 3ε·β_max/k = 500ε."""
+    sched = SCHEDULES[name]
+    T = getattr(sched, "T", 1.0)
+    t = torch.cat([torch.logspace(-7, 0, 60), torch.rand(60, generator=torch.Generator().manual_seed(0))]) * T
+    t = t.reshape(3, 2, 20)
+    ulp = torch.finfo(torch.float32).eps
+    for f, ulps in ((sched.integral, 32), (sched.beta, 2**10)):
+        out, exact = f(t), f(t.double())
+        assert out.shape == t.shape and out.dtype == torch.float32
+        assert ((out.double() - exact).abs() / exact).max() <= ulps * ulp, f.__name__
 
 
 def test_cosine_alpha_bar_is_nichol_dhariwal():
