@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture, eight_gaussians, mixture
+from .checks import check_number
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,7 @@ class SwissRoll(_Toy2D):
     """sklearn's swiss roll, (t cos t, t sin t) + noise with t ~ U(1.5π, 4.5π), divided by 5 (FFJORD)."""
 
     def __init__(self, noise: float = 1.0):
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
+        check_number("noise", noise, ge=0)
         self.noise = noise
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:
@@ -130,8 +130,7 @@ class Moons(_Toy2D):
     """sklearn's two interleaved half circles plus noise, scaled by 2 and centred (FFJORD)."""
 
     def __init__(self, noise: float = 0.1):
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
+        check_number("noise", noise, ge=0)
         self.noise = noise
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:

@@ -7,19 +7,9 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from sde_diffusion import (
-    VPSDE,
-    CallableBeta,
-    ConstantBeta,
-    CosineBeta,
-    EDMBeta,
-    LinearBeta,
-    LogSNRLinearBeta,
-    PolynomialBeta,
-    SigmoidBeta,
-    SubVPSDE,
-)
+from sde_diffusion import VPSDE, CallableBeta, ConstantBeta, CosineBeta, EDMBeta, LinearBeta, SubVPSDE
 from sde_diffusion.sampling import timesteps
+from sde_diffusion.schedules import LogSNRLinearBeta, PolynomialBeta, SigmoidBeta
 from sde_diffusion.sde import PriorMismatchWarning
 
 
