@@ -3,6 +3,7 @@ classifier-free guidance at w = 0 is the conditional score and at w is classifie
 
 import pytest
 import torch
+from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.guidance import classifier, classifier_free
@@ -31,10 +32,7 @@ def oracle_model(mix, sde, classes=CLASSES):
 def draws(sde, mix, n=24, seed=0):
     """x_t ~ p_t at times spread over (0, T], with per-sample labels covering every class."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.999 + 1e-3
-    x = sde.scale(t)[:, None] * mix.sample(n, generator=g) + sde.sigma(t)[:, None] * torch.randn(
-        n, mix.dim, generator=g, dtype=torch.float64
-    )
+    x, t = diffused(mix, sde, torch.rand(n, generator=g, dtype=torch.float64) * 0.999 + 1e-3, n, g)
     return x, t, torch.arange(n) % len(CLASSES)
 
 
