@@ -1,9 +1,8 @@
 """The forward SDEs dx = f(t)x dt + g(t) dw of Song et al. (2021): VP, sub-VP and VE, behind one interface.
 
-All three have a linear drift, so the marginal is Gaussian in closed form, p_{0t}(x_t | x_0) =
-N(s(t) x_0, σ(t)² I) (Song et al. 2021, eq. 29 / App. B). A subclass gives the four scalar functions
-f(t), g(t), s(t) and σ(t) of a (batch,) time tensor; everything else is derived here once. Time
-coefficients come back shaped (batch, 1, …, 1) so they broadcast against any x: points or images.
+A linear drift keeps the marginal Gaussian, p_{0t}(x_t | x_0) = N(s(t)x_0, σ(t)²I) (eq. 29). A subclass gives f(t),
+g(t), s(t) and σ(t) of a (batch,) time tensor; the reverse drift (eqs. 6, 13) and Tweedie's E[x₀ | x_t] are derived
+here once, for points or images.
 """
 
 from __future__ import annotations
