@@ -68,6 +68,7 @@ class StopOnSignal:
 
     def __call__(self, trainer: Any, logs: dict) -> None:
         if signum := self._agreed():
+            self.received.clear()  # handed to the caller, with Preempted.resend()
             raise Preempted(signum, trainer.step, self._previous.get(signum, signal.SIG_DFL))
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
