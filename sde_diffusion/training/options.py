@@ -34,7 +34,7 @@ class TrainOptions:
     warmup: int = _number(100, integer=True, ge=0)
     grad_clip: float | None = _number(1.0, gt=0, optional=True)
     ema_decay: float = _number(0.999, ge=0, lt=1)
-    loss_eps: float = _number(1e-5, gt=0)  # and < T: the Trainer checks it against its SDE
+    loss_eps: float = 1e-5  # in (0, T): the Trainer checks it against its SDE
     weighting: str = _choice("simple", WEIGHTINGS)
     cond_drop: float = _number(0.0, ge=0, le=1)
     seed: int = _number(0, integer=True, ge=0)
@@ -48,5 +48,5 @@ class TrainOptions:
             value = getattr(self, f.name)
             if "number" in f.metadata:
                 check_number(f.name, value, **f.metadata["number"])
-            else:
+            elif "choices" in f.metadata:
                 check_choice(f.name, value, f.metadata["choices"])
