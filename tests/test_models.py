@@ -50,8 +50,8 @@ def test_bad_arguments_raise_value_errors_naming_the_parameter():
         UNet((1, 8, 8), channels=12, groups=8)
     with pytest.raises(ValueError, match="time_features"):
         MLP((2,), time_features="learned")
-    with pytest.raises(ValueError, match="parameterization"):
-        ScoreModel(MLP((2,)), VPSDE(), parameterization="v")
+    with pytest.raises(ValueError, match="parameterization.*velocity"):
+        ScoreModel(MLP((2,)), VPSDE(), parameterization="velocity")
 
 
 class _OracleEps(nn.Module):
