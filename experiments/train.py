@@ -133,7 +133,8 @@ def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks
     partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
     try:
         return partial(
-            built.model, built.sde, built.data, device=ctx.device, callbacks=[hooks],
+            built.model, built.sde, built.data, objective=instantiate_node(cfg, "loss", sde=built.sde),
+            device=ctx.device, callbacks=[hooks],
             progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
         )  # fmt: skip
     except ArgumentError as err:

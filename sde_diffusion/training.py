@@ -1,6 +1,6 @@
 """The training loop: AdamW, linear warm-up + cosine decay, gradient clipping, an EMA of the weights, callbacks.
 
-One step draws a batch with the trainer's data generator, the DSM loss's t and ε with its noise generator,
+One step draws a batch with the trainer's data generator, the objective's t and ε with its noise generator,
 and applies one AdamW update. Everything a step depends on is in `state_dict()` (weights, EMA, optimiser,
 scheduler, step, both generators and the global torch/numpy/python RNGs, which dropout uses), so training N
 steps equals training k, saving, loading into a new Trainer and training N − k: bitwise on the CPU.
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError
 from .checks import ArgumentError, check_choice, check_number
 from .distributed import rank_seed, shard
-from .losses import WEIGHTINGS, dsm_draws, dsm_loss
+from .objectives import Objective
 from .runtime import resolve_device, seed_everything
 from .sde import SDE
 
@@ -85,8 +85,7 @@ class Trainer:
         warmup: int = 100,
         grad_clip: float | None = 1.0,
         ema_decay: float = 0.999,
-        loss_eps: float = 1e-5,
-        weighting: str = "simple",
+        objective: Objective | None = None,
         cond_drop: float = 0.0,
         seed: int = 0,
         nan_policy: str = "stop",
@@ -105,8 +104,6 @@ class Trainer:
         check_number("warmup", warmup, integer=True, ge=0)
         check_number("grad_clip", grad_clip, gt=0, optional=True)
         check_number("ema_decay", ema_decay, ge=0, lt=1)
-        check_number("loss_eps", loss_eps, gt=0, lt=sde.T)
-        check_choice("weighting", weighting, WEIGHTINGS)
         check_number("cond_drop", cond_drop, ge=0, le=1)
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None and cond_drop > 0:
@@ -126,7 +123,10 @@ class Trainer:
         check_number("rank", rank, integer=True, ge=0, lt=world_size)
         self.sde, self.data = sde, data
         self.steps, self.batch_size, self.grad_clip, self.ema_decay = steps, batch_size, grad_clip, ema_decay
-        self.loss_eps, self.weighting, self.nan_policy = loss_eps, weighting, nan_policy
+        if objective is not None and objective.sde is not sde:
+            raise ValueError("objective was built for another SDE: build it with the Trainer's sde")
+        self.objective = objective if objective is not None else Objective(sde)  # default: today's DSM loss
+        self.nan_policy = nan_policy
         self.num_classes, self.cond_drop = num_classes, cond_drop
         self.callbacks, self.progress = list(callbacks), progress
         self.device = resolve_device(device)
@@ -171,20 +171,12 @@ class Trainer:
         the mean over the global batch (all ranks)."""
         rng = self.data_generator.get_state(), self.noise_generator.get_state(), torch.get_rng_state()
         x0, y = self._batch()
-        t, noise = dsm_draws(self.sde, x0.shape, self.loss_eps, self.noise_generator, x0.dtype, self.device)
+        t, noise = self.objective.draw(x0.shape, self.noise_generator, x0.dtype, self.device)
         x0 = x0[self.shard].to(self.device, non_blocking=True)
         y = y[self.shard].to(self.device, non_blocking=True) if y is not None else None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            loss = dsm_loss(
-                self.sde,
-                self.train_model,
-                x0,
-                self.loss_eps,
-                self.weighting,
-                t=t[self.shard],
-                noise=noise[self.shard],
-                y=y,
-            ).mean()
+            per_sample = self.objective(self.train_model, x0, y, t[self.shard], noise[self.shard])
+            loss = per_sample.mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -198,6 +190,7 @@ class Trainer:
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             self.scaler.step(self.optimizer)
             self._update_ema()
+            self.objective.update(t[self.shard], per_sample.detach())  # an adaptive p(λ) follows the loss
         elif self.nan_policy == "stop" and not (self.scaler.is_enabled() and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
             for generator, state in zip((self.data_generator, self.noise_generator), rng[:2], strict=True):
@@ -275,6 +268,7 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "rng": rng,
+            "objective": self.objective.state_dict(),
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
@@ -289,6 +283,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        self.objective.load_state_dict(state.get("objective", {}))
         rng = state["rng"]
         self.data_generator.set_state(rng["data"])
         self.noise_generator.set_state(rng["noise"])

@@ -155,8 +155,6 @@ def test_gradient_clipping_bounds_the_applied_gradient():
         ({"batch_size": 0}, "batch_size"),
         ({"lr": 0.0}, "lr"),
         ({"ema_decay": 1.0}, "ema_decay"),
-        ({"loss_eps": 0.0}, "loss_eps"),
-        ({"weighting": "snr"}, "weighting"),
         ({"nan_policy": "ignore"}, "nan_policy"),
         ({"grad_clip": -1.0}, "grad_clip"),
         ({"warmup": -1}, "warmup"),
