@@ -60,17 +60,18 @@ def excess_loss_by_level(
     return LevelError(centres.tolist(), err.mean(1).tolist(), (err.std(1) / per_bin**0.5).tolist())
 
 
-def plot_level_errors(curves: dict[int, LevelError], path: str | Path, title: str = "") -> Path:
-    """score_error.png: the excess ε-MSE per dimension against λ, one curve (± 2 SE) per training step, log scale."""
+def plot_level_errors(curves: dict[int | str, LevelError], path: str | Path, title: str = "") -> Path:
+    """score_error.png: the excess ε-MSE per dimension against λ, one curve (± 2 SE) per training step (int keys) or
+    per run (str keys), log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for step, c in sorted(curves.items()):
+    for key, c in curves.items():
         excess, se = torch.tensor(c.excess), torch.tensor(c.se)
-        ax.plot(c.lam, excess, marker="o", ms=3, label=f"step {step}")
+        ax.plot(c.lam, excess, marker="o", ms=3, label=f"step {key}" if isinstance(key, int) else key)
         ax.fill_between(c.lam, (excess - 2 * se).clamp_min(1e-12), excess + 2 * se, alpha=0.2)
     ax.set(yscale="log", xlabel="λ = log(s/σ)  (noisy ← → clean)", ylabel="excess ε-MSE per dim  E‖ε̂ − ε̂*‖²/D")
     ax.set_title(title, fontsize=8)
