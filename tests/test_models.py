@@ -1,12 +1,17 @@
 """Networks keep their input's shape for vectors and images of 8, 28 and 32 pixels; ScoreModel applies the
-documented inputs (c_in·x, t/T) and output map (score = −ε̂/σ), checked against the exact oracle's score."""
+documented inputs and output map of every parameterisation (eps, score, x0, v), checked against the exact oracle's
+score; an export records the parameterisation."""
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from sde_diffusion import VESDE, VPSDE, LinearBeta, SubVPSDE
 from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.apps import load_run
+from sde_diffusion.apps.build import build
+from sde_diffusion.checkpoint import export_safetensors
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.models.unet import Attention
 from sde_diffusion.sde import RectifiedFlowSDE
@@ -135,3 +140,20 @@ def test_each_parameterisation_of_the_oracle_optimum_is_the_exact_score(sde, par
     x = torch.randn(64, 2, dtype=torch.float64) * 3
     t = torch.rand(64, dtype=torch.float64) * sde.T * 0.9 + 0.05 * sde.T
     torch.testing.assert_close(model(x, t), gm.score_fn(sde)(x, t), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("score", [{}, {"parameterization": "x0", "sigma_data": 2.5}, {"parameterization": "v"}])
+def test_export_records_the_parameterisation_and_a_config_without_one_loads_as_eps(tmp_path, score):
+    config = {
+        "sde": {"_target_": "sde_diffusion.sde.VPSDE"},
+        "data": {"_target_": "sde_diffusion.data.EightGaussians"},
+        "model": {"_target_": "sde_diffusion.models.MLP", "hidden": 16, "layers": 1},
+        "score": {"_target_": "sde_diffusion.models.ScoreModel", **score},
+    }
+    model = build(OmegaConf.create(config)).model
+    export_safetensors(model, config, tmp_path)
+    loaded = load_run(tmp_path)[0]
+    assert loaded.parameterization == score.get("parameterization", "eps")
+    assert loaded.sigma_data == score.get("sigma_data", 1.0)
+    x, t = torch.randn(8, 2), torch.rand(8) * 0.9 + 0.05
+    assert torch.equal(loaded(x, t), model(x, t))
