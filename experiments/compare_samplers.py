@@ -398,8 +398,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = metrics_tree(rows, floors, keys)
         if objective is not None:
             metrics["main_metric"] = {"name": f"{rows[0]['data']}/{cfg.objective}", "value": objective}
-        extra = {"model": model, "legend": legend(columns(rows))} | ({"timesteps": grid} if grid else {})
-        extra |= level_errors(cfg, problems, out, tracker)
+        extra = {"model": model, "legend": legend(columns(rows)), **level_errors(cfg, problems, out, tracker)}
+        extra |= {"timesteps": grid} if grid else {}
         (out / "metrics.json").write_text(json.dumps(metrics | extra, indent=2))
         print(f"wrote {out}/comparison.csv, comparison.md, quality_vs_nfe.png, metrics.json")
 

@@ -26,12 +26,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture
+from .data import Scaler
 from .scipy_ode import solve
 from .sde import SDE, ScoreFn
 
@@ -40,16 +41,6 @@ NOISES = ("rademacher", "gaussian")
 SOLVERS = ("rk45", "euler", "heun")
 
 Rhs = Callable[[Tensor, float], tuple[Tensor, Tensor]]
-
-
-class Scaler(Protocol):
-    """The affine map between a data set's integer levels 0..levels−1 and model space (e.g. `data.Scaler`)."""
-
-    levels: int
-
-    def to_model(self, x: Tensor) -> Tensor: ...
-
-    def to_raw(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass

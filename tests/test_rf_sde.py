@@ -14,12 +14,10 @@ def test_marginal_matches_euler_maruyama_monte_carlo():
     """dx = f x dt + g dw from x₀ = 1.5 to t = 0.6: mean (1 − t)x₀ and variance t², inside 4 standard errors."""
     sde, g = RectifiedFlowSDE(), torch.Generator().manual_seed(0)
     n, steps, t_end = 40_000, 4000, 0.6
-    x = torch.full((n, 1), 1.5, dtype=torch.float64)
-    dt = t_end / steps
+    x, dt = torch.full((n,), 1.5, dtype=torch.float64), t_end / steps
     for i in range(steps):
-        t = torch.full((n,), i * dt, dtype=torch.float64)
-        drift, diffusion = sde.sde(x, t)
-        x = x + drift * dt + diffusion * dt**0.5 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        t = torch.full((1,), i * dt, dtype=torch.float64)
+        x = x + sde.f(t) * x * dt + sde.g(t) * dt**0.5 * torch.randn(n, generator=g, dtype=torch.float64)
     mean, var = 1.5 * (1 - t_end), t_end**2
     assert abs(x.mean() - mean) < 4 * (var / n) ** 0.5
     assert abs(x.var() - var) < 4 * var * (2 / (n - 1)) ** 0.5
