@@ -55,6 +55,7 @@ from sde_diffusion.apps import (
     tuned_run,
 )
 from sde_diffusion.checks import ArgumentError
+from sde_diffusion.diagnosis import excess_loss_by_level, plot_level_errors
 from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun, legend
 from sde_diffusion.sde import SDE, ScoreFn
 
@@ -330,6 +331,22 @@ def _objective(cfg: DictConfig, rows: list[dict]) -> float | None:
     return float(value)
 
 
+def level_errors(cfg: DictConfig, problems: list, out: Path, tracker) -> dict:
+    """Each trained run's (checkpoint=, checkpoints:) excess loss over the exact score per λ-bin, when its data has an
+    oracle (sde_diffusion.diagnosis): {"score_error": {run: {lam, excess, se}}} for metrics.json, score_error.png."""
+    trained = 1 if cfg.get("checkpoint") is not None else len(cfg.get("checkpoints") or {})
+    curves = {
+        data: excess_loss_by_level(sde, fn, oracle, generator=torch.Generator().manual_seed(cfg.seed))
+        for data, _, sde, fn, _, _, oracle in problems[len(problems) - trained :]
+        if oracle is not None
+    }
+    if not curves:
+        return {}
+    path = plot_level_errors(curves, out / "score_error.png", "excess loss over the exact score per λ")
+    tracker.log_images({"score_error": path})
+    return {"score_error": {k: c.as_dict() for k, c in curves.items()}}
+
+
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Run every (problem, sampler run), write the outputs; returns the `objective` metric, if one is set."""
@@ -381,7 +398,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = metrics_tree(rows, floors, keys)
         if objective is not None:
             metrics["main_metric"] = {"name": f"{rows[0]['data']}/{cfg.objective}", "value": objective}
-        extra = {"model": model, "legend": legend(columns(rows))} | ({"timesteps": grid} if grid else {})
+        extra = {"model": model, "legend": legend(columns(rows)), **level_errors(cfg, problems, out, tracker)}
+        extra |= {"timesteps": grid} if grid else {}
         (out / "metrics.json").write_text(json.dumps(metrics | extra, indent=2))
         print(f"wrote {out}/comparison.csv, comparison.md, quality_vs_nfe.png, metrics.json")
 

@@ -7,7 +7,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..checks import check_choice, check_number
-from ..losses import WEIGHTINGS
 from .amp import PRECISIONS
 from .guard import NAN_POLICIES
 
@@ -23,7 +22,7 @@ def _choice(default: Any, choices: tuple) -> Any:
 @dataclass(frozen=True)
 class TrainOptions:
     """AdamW (lr, weight_decay), `warmup` steps of linear warm-up then cosine decay over `steps`, gradient clipping
-    at norm `grad_clip` (None: none), the EMA decay, the DSM loss's t ~ U(loss_eps, T) and `weighting`, the label
+    at norm `grad_clip` (None: none), the EMA decay (the loss is the Trainer's `objective`), the label
     drop rate `cond_drop` of a class-conditional model, the `seed` of the data and noise streams, the NaN policy,
     the autocast `precision`, torch.compile, and a progress bar."""
 
@@ -34,8 +33,6 @@ class TrainOptions:
     warmup: int = _number(100, integer=True, ge=0)
     grad_clip: float | None = _number(1.0, gt=0, optional=True)
     ema_decay: float = _number(0.999, ge=0, lt=1)
-    loss_eps: float = 1e-5  # in (0, T): the Trainer checks it against its SDE
-    weighting: str = _choice("simple", WEIGHTINGS)
     cond_drop: float = _number(0.0, ge=0, le=1)
     seed: int = _number(0, integer=True, ge=0)
     nan_policy: str = _choice("stop", NAN_POLICIES)
