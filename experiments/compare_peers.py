@@ -246,7 +246,7 @@ def ode_table(n: int, budgets: list[int], seed: int, tuned: bool = False) -> str
                 if out is not None:
                     rows.append(("sde-diffusion", label, out[1], flow_error(out[0], exact)))
             if tuned:  # steps = budget − 1: the Tweedie step is the last NFE
-                fits = {o: optimize_timesteps(sde, score, "dpm_solver", budget - 1, x_train, reference, eps=EPS,
+                fits = {o: optimize_timesteps(sde, score, "dpm_solver", budget - 1, x_train, reference, t_min=EPS,
                                               options={"order": o}) for o in (2, 3)}  # fmt: skip
                 order = min(fits, key=lambda o: fits[o].train["tuned"])
                 out = project_run("dpm_solver", {"order": order, "spacing": "custom",
