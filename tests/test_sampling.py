@@ -117,16 +117,16 @@ def _flow_errors(name: str, steps: list[int], mix: GaussianMixture, n: int = 200
 
 def test_ode_euler_order_one_and_heun_order_two_on_the_flow_error():
     g = gaussian([1.0, -2.0], [0.05, 2.0])
-    euler = _flow_errors("ode_euler", [20, 40, 80], g)
-    heun = _flow_errors("ode_heun", [20, 40, 80], g)
+    euler = _flow_errors("ode_euler", [20, 40, 80], g, spacing="time_uniform")
+    heun = _flow_errors("ode_heun", [20, 40, 80], g, spacing="time_uniform")
     assert all(1.8 < a / b < 2.3 for a, b in zip(euler[:-1], euler[1:], strict=True)), euler
     assert all(3.4 < a / b < 4.6 for a, b in zip(heun[:-1], heun[1:], strict=True)), heun
 
 
 @pytest.mark.parametrize("order", [2, 3])
 def test_dpm_solver_beats_ode_euler_at_equal_nfe(order):
-    euler = _flow_errors("ode_euler", [20, 40], MIX)
-    dpm = _flow_errors("dpm_solver", [20, 40], MIX, order=order)
+    euler = _flow_errors("ode_euler", [20, 40], MIX, spacing="time_uniform")
+    dpm = _flow_errors("dpm_solver", [20, 40], MIX, order=order, spacing="logsnr")
     assert dpm[0] < euler[0] / 2.5 and dpm[1] < euler[1] / 3.5, (euler, dpm)
 
 

@@ -189,3 +189,19 @@ def test_the_sampler_walks_the_grid_sample_builds():
 def test_a_bad_custom_grid_is_named(grid, spacing):
     with pytest.raises(ValueError, match="timesteps"):
         sample(SDE, MIX.score_fn(SDE), (4, 2), sampler="ode_euler", steps=3, spacing=spacing, timesteps=grid)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.by_steps])
+def test_options_not_given_or_none_are_the_defaults_for_these_steps(name):
+    """`sample` runs `defaults(steps)` of the spec (README's last column) when no option or None is given."""
+    spec = SAMPLERS[name]
+    for steps in sorted({*spec.by_steps, max(spec.by_steps) + 1}):
+        x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
+        run = dict(sampler=name, steps=steps, x_T=x_T, dtype=torch.float64)
+        given = spec.defaults(steps)
+        plain = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run).x
+        nulls = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run,
+                       **dict.fromkeys(given)).x  # fmt: skip
+        full = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run, **given).x
+        torch.testing.assert_close(plain, full, rtol=0, atol=0)
+        torch.testing.assert_close(nulls, full, rtol=0, atol=0)

@@ -120,8 +120,13 @@ def singlestep(
     return x
 
 
-# the defaults by budget (experiments/bench_samplers.py defaults; docs/samplers.md): {largest steps: options}
-BY_STEPS: dict[int, dict] = {}
+# {largest steps: options}: the minimax settings of `experiments/bench_samplers.py defaults` (docs/samplers.md)
+SINGLESTEP_3_QUADRATIC = {"order": 3, "method": "singlestep", "algorithm": "dpmsolver++", "spacing": "time_quadratic"}
+BY_STEPS = {
+    6: SINGLESTEP_3_QUADRATIC,
+    13: {"order": 3, "method": "multistep", "algorithm": "dpmsolver", "spacing": "logsnr"},
+    30: SINGLESTEP_3_QUADRATIC,
+}
 
 
 @register(

@@ -11,7 +11,7 @@ from .common import drift
 from .specs import register
 
 
-@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_uniform")
+@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_quadratic")
 def ode_euler(
     sde: SDE,
     score_fn: ScoreFn,

@@ -11,7 +11,7 @@ from .common import drift
 from .specs import register
 
 
-@register("ode_heun", stochastic=False, nfe=lambda steps, o: 2 * steps, nfe_text="2·steps", spacing="time_uniform")
+@register("ode_heun", stochastic=False, nfe=lambda steps, o: 2 * steps, nfe_text="2·steps", spacing="time_quadratic")
 def ode_heun(
     sde: SDE,
     score_fn: ScoreFn,
