@@ -126,7 +126,9 @@ def test_ode_euler_order_one_and_heun_order_two_on_the_flow_error():
 @pytest.mark.parametrize("order", [2, 3])
 def test_dpm_solver_beats_ode_euler_at_equal_nfe(order):
     euler = _flow_errors("ode_euler", [20, 40], MIX, spacing="time_uniform")
-    dpm = _flow_errors("dpm_solver", [20, 40], MIX, order=order, spacing="logsnr")
+    dpm = _flow_errors(
+        "dpm_solver", [20, 40], MIX, order=order, method="multistep", algorithm="dpmsolver++", spacing="logsnr"
+    )
     assert dpm[0] < euler[0] / 2.5 and dpm[1] < euler[1] / 3.5, (euler, dpm)
 
 
