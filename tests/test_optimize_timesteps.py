@@ -20,6 +20,7 @@ from sde_diffusion.sampling.optimize import BUILT_IN, _grid, _log_snr_inverse, _
 SDE, MIX, T_MIN = VPSDE(), eight_gaussians(), 1e-3
 SCORE = MIX.score_fn(SDE)
 STEPS = 9  # 10 NFE with the final Tweedie step
+DPM_3M = {"order": 3, "method": "multistep", "algorithm": "dpmsolver++"}  # pinned: the defaults follow steps
 
 
 def noise(n: int, seed: int) -> torch.Tensor:
@@ -32,7 +33,7 @@ def exact(x_T: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tuned():
-    return optimize_timesteps(SDE, SCORE, "dpm_solver", STEPS, noise(256, 1), exact, iters=60, lr=0.05)
+    return optimize_timesteps(SDE, SCORE, "dpm_solver", STEPS, noise(256, 1), exact, options=DPM_3M, iters=60, lr=0.05)
 
 
 def test_tuned_10_nfe_grid_beats_every_built_in_spacing_on_held_out_noise(tuned):
@@ -41,7 +42,7 @@ def test_tuned_10_nfe_grid_beats_every_built_in_spacing_on_held_out_noise(tuned)
 
     def err(**grid) -> float:
         return flow_error(
-            sample(SDE, SCORE, (500, 2), "dpm_solver", STEPS, x_T=x_T, dtype=torch.float64, **grid).x, truth
+            sample(SDE, SCORE, (500, 2), "dpm_solver", STEPS, x_T=x_T, dtype=torch.float64, **DPM_3M, **grid).x, truth
         )
 
     built_in = {s: err(spacing=s) for s in BUILT_IN}
