@@ -118,7 +118,7 @@ def draw(
             if labels is not None:
                 y = labels[done : done + len(chunk)].to(device)
                 score = classifier_free(model, y, cfg.w, null_label=model.num_classes)
-            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
+            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
                          denoise=run.denoise, x_T=chunk, generator=generator, device=device,
                          progress=cfg.progress and len(chunks) == 1, **run.options)  # fmt: skip
             outs.append(res.x.float().cpu())

@@ -78,7 +78,7 @@ def steps_for(cfg: DictConfig, sde: SDE, budget: int) -> int:
     if not fits:
         raise config_error("budgets", budget, f"too small for {cfg.sampler.name} with options {options}")
     try:
-        check_sampler(spec.name, steps=fits[-1], eps=cfg.sampler.eps, options=options, sde_type=type(sde), T=sde.T)
+        check_sampler(spec.name, steps=fits[-1], t_min=cfg.sampler.t_min, options=options, sde_type=type(sde), T=sde.T)
     except SamplerArgError as err:
         key = {"steps": "budgets"}.get(err.key, f"sampler.{err.key}")
         raise config_error(key, err.value, err.allowed) from None
@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> float:
     """The app: check, load the score and its reference, tune a grid per budget, write and log."""
     check(cfg)
     out = output_dir()
-    name, eps, given = cfg.sampler.name, cfg.sampler.eps, OmegaConf.to_container(cfg.sampler.options)
+    name, eps, given = cfg.sampler.name, cfg.sampler.t_min, OmegaConf.to_container(cfg.sampler.options)
     options = {k: v for k, v in given.items() if k not in GRID}  # the grid is what is tuned
     try:
         device = resolve_device(cfg.device)
@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> float:
         targets = {id(x_train): reference(x_train), id(x_held): reference(x_held)}  # each solved once
         grids, results = {}, {}
         for budget, n in steps.items():
-            r = optimize_timesteps(sde, score_fn, name, n, x_train, lambda x: targets[id(x)], eps=eps,
+            r = optimize_timesteps(sde, score_fn, name, n, x_train, lambda x: targets[id(x)], t_min=eps,
                                    options=options, iters=cfg.iters, lr=cfg.lr, held_out=x_held)  # fmt: skip
             grids[budget] = r.timesteps
             built_in = {k: v for k, v in r.held_out.items() if k != "tuned"}
