@@ -40,6 +40,7 @@ from sde_diffusion.apps import (
     build_evaluator,
     check_run,
     config_diff,
+    hydra_app,
     instantiate_node,
     output_dir,
     require_file,
@@ -74,7 +75,7 @@ def check(cfg: DictConfig) -> None:
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_app("train", threads="train.threads")
 def main(cfg: DictConfig) -> float:
     """Check, join the processes (torchrun), train; returns the main metric for Hydra sweepers."""
     check(cfg)
@@ -104,8 +105,6 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     trainer = build_trainer(cfg, built, ctx, hooks)
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
     with hooks.tracker:
         start = time.perf_counter()

@@ -40,17 +40,19 @@ def apply_policy(threads: int | None = 1, key: str = "threads") -> None:
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}\n"
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+def hydra_app(
+    config_name: str, threads: str = "threads"
+) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
     """`hydra.main(config_path="../conf", config_name=...)` for an app in experiments/: on the command line its
-    sampler-option overrides are checked first (`check_option_overrides`), and every job runs under
-    `apply_policy(cfg.threads)`. Called with a config (as tests do), it runs the job on it directly."""
+    sampler-option overrides are checked first (`check_option_overrides`), and every job runs under `apply_policy`
+    with the config's key `threads` (absent: 1). Called with a config (as tests do), it runs the job on it directly."""
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
         conf = Path(task.__code__.co_filename).resolve().parents[1] / "conf"
 
         @functools.wraps(task)
         def job(cfg: DictConfig) -> Any:
-            apply_policy(cfg.get("threads", 1))
+            apply_policy(OmegaConf.select(cfg, threads, default=1), threads)
             return task(cfg)
 
         main = hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(job)
