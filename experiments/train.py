@@ -129,7 +129,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
 
 def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks: StepHooks) -> Trainer:
     """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
-    partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
+    node = OmegaConf.create(OmegaConf.to_container(cfg.train, resolve=True))  # ${seed}, ${device} from the root
+    partial = hydra.utils.instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in LOOP_KEYS]))
     try:
         return partial(
             built.model, built.sde, built.data, device=ctx.device, callbacks=[hooks],

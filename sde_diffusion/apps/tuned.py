@@ -40,7 +40,7 @@ def find_tuned(checkpoint: str | Path, sampler: str, roots: tuple[str, ...] = TU
         if isinstance(saved, dict) and (saved.get("checkpoint"), saved.get("sampler")) == (
             tuned_record(checkpoint), sampler,
         ):  # fmt: skip
-            found.append(path)
+            found.append(path.resolve())
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
