@@ -64,7 +64,7 @@ def test_a_trained_image_run_writes_the_grid_and_its_consistency(tmp_path):
 BAD = {
     "eta=2": "config error: eta=2: must be a number in [0, 1]",
     "steps=0": "config error: steps=0: must be an int >= 1",
-    "eps=1.5": "config error: eps=1.5: must be < the SDE's T = 1",
+    "t_min=1.5": "config error: t_min=1.5: must be < the SDE's T = 1",
     "spacing=karas": "config error: spacing='karas': must be one of",
     "n=1": "config error: n=1: must be an int >= 2",
     "noise_std=-1": "config error: noise_std=-1: must be a number >= 0",
