@@ -69,7 +69,7 @@ BAD = {
     "n=1": "config error: n=1: must be an int >= 2",
     "noise_std=-1": "config error: noise_std=-1: must be a number >= 0",
     "data=moons": "config error: data='sde_diffusion.data.Moons': without a checkpoint, a data set with an exact",
-    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': null (the oracle) or the path of an existing",
+    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': not found: /no/such.pt",
     "mask=box mask.size=1.5": "config error: mask.size=1.5: must be a number in (0, 1)",
     "mask=random mask.fraction=0": "config error: mask.fraction=0: must be a number in (0, 1)",
     "mask.side=middle": "config error: mask.side='middle': must be one of ['top', 'bottom', 'left', 'right']",
