@@ -87,6 +87,7 @@ def test_a_config_error_is_printed_once(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and output.count("train.lr=-1: must be a number > 0") == 1, output
     assert json.loads((tmp_path / "run" / "failure.json").read_text())["error"] == "ConfigError"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "failure.json", "train.log"]  # only
 
 
 @pytest.mark.slow

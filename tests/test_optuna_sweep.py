@@ -31,6 +31,8 @@ def test_a_3_trial_optuna_search_gives_3_runs_in_one_group_and_names_its_best_tr
                    f"eval.n_samples={n}",
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr  # quiet: no colour codes, no plugin-setup lines, warnings without a file path
+    assert not any(s in log for s in ("\x1b[", "setup plugin", "Study name:", "Joblib", "_instantiate2.py"))
     jobs = summarize.summarize(sweep)
     assert [j.label for j in jobs] == ["0", "1", "2"] and {j.status for j in jobs} == {"ok"}
     for j in jobs:
