@@ -18,7 +18,7 @@ from PIL import Image
 from sde_diffusion.apps import ConfigError, apply_policy, build, build_evaluator, build_sde, start_tracker
 from sde_diffusion.evaluation import Evaluator, SamplerRun
 from sde_diffusion.models import ScoreModel
-from sde_diffusion.sampling import check_sampler
+from sde_diffusion.sampling import SAMPLERS, check_sampler
 from sde_diffusion.sde import SDE, VESDE, VPSDE
 
 CONF = ROOT / "conf"
@@ -191,6 +191,14 @@ def test_conf_restates_python_defaults_only_where_equal():
                 continue  # required, not an argument (the app's own key), or set from elsewhere in the config
             if value != default and not (isinstance(value, list) and tuple(value) == default):
                 differ[f"{where}.{key}"] = (value, default)
+    for name in options("sampler"):  # a sampler file's options: its spec's defaults (read off the signature)
+        sc = OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / f"{name}.yaml"))
+        defaults = SAMPLERS[sc["name"]].defaults()
+        differ |= {
+            f"sampler/{name}.yaml.options.{k}": (v, defaults[k])
+            for k, v in sc.get("options", {}).items()
+            if v != defaults[k]
+        }
     assert differ.keys() == DIFFERS.keys(), differ
 
 
