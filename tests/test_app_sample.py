@@ -210,7 +210,8 @@ BAD = {  # overrides -> the line's start: the key and the value (the library's w
 def test_an_unknown_option_key_gets_the_samplers_options_before_hydra(config, overrides, line):
     with pytest.raises(ConfigError, match=f"^config error: {re.escape(line)}"):
         check_option_overrides(overrides, ROOT / "conf", config)
-    check_option_overrides(["sampler.options.order=2", "+sampler.options.ordr=2"], ROOT / "conf", "sample")  # Hydra's
+    for fine in (["sampler.options.order=2", "+sampler.options.ordr=2"], ["--cfg=job", "a=[1,"]):  # Hydra's to judge
+        check_option_overrides(fine, ROOT / "conf", "sample")
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,7 +76,10 @@ def check_option_overrides(overrides: list[str], conf: Path, config_name: str) -
     """Each `<node>.options.<key>=...` override (not `+`/`~`) names an option of the sampler(s) its node will hold:
     the command line's `sampler[@node]=NAME[,NAME...]`, else the preset's or the app's default. Else a ConfigError
     listing that sampler's options. A node whose sampler cannot be told is left to Hydra."""
-    parsed = [o for o in OverridesParser.create().parse_overrides([a for a in overrides if "=" in a])]
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in overrides if "=" in a and a[0] != "-"])
+    except HydraException:
+        return  # Hydra reports a malformed override itself
     for override in parsed:
         match = OPTION.match(override.key_or_group)
         if match is None or override.is_add() or override.is_delete() or override.is_force_add():
