@@ -54,7 +54,7 @@ def check(cfg: DictConfig) -> None:
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
     for key in ("rtol", "atol"):
         require_number(cfg, f"likelihood.{key}", gt=0)
-    require_number(cfg, "likelihood.eps", gt=0)
+    require_number(cfg, "likelihood.t_min", gt=0)
     require_choice(cfg, "likelihood.divergence", ("auto", *DIVERGENCES))
     require_choice(cfg, "likelihood.noise", NOISES)
     require_choice(cfg, "likelihood.solver", SOLVERS)
@@ -82,8 +82,8 @@ def main(cfg: DictConfig) -> float:
         except CheckpointError as err:
             raise RunError(str(err)) from err
         dtype = torch.float32
-    if not lc.eps < sde.T:
-        raise config_error("likelihood.eps", lc.eps, f"must be < the SDE's T = {sde.T}")
+    if not lc.t_min < sde.T:
+        raise config_error("likelihood.t_min", lc.t_min, f"must be < the SDE's T = {sde.T}")
     x = data.reference(lc.n, torch.Generator().manual_seed(lc.seed)).to(device, dtype)
     divergence = lc.divergence if lc.divergence != "auto" else "exact" if data.scaler is None else "hutchinson"
     with start_tracker(cfg, out, job_type="likelihood") as tracker:
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> float:
             solver=lc.solver,
             rtol=lc.rtol,
             atol=lc.atol,
-            eps=lc.eps,
+            eps=lc.t_min,
             steps=lc.steps,
         )
         result |= {

@@ -44,6 +44,7 @@ from sde_diffusion.apps import (
     build_evaluator,
     check_run,
     config_diff,
+    hydra_app,
     instantiate_node,
     output_dir,
     require_file,
@@ -79,7 +80,7 @@ def check(cfg: DictConfig) -> None:
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_app("train", threads="train.threads")
 def main(cfg: DictConfig) -> float:
     """Check, join the processes (torchrun), train; returns the main metric for Hydra sweepers."""
     check(cfg)
@@ -112,8 +113,6 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     trainer = build_trainer(cfg, built, ctx, [hooks, stop])
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
     with hooks.tracker:
         start = time.perf_counter()
@@ -146,7 +145,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
 
 def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callbacks: list) -> Trainer:
     """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
-    partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
+    node = OmegaConf.create(OmegaConf.to_container(cfg.train, resolve=True))  # ${seed}, ${device} from the root
+    partial = hydra.utils.instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in LOOP_KEYS]))
     try:
         return partial(
             built.model, built.sde, built.data, objective=instantiate_node(cfg, "loss", sde=built.sde),
