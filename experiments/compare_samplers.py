@@ -54,6 +54,7 @@ from sde_diffusion.apps import (
     start_tracker,
     tuned_run,
 )
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun, legend
 from sde_diffusion.sde import SDE, ScoreFn
@@ -352,6 +353,7 @@ def main(cfg: DictConfig) -> float | None:
         for data, schedule, sde, score_fn, draw, shape, oracle in problems:
             print(f"\n## {data} ({math.prod(shape)}-D), {sde} {schedule}", flush=True)
             ev = evaluator(sde, score_fn, draw, shape, oracle)
+            check_samples({label: x for (label, _, _), x in zip(runs, ev.samples.values(), strict=True)}, ev.reference)
             x_T = sde.prior_sampling((cfg.n, *shape), generator=torch.Generator().manual_seed(cfg.seed))
             one_call = score_call_seconds(score_fn, x_T)
             for (label, _, _), r in zip(runs, ev.rows.values(), strict=True):

@@ -50,6 +50,7 @@ from sde_diffusion.apps import (
     sweep_run_name,
 )
 from sde_diffusion.apps.build import argument_error
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
@@ -122,9 +123,12 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
             report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
+            samples = dict(evaluation.samples)
             if built.model.num_classes is not None:
-                guided_report(guided(built.sde, trainer.ema_model, built.data, trainer.device), built, out,
-                              hooks.tracker, title, trainer.step)  # fmt: skip
+                ev = guided(built.sde, trainer.ema_model, built.data, trainer.device)
+                guided_report(ev, built, out, hooks.tracker, title, trainer.step)
+                samples |= {f"guided w={w:g}": x for w, x in ev.samples.items()}
+            check_samples(samples, evaluation.reference)
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
 
 
