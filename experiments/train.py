@@ -30,6 +30,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sde_diffusion import distributed, plots
@@ -107,6 +108,7 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         load(trainer, run, resume_path, cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    name_run(cfg)
     hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
     with hooks.tracker:
         start = time.perf_counter()
@@ -119,6 +121,7 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
             ) from err
         wall = time.perf_counter() - start
         hooks.save(trainer)
+        hooks.tracker.log_artifact(hooks.path, f"model-{hooks.tracker.run_id}", "model", {"step": trainer.step})
         evaluation = hooks.evaluate(trainer)
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
@@ -130,6 +133,20 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
                 samples |= {f"guided w={w:g}": x for w, x in ev.samples.items()}
             check_samples(samples, evaluation.reference)
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
+
+
+def name_run(cfg: DictConfig) -> None:
+    """logger.name, when null: data, SDE, β(t) and loss weighting (the config groups chosen), then the job's
+    overrides if any (a sweep's runs differ by them), e.g. "eight_gaussians vp linear-β simple-loss"."""
+    if cfg.get("logger") is None or "name" not in cfg.logger or cfg.logger.name is not None:
+        return
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    choices, overrides = (hydra_cfg.runtime.choices, hydra_cfg.job.override_dirname) if hydra_cfg else ({}, "")
+    parts = [choices.get(k) or cfg[k]._target_.rsplit(".", 1)[-1] for k in ("data", "sde")]
+    if "schedule" in cfg.sde:
+        parts.append(f"{choices.get('schedule') or cfg.schedule._target_.rsplit('.', 1)[-1]}-β")
+    parts.append(f"{choices.get('loss') or cfg.train.get('weighting', 'dsm')}-loss")
+    cfg.logger.name = " ".join([*parts, *([overrides] if overrides else [])])
 
 
 def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks: StepHooks) -> Trainer:
@@ -238,8 +255,8 @@ def report(
     log.info("floor: %s", ev.floor)
     log.info("wrote %s", out / "metrics.json")
     tracker.log(series(ev), step=trainer.step)
-    floor_row = {"slot": "floor (data vs data)", **ev.floor}
-    tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + [floor_row])
+    floor_rows = [{"slot": "floor (data vs data)", **ev.floor}, {"slot": "floor sd", **ev.floor_sd}]
+    tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + floor_rows)
     tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
     tracker.summary({**series(ev), "main_metric": result["main_metric"]["value"], "train_wall_s": wall})
 
@@ -292,8 +309,9 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
 
 
 def series(ev: Evaluation) -> dict[str, float]:
-    """An evaluation as wandb series eval/<slot>/<metric> and eval/floor/<metric>."""
+    """An evaluation as wandb series eval/<slot>/<metric>, eval/floor/<metric> and eval/floor_sd/<metric>."""
     row = {f"eval/floor/{k}": v for k, v in ev.floor.items()}
+    row |= {f"eval/floor_sd/{k}": v for k, v in ev.floor_sd.items()}
     for slot, metrics in ev.rows.items():
         row |= {f"eval/{slot}/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
     return row
