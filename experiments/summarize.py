@@ -277,33 +277,62 @@ def _positions(values: list[str]) -> tuple[list[float], list[str] | None]:
     return [categories.index(v) for v in values], categories
 
 
+def _floor(jobs: list[Job], metric: str) -> tuple[float, float] | None:
+    """The sampling floor of `metric` (a column, or the last part of one) and its sd (0 if not recorded), from the
+    first job holding it."""
+    for j in jobs:
+        for name in (metric, metric.rsplit("/", 1)[-1]):
+            if f"floor/{name}" in j.metrics:
+                return j.metrics[f"floor/{name}"], j.metrics.get(f"floor_sd/{name}", 0.0)
+    return None
+
+
+def _draw_floor(ax: plt.Axes, floor: tuple[float, float] | None) -> list[float]:
+    """The floor as a dashed line inside its ± sd band; the values to fit on the axis."""
+    if floor is None:
+        return []
+    mean, sd = floor
+    ax.axhspan(mean - sd, mean + sd, color="k", alpha=0.12, lw=0, label="floor ± sd" if sd else None)
+    ax.axhline(mean, color="k", ls="--", lw=1, label=None if sd else "floor")
+    return [mean - sd, mean + sd] if mean - sd > 0 else [mean]
+
+
+def _log_searched(job: Job) -> set[str]:
+    """The parameters an Optuna sweep searched on a log scale (`tag(log, …)` in hydra.sweeper.params)."""
+    path = job.dir / ".hydra" / "hydra.yaml"
+    params = OmegaConf.load(path).hydra.sweeper.get("params") if path.is_file() else None
+    return {k for k, v in (params or {}).items() if "log" in str(v)}
+
+
 def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path:
     """An Optuna sweep: the objective (main_metric) against each searched parameter, one panel each, the trials
-    coloured by their order and the best one starred, the objective's sampling floor (if the jobs hold one) dashed;
-    log axes where the values are positive and span > 10x."""
+    coloured by their number and the best one starred, the objective's sampling floor (if the jobs hold one) dashed
+    in its ± sd band; log x axes where the search was log, category axes for categorical parameters."""
     ok = [j for j in jobs if j.status == "ok" and "main_metric" in j.metrics and set(search.params) <= set(j.overrides)]
     ys = [j.metrics["main_metric"] for j in ok]
-    floor = [j.metrics[f"floor/{j.main_name}"] for j in ok if f"floor/{j.main_name}" in j.metrics][:1]
+    floor, logs = _floor(ok, ok[0].main_name) if ok and ok[0].main_name else None, _log_searched(ok[0]) if ok else set()
     fig, axes = plt.subplots(1, len(search.params), figsize=(4.2 * len(search.params), 3.6), squeeze=False)
     for ax, key in zip(axes[0], search.params, strict=True):
         xs, categories = _positions([j.overrides[key] for j in ok])
-        points = ax.scatter(xs, ys, c=range(len(ok)), cmap="viridis", s=18)
+        points = ax.scatter(xs, ys, c=range(len(ok)), cmap="viridis", s=18, zorder=3)
         if search.best in ok:
             i = ok.index(search.best)
             ax.plot(xs[i], ys[i], "*", ms=15, mfc="none", mec="red", label=f"best (job {search.best.label})")
         if categories is not None:
             ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
-        elif _log_range(xs):
+        elif key in logs or _log_range(xs):
             _log_x(ax)
-        if floor:
-            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
+        fit = _draw_floor(ax, floor)
         if search.best in ok or floor:
             ax.legend(fontsize=7)
-        if _log_range(ys + floor):
+        if _log_range(ys + fit):
             ax.set_yscale("log")
-        ax.set(xlabel=key, ylabel=label, title=f"{label.split(' (')[0]} vs {key}")
+        ax.set(xlabel=key + (" (log search)" if key in logs else ""), ylabel=label,
+               title=f"{label.split(' (')[0]} vs {key}")  # fmt: skip
         ax.grid(alpha=0.3)
-    fig.colorbar(points, ax=axes[0, -1], label="trial")
+    bar = fig.colorbar(points, ax=axes[0, -1], label="trial")
+    bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+    bar.update_ticks()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -311,11 +340,15 @@ def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path
 
 
 def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: str | None = None) -> Path:
-    """One panel per metric (floor/* columns drawn as a dashed line in the panel of the same metric): the metric
-    against `x` (default: the first swept key with numeric values, else the first swept key as categories), one
-    line per combination of the other swept keys. Log axes where the values are positive and span > 10x."""
+    """One panel per metric (its floor/* and floor_sd/* columns drawn as a dashed line in a ± sd band in the panel of
+    the same metric; main_metric left out when it repeats a panel): the metric against `x` (default: the first swept
+    key with numeric values, else the first swept key as categories, as points), one line per combination of the
+    other swept keys. Log axes where the values are positive and span > 10x."""
     ok = [j for j in jobs if j.status == "ok"]
-    panels = [m for m in metrics if not m.startswith("floor/")] or metrics
+    panels = [m for m in metrics if not m.startswith(("floor/", "floor_sd/"))] or metrics
+    mains = {j.main_name for j in ok if j.main_name}
+    if "main_metric" in panels and len(mains) == 1 and any(p.endswith(f"/{m}") for m in mains for p in panels):
+        panels.remove("main_metric")  # it repeats the panel of its metric (e.g. samplers/euler_maruyama/sw2)
     titles = labels(jobs, panels)
     if x is None:
         numeric = [k for k in swept if all(_number(j.overrides.get(k, "")) is not None for j in ok)]
@@ -337,12 +370,10 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
                 xv = _number(str(x_value(j))) if is_numeric else categories.index(str(x_value(j)))
                 lines.setdefault(key, []).append((xv, j.metrics[metric]))
         for key, pts in lines.items():
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, label=key)
-        floor = [j.metrics[f] for j in ok for f in (f"floor/{metric}", f"floor/{metric.rsplit('/', 1)[-1]}")
-                 if f in j.metrics][:1]  # fmt: skip
-        if floor:
-            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
-        if _log_range([v for pts in lines.values() for _, v in pts] + floor):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, ls="-" if is_numeric else "none", label=key)
+        floor = _floor(ok, next(iter(mains)) if metric == "main_metric" and len(mains) == 1 else metric)
+        fit = _draw_floor(ax, floor)
+        if _log_range([v for pts in lines.values() for _, v in pts] + fit):
             ax.set_yscale("log")
         if is_numeric and _log_range([float(v) for v in xs]):
             _log_x(ax)
