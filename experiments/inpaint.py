@@ -1,23 +1,12 @@
-"""Inpainting with an unconditional score: sample p(x | y) for y = A x* + noise_std·n, A a mask's row selection, with
-one method of sde_diffusion.inverse, on the exact oracle or a trained run.
+"""Inpainting with an unconditional score: samples of p(x | y) for y = A x* + noise_std·n, A a mask's row selection,
+by one method of sde_diffusion.inverse, on the exact oracle or a trained run. Per held-out truth x*: the consistency
+RMS of A x − y (noise_std is its exact draws' level) and, with an exact oracle, the energy distance, mean and
+covariance errors against exact posterior draws beside their floor. Writes metrics.json, inpaint.png and a wandb
+run; returns the energy distance (oracle) or the consistency for sweepers.
 
     python experiments/inpaint.py                                         # 16-D mixture, half observed, replacement
-    python experiments/inpaint.py data=eight_gaussians method=tds         # x₁ observed; SMC
     python experiments/inpaint.py -m method=replacement,repaint,dps,tds   # one job, one wandb run per method
-    python experiments/inpaint.py checkpoint=outputs/digits_unet/DATE/checkpoints/last.pt mask=box method=dps
-
-For each of `truths` held-out draws x* (seed `seed`): y = A x* + noise_std·n, `n` samples of the method on the DDIM-η
-base step (`steps`, `eta`, `spacing`, `t_min`). With an exact oracle (data=mixture/eight_gaussians, or a checkpoint of
-such a data set), the exact posterior p(x | y) (GaussianMixture.posterior, or inpainting_posterior for noise_std = 0)
-gives the metrics, averaged over the truths: the energy distance of the samples to n exact posterior draws, the error
-‖x̄ − E[x | y]‖ of their mean, the relative Frobenius error ‖Ĉ − Cov[x | y]‖/‖Cov[x | y]‖ of their covariance, beside
-the floor (the same metrics for a second set of n exact draws). Always: the consistency error, RMS of A x − y per
-observed coordinate (noise_std is its exact draws' level), NFE, backward passes and wall time.
-
-Output dir (Hydra's): metrics.json; inpaint.png: for images one row per truth (measurement with the missing pixels
-grey, `show` samples, the truth), for vectors a scatter of the samples beside exact posterior draws for the first
-truth (the first two missing coordinates); an offline wandb run. Returns the energy distance (oracle) or the
-consistency error for Hydra sweepers.
+    python experiments/inpaint.py checkpoint=outputs/train/DATE/checkpoints/last.pt mask=box method=tds
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
-"""Summarize a Hydra multirun: one table (a column per swept key, one per metric) and a plot; failed jobs listed.
+"""Summarize a Hydra multirun (any app, any launcher): summary.csv with every numeric leaf of each job's metrics.json
+(flattened with "/", its `main_metric` a column), summary.md and summary.png with the `--metrics` selection beside
+the sampling floor ± sd, the swept keys as columns, failed jobs with their error (failure.json or the log). An
+Optuna sweep (optimization_results.yaml) names its best trial and plots the objective against each parameter.
+`final_loss` across different β(t) or SDEs is labelled not comparable (the DSM loss's scale depends on both).
 
     python experiments/summarize.py multirun/train/2026-01-01_12-00-00              # summary.csv/.md/.png there
     python experiments/summarize.py DIR --metrics '*/mmd2' 'final_loss' --x schedule.beta_max
     python experiments/summarize.py DIR --log offline        # + a wandb run (job_type "summary") in the sweep's group
-    python experiments/summarize.py multirun/beta_search/2026-01-01_12-00-00    # an Optuna sweep: its best trial
-
-Reads every job dir below DIR that holds `.hydra/overrides.yaml` (any app: train.py, compare_samplers.py,
-likelihood.py; any launcher). A job's metrics are the numeric leaves of its `metrics.json`, flattened with "/"
-(e.g. `samplers/euler_maruyama/sw2`), integers kept; its `main_metric` (train.py's sample quality, compare_samplers'
-`objective`: what the app returns to a sweeper) is the column `main_metric`, shown by default. A job without
-metrics.json is listed as failed with the error from its `failure.json` (written by the
-`sde_diffusion.apps.RecordFailure` Hydra callback), else from the last ERROR line of its log, else as "no result".
-summary.csv holds every metric; summary.md and summary.png the `--metrics` selection. Swept keys are the overrides
-whose values differ between jobs; the others are listed as fixed. `final_loss` across jobs whose β(t) or SDE differ
-is labelled as not comparable: the DSM loss's scale depends on both.
-
-An Optuna sweep (hydra-optuna-sweeper's `optimization_results.yaml` in DIR): summary.md names the best trial (its
-job dir and parameters) above the trial table, and summary.png plots main_metric, the objective, against each
-searched parameter.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
-"""Train a score model, sample it with the evaluation samplers, and write everything to the job's output dir.
+"""Train a score model by denoising score matching (Song et al. 2021, eq. 7), sample it with the evaluation
+samplers, and write metrics.json (every metric beside the sampling floor, mean ± sd, and a legend), samples.png or
+samples_<sampler>.png, loss.png, checkpoints/last.pt and an offline wandb run to the job's output dir; a
+class-conditional run adds guided grids and their class accuracy. Returns the first sampler's SW2 for sweepers.
 
-    python experiments/train.py                                   # the README's main job (eight_gaussians, ~2 min)
-    python experiments/train.py experiment=train/digits_unet      # 8x8 digits with a U-Net
+    python experiments/train.py                                     # the README's main job (eight_gaussians)
+    python experiments/train.py experiment=train/digits_unet        # 8x8 digits with a U-Net
     python experiments/train.py -m schedule=linear,cosine,constant  # one job (and wandb run) per β(t)
-
-Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, and every metric of
-sde_diffusion.evaluation against a held-out data draw, beside the sampling floor = the same metrics for independent
-data draws, mean and sd), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
-loss.png, checkpoints/last.pt (a checkpoint.RunState), wandb/ (offline run; `wandb sync` it). Returns the first
-evaluation sampler's SW2 for Hydra sweepers. A class-conditional run (model.num_classes, e.g.
-experiment=train/digits_cond) also writes guided_w<w>.png (one row per class at classifier-free guidance scale w)
-or guided.png (2-D), and metrics.json's "guidance": per w the class accuracy of the samples as judged by a classifier
-of the real data, beside that classifier's accuracy on held-out data.
-
-    torchrun --standalone --nproc_per_node=2 experiments/train.py hydra.run.dir=outputs/ddp   # DDP (docs/scaling.md)
-
-Under torchrun (or the submitit_*_ddp launchers) every process runs this script: train.batch_size is the global
-batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
-
-metrics.json's "legend" says what each metric and the floor mean (sde_diffusion.evaluation.LEGEND).
+    torchrun --standalone --nproc_per_node=2 experiments/train.py   # DDP: rank 0 writes (docs/scaling.md)
 """
 
 from __future__ import annotations

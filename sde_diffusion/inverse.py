@@ -1,17 +1,7 @@
-"""Inverse problems: sampling p(x | y) for a linear measurement y = A x + noise_std·n, n ~ N(0, I), with an
-unconditional score — replacement, RePaint, DPS and the twisted diffusion sampler (TDS), on one DDIM-η base step.
-
-x is (batch, …) and A (m, D) acts on x flattened to D = x[0].numel(); y (m,) is one measurement that every sample of
-the batch conditions on. A mask (inpainting, random pixels) is the row selection A = torch.eye(D)[mask.flatten()].
-Everything is written in α_t = s(t), σ_t = σ(t), λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike, on the grid
-t_0 = T > … > t_steps = t_min of `sampling.timesteps`. The base step from t_i to t_{i+1} is DDIM-η (Song, Meng & Ermon
-2021, eq. 12; as in `sampling/ddim.py`), with h = λ_{i+1} − λ_i and x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie):
-  x ← (α_{i+1}/α_i) r x + α_{i+1}(1 − r) x̂₀ + σ_{i+1} η √(1 − e^{−2h}) z,  r = e^{−h} √(1 − η²(1 − e^{−2h})):
-η = 1 draws from q(x_{t_{i+1}} | x_{t_i}, x₀ = x̂₀) (ancestral), η = 0 is deterministic. Every method ends with
-Tweedie's step at t_min.
-
-NFE counts score evaluations per sample path, including those differentiated through; `vjp` counts the backward
-passes through the score among them (DPS and TDS: one per step), each costing about two forward ones.
+"""Inverse problems: samples of p(x | y) for y = A x + noise_std·n, n ~ N(0, I), with an unconditional score, by
+replacement, RePaint, DPS and the twisted diffusion sampler (TDS), all on the DDIM-η base step (Song, Meng & Ermon
+2021, eq. 12) in α_t, σ_t, λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike. A (m, D) acts on x flattened (a mask
+is a row selection of the identity); NFE counts every score call, `vjp` the backward passes among them.
 """
 
 from __future__ import annotations
@@ -57,7 +47,9 @@ class _Setup:
         return tweedie_denoise(self.sde, score_fn, x, self.t[i])
 
     def step(self, x: Tensor, x0: Tensor, i: int, eta: float) -> tuple[Tensor, Tensor]:
-        """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`): its mean and its noise std."""
+        """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`), h = λ_{i+1} − λ_i: its mean
+        (α_{i+1}/α_i) r x + α_{i+1}(1 − r) x̂₀ and noise std σ_{i+1} η √(1 − e^{−2h}), r = e^{−h} √(1 − η²(1 − e^{−2h}));
+        η = 1 draws q(x_{t_{i+1}} | x_{t_i}, x₀ = x̂₀), η = 0 is deterministic."""
         h = self.lam[i + 1] - self.lam[i]
         return ddim_step(x, x0, self.alpha[i], self.alpha[i + 1], self.sigma[i + 1], h, eta)
 

@@ -1,13 +1,7 @@
-"""Experiment tracking with Weights & Biases, reduced to what the apps need, and tolerant of wandb failing.
-
-`start_run(...)` returns a `Tracker`. If wandb cannot start (no service, unwritable dir, bad settings) or a later
-call fails, the tracker warns once and turns into a no-op, so training and evaluation carry on and everything the
-app writes locally (metrics.json, plots, checkpoints) is unaffected. This is the only module that imports wandb.
-
-Series: the training loop logs `train/*` and evaluation logs `eval/*`, both against the step metric
-`trainer/step` (not wandb's internal step). Every logged step is also written to `<dir>/wandb/last_step-<id>`, so a
-run resumed from an earlier checkpoint skips the steps it already logged (they are bitwise the same) instead of
-logging them twice.
+"""Experiment tracking with Weights & Biases, reduced to what the apps need and tolerant of wandb failing: a fault
+warns once and the tracker becomes a no-op. Series are logged against `trainer/step`; every logged step is also
+written to `<dir>/wandb/last_step-<id>`, so a run resumed from an earlier checkpoint skips the steps it already
+logged (bitwise the same) instead of logging them twice. The only module that imports wandb.
 """
 
 from __future__ import annotations
