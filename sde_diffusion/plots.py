@@ -37,7 +37,9 @@ def scatter_panels(
     ref = reference.flatten(1)[:, :2].double()
     lo, hi = ref.min(0).values, ref.max(0).values
     pad = 0.15 * (hi - lo)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.7), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False, sharey=True, layout="constrained"
+    )  # fits the figure title above multi-line panel titles
     for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         xy = x.detach().flatten(1)[:max_points, :2].double().cpu().numpy()
         ax.scatter(xy[:, 0], xy[:, 1], s=1.5, alpha=0.5, color="C0" if name == "data" else "C1", rasterized=True)
@@ -127,7 +129,8 @@ def loss_curve(
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # two-line titles stay inside the image
     plt.close(fig)
     return path
