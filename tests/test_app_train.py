@@ -71,7 +71,7 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     assert run.summary["main_metric"] == pytest.approx(em["sw2"])
     assert run.summary["eval/floor_sd/sw2"] == pytest.approx(metrics["floor_sd"]["sw2"])
     assert run.summary["eval/samplers.nrows"] == 4  # two samplers, the floor and its sd
-    ((artifact),) = [a for a in run.artifacts if a["type"] == "model"]  # the final checkpoint (tables are artifacts too)
+    ((artifact),) = [a for a in run.artifacts if a["type"] == "model"]  # the checkpoint (tables are artifacts too)
     assert (artifact["name"], artifact["type"]) == (f"model-{run.run_id}", "model")
     assert [f["path"] for f in artifact["manifest"]["contents"]] == ["last.pt"]
 
