@@ -89,15 +89,18 @@ class Tracker:
         if self._new_step(step):
             self._call("log_images", _log)
 
-    def log_artifact(self, path: str | os.PathLike, name: str, type: str, metadata: Mapping[str, Any] = ()) -> None:
-        """Log a file or a directory as a wandb artifact `name` of `type` (e.g. "model"): in an offline run it is
+    def log_artifact(
+        self, paths: str | os.PathLike | Sequence[str | os.PathLike], name: str, type: str, metadata: Mapping = ()
+    ) -> None:
+        """Log files or directories as one wandb artifact `name` of `type` (e.g. "model"): in an offline run it is
         stored with the run and uploaded by `wandb sync`."""
 
         def _log(run: Any) -> None:
             import wandb
 
             artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
-            (artifact.add_dir if Path(path).is_dir() else artifact.add_file)(str(path))
+            for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
+                (artifact.add_dir if Path(path).is_dir() else artifact.add_file)(str(path))
             run.log_artifact(artifact)
 
         self._call("log_artifact", _log)
