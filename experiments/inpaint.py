@@ -116,10 +116,10 @@ def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, 
         return -x / sde.sigma(t).to(x.dtype).view(-1, *(1,) * (x.ndim - 1)) ** 2
 
     try:
-        zero = run(method, cfg, sde, origin, A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
+        dry = run(method, cfg, sde, origin, A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config error: method ({method.func.__name__}): {str(err).splitlines()[0]}") from None
-    return zero.nfe
+    return dry.nfe
 
 
 def counted(score_fn, bar: tqdm):
