@@ -10,7 +10,8 @@ sampling floor.
 
 Problems (the scores to sample), runs (sampler × steps) and rendering (sde_diffusion.apps.comparison) are apart. For
 each run: every metric of sde_diffusion.evaluation against an independent true set, the flow error of the
-deterministic samplers (RMS distance to the exact probability-flow map of the same noise), and the wall time over
+deterministic samplers on oracles (RMS distance to the exact probability-flow map of the same noise; not on a
+`checkpoint`, whose own flow differs from the oracle's by the model's error), and the wall time over
 NFE × one score call; the floor is the same metrics between independent true sets (mean ± sd). The `eval` node is
 train.yaml's (the same keys); its seeds: prior noise `seed`, a sampler's own noise `seed + 1`, reference
 `seed + 500`, floor draw k `seed + 1000 + k`. Writes comparison.csv, comparison.md, quality_vs_nfe.png and
@@ -56,6 +57,7 @@ from sde_diffusion.apps import (
     tuned_run,
 )
 from sde_diffusion.apps.comparison import HEAD, Floors, columns, write
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.diagnosis import excess_loss_by_level, plot_level_errors
 from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
 from sde_diffusion.runtime import resolve_device
@@ -204,6 +206,7 @@ def rows_of(cfg: DictConfig, evaluator: Evaluator, all_runs: list[Run], todo: li
             time_ratio = row["wall_s"] / (row["nfe"] * one_call)
             rows.append({"data": p.data, "schedule": p.schedule, **row, "sampler": r.label, "time_ratio": time_ratio})
         floors.setdefault(p.data, (ev.floor, ev.floor_sd))
+        check_samples({r.label: x for r, x in zip(all_runs, ev.samples.values(), strict=True)}, ev.reference)
     return [{c: r.get(c, math.nan) for c in columns(rows)} for r in rows], floors
 
 
@@ -245,7 +248,8 @@ def main(cfg: DictConfig) -> float | None:
         one_row = "needs a run of one row: sampler=NAME, one oracle (oracles=[NAME]) or a checkpoint, no schedules"
         raise config_error("objective", cfg.objective, f"{one_row} (this run has {len(all_runs) * len(todo)})")
     samplers = {str(i): asdict(r.run) for i, r in enumerate(all_runs)}
-    evaluator = instantiate_node(cfg, "eval", samplers=samplers, flow_error=True, _convert_="all")
+    flow_error = cfg.get("checkpoint") is None and not cfg.get("checkpoints")  # a model's flow is not the oracle's
+    evaluator = instantiate_node(cfg, "eval", samplers=samplers, flow_error=flow_error, _convert_="all")
     with start_tracker(cfg, out, job_type="compare") as tracker:
         rows, floors = rows_of(cfg, evaluator, all_runs, todo)
         value = objective(cfg, rows)

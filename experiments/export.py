@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sde_diffusion.apps import RunError, hydra_app, load_run, output_dir, require_file, require_values
+from sde_diffusion.apps import RunError, hydra_app, load_run, output_dir, require_file, require_values, start_tracker
 from sde_diffusion.checkpoint import CheckpointError, export_safetensors, load_checkpoint
 
 log = logging.getLogger("export")
@@ -36,6 +36,9 @@ def main(cfg: DictConfig) -> None:
     except CheckpointError as err:
         raise RunError(str(err)) from err
     log.info("wrote %s and %s", out / "model.safetensors", out / "config.json")
+    with start_tracker(cfg, output_dir(), job_type="export") as tracker:  # the export as a "model" artifact
+        tracker.log_artifact([out / "model.safetensors", out / "config.json"], f"export-{state.get('wandb_run_id')}",
+                             "model", {"checkpoint": str(cfg.checkpoint), "step": state.get("step")})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from sde_diffusion.apps import (
     sweep_run_name,
     tuned_run,
 )
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.evaluation import SamplerRun, legend
 from sde_diffusion.guidance import classifier_free
@@ -193,6 +194,7 @@ def main(cfg: DictConfig) -> float | None:
         summary |= {f"sample/floor/{k}": v for k, v in result.get("floor", {}).items()}
         tracker.log_images({"samples": png})
         tracker.summary(summary | ({"main_metric": result["main_metric"]["value"]} if evaluator else {}))
+        check_samples({run.name: x}, data.reference)
         return result["main_metric"]["value"] if evaluator else None
 
 

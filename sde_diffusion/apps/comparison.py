@@ -102,6 +102,9 @@ def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] 
                     ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=color[label], label=label)
             if metric in floors[data][0]:
                 ax.axhline(floors[data][0][metric], color="k", ls="--", label="floor")
+            if not ax.lines:  # e.g. flow_error on a checkpoint, whose own flow is not the oracle's exact one
+                note = "deterministic samplers of an exact score only" if metric == "flow_error" else "none measured"
+                ax.text(0.5, 0.5, f"{metric}: {note}", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             _log_axes(ax, metric)
             ax.set(xlabel="NFE", ylabel=metric, title=f"{data}: {metric}")
     axes[0, 0].legend(fontsize=7)
