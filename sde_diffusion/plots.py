@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .data import Scaler  # noqa: E402
+
 
 def describe(data: str, sde: object, run: str | None = None) -> str:
     """A title line naming the data set, the SDE with its β(t) and, in a sweep, the run: what every figure shows."""
@@ -59,7 +61,7 @@ def image_grid(
     path: str | Path,
     title: str = "",
     nrow: int | None = None,
-    scaler=None,
+    scaler: Scaler | None = None,
     min_size: int = 512,
     row_labels: Sequence[str] | None = None,
 ) -> Path:

@@ -176,6 +176,7 @@ def conf_nodes():
 # restates must equal the default: one source, conf/ restating Python where a user reads it).
 DIFFERS = {
     "logger/none.yaml.mode": "the file's whole point: no tracker",
+    "logger/wandb.yaml.job_type": "null: each app records its own job_type",
     "schedule/constant.yaml.beta": "10 reaches B(T) >= 6.91 (N(0, I) prior) at T = 1; the class keeps 5",
     "train.yaml.eval.seed": "the evaluation draws apart from training's seed",
     "train.yaml.eval.mmd_samples": "MMD² is quadratic: 2000 of the 10 000 evaluation samples",

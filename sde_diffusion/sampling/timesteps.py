@@ -22,7 +22,7 @@ def timesteps(
     t_min: float,
     spacing: str = "time_uniform",
     rho: float = 7.0,
-    device=None,
+    device: torch.device | str | None = None,
     custom: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     """steps + 1 decreasing times from T to t_min (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
