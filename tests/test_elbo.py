@@ -5,9 +5,8 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
-
 from torch import Tensor
+from torch.distributions import Independent, Normal, kl_divergence
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, LinearBeta, SubVPSDE, mixture
 from sde_diffusion.elbo import diffusion_term, elbo, gaussian_reconstruction, prior_kl, time_draws
