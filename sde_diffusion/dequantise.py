@@ -73,7 +73,7 @@ def discretised_reconstruction(
     z = mean + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     s = expand_as(sde.scale(tm), x)
     grid = scaler.to_model(torch.arange(scaler.levels, dtype=x.dtype, device=x.device))
-    logits = -((z / s).unsqueeze(-1) - grid) ** 2 * (s / std).unsqueeze(-1) ** 2 / 2
+    logits = -(((z / s).unsqueeze(-1) - grid) ** 2) * (s / std).unsqueeze(-1) ** 2 / 2
     logp = torch.log_softmax(logits, -1).gather(-1, k.long().unsqueeze(-1)).squeeze(-1)
     return -logp.flatten(1).sum(1)
 

@@ -121,4 +121,3 @@ def elbo(
         diffusion, sem = diffusion_term(sde, score_fn, x, t_min, n_t, importance, generator)
         prior, recon = prior_kl(sde, x), gaussian_reconstruction(sde, x, t_min)
     return ELBO(prior + diffusion + recon, prior, diffusion, recon, sem, n_t)
-
