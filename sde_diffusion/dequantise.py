@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .data import Scaler
 from .elbo import diffusion_term, elbo, prior_kl
-from .likelihood import Scaler
 from .sde import SDE, ScoreFn, expand_as
 
-METHODS = ("uniform", "truncnormal", "discretised")
+DEQUANTISATIONS = ("uniform", "truncnormal", "discretised")
 
 
 @dataclass
@@ -102,7 +102,7 @@ def discrete_elbo(
     score_fn: ScoreFn,
     x: Tensor,
     scaler: Scaler,
-    method: str = "uniform",
+    dequantisation: str = "uniform",
     n_draws: int = 4,
     t_min: float = 1e-5,
     n_t: int = 16,
@@ -110,15 +110,16 @@ def discrete_elbo(
     tau: float = 0.25,
     generator: torch.Generator | None = None,
 ) -> DiscreteELBO:
-    """The `method` bound on −log P(k) (module docstring) for quantised x in model space, averaged over `n_draws`
-    draws of the dequantisation (or of the decoder's noise); SE from their spread. τ: truncnormal's scale, in levels."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    """The `dequantisation` bound on −log P(k) (module docstring) for quantised x in model space, averaged over
+    `n_draws` draws of the dequantisation (or of the decoder's noise); SE from their spread. τ: truncnormal's scale,
+    in levels."""
+    if dequantisation not in DEQUANTISATIONS:
+        raise ValueError(f"dequantisation must be one of {DEQUANTISATIONS}, got {dequantisation!r}")
     if n_draws < 2:
         raise ValueError(f"n_draws must be >= 2 (the SE needs two), got {n_draws}")
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     opts = {"t_min": t_min, "n_t": n_t, "importance": importance, "tau": tau}
     with torch.no_grad():
-        draws = torch.stack([_draw(sde, score_fn, x, scaler, method, opts, generator) for _ in range(n_draws)])
+        draws = torch.stack([_draw(sde, score_fn, x, scaler, dequantisation, opts, generator) for _ in range(n_draws)])
     return DiscreteELBO(draws.mean(0), draws.std(0) / math.sqrt(n_draws), n_draws * n_t, x[0].numel())

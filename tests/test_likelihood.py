@@ -192,8 +192,8 @@ def test_bad_arguments_raise():
         ({"divergence": "trace"}, "divergence"),
         ({"noise": "uniform"}, "noise"),
         ({"solver": "rk4"}, "solver"),
-        ({"eps": 0.0}, "eps"),
-        ({"eps": 1.0}, "eps"),
+        ({"t_min": 0.0}, "t_min"),
+        ({"t_min": 1.0}, "t_min"),
         ({"rtol": 0.0}, "rtol"),
         ({"steps": 0, "solver": "euler"}, "steps"),
     ]:
