@@ -35,6 +35,8 @@ class ScoreModel(nn.Module):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         self.net, self.sde, self.parameterization = net, sde, parameterization
+        if isinstance(getattr(sde, "schedule", None), nn.Module):  # a learned β(t): its parameters join the state dict
+            self.schedule = sde.schedule
         self.num_classes: int | None = getattr(net, "num_classes", None)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
