@@ -35,7 +35,7 @@ def uniform_t_loss(sde: VPSDE, score_fn, x: torch.Tensor, generator: torch.Gener
     u = (torch.rand((), generator=generator, dtype=x.dtype) + torch.arange(n, dtype=x.dtype) / n) % 1
     t = T_MIN + (sde.T - T_MIN) * u
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    mean, std = sde.marginal_prob(x, t)
+    mean, std = sde.scale(t)[:, None] * x, sde.sigma(t)[:, None]
     r = noise + std * score_fn(mean + std * noise, t)
     w = sde.g(t) ** 2 / (2 * sde.sigma(t) ** 2)
     diffusion = (sde.T - T_MIN) * w * r.pow(2).sum(1)

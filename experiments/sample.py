@@ -118,7 +118,7 @@ def draw(
             if labels is not None:
                 y = labels[done : done + len(chunk)].to(device)
                 score = classifier_free(model, y, cfg.w, null_label=model.num_classes)
-            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
                          denoise=run.denoise, x_T=chunk, generator=generator, device=device,
                          progress=cfg.progress and len(chunks) == 1, **run.options)  # fmt: skip
             outs.append(res.x.float().cpu())
@@ -178,13 +178,13 @@ def main(cfg: DictConfig) -> float | None:
         x, nfe, wall = draw(cfg, model, sde, run, shape, labels, device)
         arrays = data_space(x, data.scaler) | ({"labels": labels.numpy()} if labels is not None else {})
         np.savez(out / "samples.npz", **arrays)
-        result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "eps": run.eps,
+        result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "eps": run.t_min,
                   "denoise": run.denoise, "options": dict(run.options), "timesteps": grid, "nfe": nfe, "wall_s": wall,
                   "n": cfg.n, "seed": cfg.seed, "labels": cfg.labels, "w": cfg.w}  # fmt: skip
         if evaluator is not None:
             reference = evaluator.reference(data.reference)
             floor, floor_sd = evaluator.floor(data.reference, reference, data.oracle)
-            row = evaluator.score(x, reference, floor, data.oracle)
+            row = evaluator.metrics(x, reference, floor, data.oracle)
             result |= {"metrics": row, "floor": floor, "floor_sd": floor_sd, "legend": legend(row)}
             result["main_metric"] = {"name": "sw2", "value": row["sw2"]}
         guided = f", labels={cfg.labels}, w={cfg.w:g}" if labels is not None else ""

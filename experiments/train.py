@@ -19,6 +19,10 @@ Under torchrun (or the submitit_*_ddp launchers) every process runs this script:
 batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
 
 metrics.json's "legend" says what each metric and the floor mean (sde_diffusion.evaluation.LEGEND).
+
+SIGTERM or SIGUSR1 (under submitit: its signal) stops training at the next step boundary: checkpoints/last.pt is
+saved and the process ends by that signal for the launcher to requeue; train.resume=auto continues bitwise
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from sde_diffusion.class_eval import GuidedEvaluation
 from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
-from sde_diffusion.training import NonFiniteLossError, Trainer
+from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
 
 log = logging.getLogger("train")
 
@@ -85,6 +89,9 @@ def main(cfg: DictConfig) -> float:
     ctx = distributed.init(device)
     try:
         return train(cfg, ctx)
+    except Preempted as stop:  # last.pt is saved: hand the signal on (the launcher requeues), docs/reliability.md
+        distributed.cleanup()
+        stop.resend()
     finally:
         distributed.cleanup()
 
@@ -100,8 +107,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     guided = instantiate_node(cfg, "guidance", _convert_="all")
     check_run(guided.sampler, built.sde, "guidance.sampler")
     resume_path, run = resume_state(cfg, out / "checkpoints" / "last.pt")
-    hooks = StepHooks(cfg, out, run, evaluator, built)
-    trainer = build_trainer(cfg, built, ctx, hooks)
+    hooks, stop = StepHooks(cfg, out, run, evaluator, built), StopOnSignal()
+    trainer = build_trainer(cfg, built, ctx, [hooks, stop])
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
     if cfg.train.threads:
@@ -110,14 +117,20 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     with hooks.tracker:
         start = time.perf_counter()
         try:
-            trainer.fit()
+            with stop:  # SIGTERM/SIGUSR1: stop at the next step boundary; one after the last step acts after the save
+                trainer.fit()
+                wall = time.perf_counter() - start
+                hooks.save(trainer)
         except NonFiniteLossError as err:
             hooks.save(trainer)
             raise RunError(
                 f"{err}; that state is saved to {hooks.path} (continue with train.resume=auto, e.g. with a lower lr)"
             ) from err
-        wall = time.perf_counter() - start
-        hooks.save(trainer)
+        except Preempted as err:
+            hooks.save(trainer)
+            distributed.barrier()  # every rank exits after rank 0's save
+            log.warning("%s: saved %s; train.resume=auto continues from there", err, hooks.path)
+            raise
         evaluation = hooks.evaluate(trainer)
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
@@ -128,12 +141,12 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
 
 
-def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, hooks: StepHooks) -> Trainer:
+def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callbacks: list) -> Trainer:
     """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
     partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
     try:
         return partial(
-            built.model, built.sde, built.data, device=ctx.device, callbacks=[hooks],
+            built.model, built.sde, built.data, device=ctx.device, callbacks=callbacks,
             progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
         )  # fmt: skip
     except ArgumentError as err:
@@ -173,7 +186,7 @@ class StepHooks:
 
     def __init__(self, cfg: DictConfig, out: Path, run: RunState, evaluator: Evaluator, built: Built):
         self.cfg, self.run, self.evaluator, self.built = cfg, run, evaluator, built
-        self.path, self.tracker, self.window = out / "checkpoints" / "last.pt", Tracker(), []
+        self.path, self.tracker, self.window = out / "checkpoints" / "last.pt", Tracker(), run.loss_window
 
     def __call__(self, trainer: Trainer, logs: dict) -> None:
         t, step = self.cfg.train, logs["step"]
@@ -207,7 +220,7 @@ class StepHooks:
         """checkpoints/last.pt (rank 0: every rank holds the same state, docs/scaling.md)."""
         if trainer.rank == 0:
             config = OmegaConf.to_container(self.cfg, resolve=True)
-            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history)
+            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history, self.window)
             save_checkpoint(self.path, state.to_state(), keep_last=self.cfg.train.keep_last)
 
 

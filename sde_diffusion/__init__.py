@@ -13,7 +13,7 @@ from .schedules import (
     PolynomialBeta,
     SigmoidBeta,
 )
-from .sde import SDE, VESDE, VPSDE, DDPMSchedule, ReverseSDE, SubVPSDE, expand_as
+from .sde import SDE, VESDE, VPSDE, DDPMSchedule, SubVPSDE, expand_as
 
 __all__ = [
     "SDE",
@@ -30,7 +30,6 @@ __all__ = [
     "LinearBeta",
     "LogSNRLinearBeta",
     "PolynomialBeta",
-    "ReverseSDE",
     "SigmoidBeta",
     "SubVPSDE",
     "eight_gaussians",

@@ -1,13 +1,6 @@
-"""An exact oracle: a Gaussian mixture, its density, and its exact score under every SDE here.
-
-Under a linear SDE x_t = s(t)x_0 + σ(t)ε, so each component N(μ_k, Σ_k) of the data stays Gaussian:
-N(s μ_k, s²Σ_k + σ²I). With Σ_k = U_k diag(λ_k) U_kᵀ the diffused covariance is U_k diag(s²λ_k + σ²) U_kᵀ,
-so its inverse and log-determinant cost one projection, at every t, with no factorisation per step.
-Conditioning stays in closed form too: a class (a set of components) is again a mixture, the time-t classifier is
-the diffused responsibilities, and a linear-Gaussian measurement gives a mixture posterior (exact conditional scores
-and posterior samples). `PerturbedScore` adds a controlled ε-error to the exact score, `eps_error` measures one.
-Everything is computed in float64 and returned in the input's dtype.
-"""
+"""An exact oracle: a Gaussian mixture whose components stay Gaussian under x_t = s(t)x₀ + σ(t)ε (Song et al. 2021,
+eq. 29), N(μ_k, Σ_k) → N(sμ_k, s²Σ_k + σ²I), so its density, score, time-t classifier and linear-Gaussian posteriors
+are closed forms. Computed in float64, returned in the input's dtype."""
 
 from __future__ import annotations
 
@@ -57,7 +50,10 @@ class GaussianMixture:
         return self.means[k] + torch.einsum("nij,nj->ni", root[k], z), k
 
     def _diffused(self, x: Tensor, s: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-component log w_k N(x; sμ_k, s²Σ_k + σ²I) and the precision-weighted residual C_k⁻¹(x − sμ_k)."""
+        """Per-component log w_k N(x; sμ_k, s²Σ_k + σ²I) and the precision-weighted residual C_k⁻¹(x − sμ_k).
+
+        With Σ_k = U_k diag(λ_k) U_kᵀ, C_k = U_k diag(s²λ_k + σ²) U_kᵀ: inverse and log-determinant cost one projection.
+        """
         x = x.to(torch.float64)
         weights, means, eigvals, eigvecs = (
             p.to(x.device) for p in (self.weights, self.means, self._eigvals, self._eigvecs)
@@ -222,10 +218,10 @@ def mixture(dim: int = 16, k: int = 10, seed: int = 0) -> GaussianMixture:
     return GaussianMixture(weights / weights.sum(), means, 0.5 * (covs + covs.transpose(1, 2)))
 
 
-def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, eps: float, generator: torch.Generator | None):
-    """t ~ U(eps, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
+def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, t_min: float, generator: torch.Generator | None):
+    """t ~ U(t_min, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
     x0 = oracle.sample(n, generator=generator)
-    t, noise = dsm_draws(sde, x0.shape, eps, generator, torch.float64)
+    t, noise = dsm_draws(sde, x0.shape, t_min, generator, torch.float64)
     return t, sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
 
 
@@ -234,18 +230,18 @@ def eps_error(
     score_fn: ScoreFn,
     oracle: GaussianMixture,
     n: int = 20_000,
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> float:
     """The ε-prediction RMS error (E‖ε̂ − ε̂*‖²/D)^½ = (E‖σ(t)(s(x_t, t) − s*(x_t, t))‖²/D)^½ of `score_fn` against
-    the oracle's exact score s*, over n draws t ~ U(eps, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
+    the oracle's exact score s*, over n draws t ~ U(t_min, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
 
-    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same eps) over the exact score's, as
+    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same t_min) over the exact score's, as
     ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
     """
-    t, x = _noised_draws(sde, oracle, n, eps, generator)
+    t, x = _noised_draws(sde, oracle, n, t_min, generator)
     s = score_fn(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to("cpu", torch.float64)
     diff = sde.sigma(t)[:, None] * (s - oracle.score_fn(sde)(x, t))
     return float(diff.square().mean().sqrt())
@@ -256,17 +252,15 @@ class PerturbedScore:
     a stand-in for a trained network whose error is known.
 
       kind "scale": ε̂ = (1 + size)·ε̂*, i.e. s = (1 + size)·s*: a network that over- (size > 0) or under-shoots (−1 <
-        size < 0) its ε; its ε-RMS error is |size|·RMS(ε̂*), with RMS(ε̂*) < 1 (VP, linear β: 0.87 on 8-Gaussians,
-        0.92 on the 16-D mixture).
+        size < 0) its ε; its ε-RMS error is |size|·RMS(ε̂*), with RMS(ε̂*) < 1.
       kind "bias": ε̂ = ε̂* + size·b(x, t), i.e. s = s* − size·b/σ(t), with b a fixed smooth random field: random
         Fourier features (Rahimi & Recht 2007) b_d = c Σ_f u_df cos(ω_fᵀx̃ + ν_f t/T + φ_f) of the standardised
         x̃ = x/(s(t)² + σ(t)²)^½, ω_f ~ N(0, I/length_scale²), ν_f ~ N(0, (2π)²), φ_f ~ U[0, 2π), u_d uniform on
-        the unit sphere, all drawn from `seed`; c makes b of unit RMS over t ~ U(1e-5, T), x_t ~ p_t (measured on
+        the unit sphere, all drawn from `seed`; c makes b of unit RMS over t ~ U(1e-5, T), x_t ~ p_t (estimated on
         2¹⁴ seeded draws), so its ε-RMS error (`eps_error`) is |size|.
 
     `size` is a number or a name from SIZES: "small" ≈ the ε-RMS error of the default MLP (3×128) trained for the
-    default 4000 steps, "large" ≈ one trained for 500 (measured by `eps_error`, VP linear β: 0.051 and 0.27 on
-    8-Gaussians, 0.11 and 0.26 on the 16-D mixture). Returned in x's dtype; computed in float64.
+    default 4000 steps, "large" ≈ one trained for 500 (docs/samplers.md). Returned in x's dtype; computed in float64.
     """
 
     KINDS = ("scale", "bias")
@@ -323,17 +317,17 @@ def exact_flow_map(
     sde: SDE,
     mixture: GaussianMixture,
     x_T: Tensor,
-    eps: float,
+    t_min: float,
     rtol: float = 1e-10,
     atol: float = 1e-10,
     denoise: bool = False,
     T: float | None = None,
 ) -> Tensor:
-    """x_T carried from T (the SDE's, or the start time given) to eps by the probability-flow ODE (Song et al. 2021,
+    """x_T carried from T (the SDE's, or the start time given) to t_min by the probability-flow ODE (Song et al. 2021,
     eq. 13) of the exact mixture score.
 
     Solved in float64 by DOP853 to `rtol`/`atol` (on the CPU, through `scipy_ode.solve`); with `denoise` also
-    Tweedie's step at eps, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
+    Tweedie's step at t_min, to pair with samplers run with denoise=True. Returned in x_T's dtype and device.
     """
     score = mixture.score_fn(sde)
     x = x_T.detach().flatten(1).to(device="cpu", dtype=torch.float64)
@@ -342,8 +336,8 @@ def exact_flow_map(
         tt = torch.full((y.shape[0],), t, dtype=torch.float64)
         return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
 
-    x, _ = solve(drift, x, sde.T if T is None else T, eps, "DOP853", rtol, atol, desc="exact_flow_map")
+    x, _ = solve(drift, x, sde.T if T is None else T, t_min, "DOP853", rtol, atol, desc="exact_flow_map")
     if denoise:
-        te = torch.full((x.shape[0],), eps, dtype=torch.float64)
+        te = torch.full((x.shape[0],), t_min, dtype=torch.float64)
         x = sde.tweedie(x, te, score(x, te))
     return x.to(dtype=x_T.dtype, device=x_T.device).view(x_T.shape)

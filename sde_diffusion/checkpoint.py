@@ -96,29 +96,58 @@ def load_checkpoint(
     return state
 
 
+def check_fits(module: torch.nn.Module, state: dict, key: str) -> None:
+    """CheckpointError listing the missing, unexpected and mis-shaped keys when `state` (the checkpoint's `key`) is
+    not a state dict of `module`."""
+    own = module.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(own.keys() & state.keys())
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [f"missing {missing[:5]}"] if missing else []
+    parts += [f"unexpected {unexpected[:5]}"] if unexpected else []
+    parts += ["shape (checkpoint vs model) " + ", ".join(shapes[:5])] if shapes else []
+    if parts:
+        raise CheckpointError(f"checkpoint's {key!r} does not fit this model: " + "; ".join(parts))
+
+
 @dataclass
 class RunState:
     """What a training run saves: `trainer` (Trainer.state_dict()), the resolved `config` of the run, its
-    `wandb_run_id` (a resumed run continues it) and `loss_history`, the (step, mean loss) rows logged so far."""
+    `wandb_run_id` (a resumed run continues it), `loss_history`, the (step, mean loss) rows logged so far, and
+    `loss_window`, the losses of the steps since the last row (a run stopped between rows resumes its mean)."""
 
     trainer: dict
     config: dict | None = None
     wandb_run_id: str | None = None
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    loss_window: list[float] = field(default_factory=list)
 
     def to_state(self) -> dict:
-        """One flat dict for `save_checkpoint`: the trainer's keys beside `config`, `wandb_run_id` and
-        `loss_history` (a float64 tensor of shape (rows, 2))."""
+        """One flat dict for `save_checkpoint`: the trainer's keys beside `config`, `wandb_run_id`, `loss_history`
+        (a float64 tensor of shape (rows, 2)) and `loss_window` (float64, shape (steps,))."""
         history = torch.tensor(self.loss_history, dtype=torch.float64).reshape(-1, 2)
-        return self.trainer | {"config": self.config, "wandb_run_id": self.wandb_run_id, "loss_history": history}
+        window = torch.tensor(self.loss_window, dtype=torch.float64)
+        return self.trainer | {
+            "config": self.config,
+            "wandb_run_id": self.wandb_run_id,
+            "loss_history": history,
+            "loss_window": window,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RunState:
         """The inverse of `to_state`; a bare Trainer state (no config, run id or history) is a RunState too."""
-        trainer = {k: v for k, v in state.items() if k not in ("config", "wandb_run_id", "loss_history")}
+        trainer = {k: v for k, v in state.items() if k not in _RUN_KEYS}
         history = state.get("loss_history", torch.zeros(0, 2)).tolist()
-        return cls(trainer, state.get("config"), state.get("wandb_run_id"), [(int(s), loss) for s, loss in history])
+        window = state.get("loss_window", torch.zeros(0)).tolist()
+        rows = [(int(s), loss) for s, loss in history]
+        return cls(trainer, state.get("config"), state.get("wandb_run_id"), rows, window)
 
+
+_RUN_KEYS = ("config", "wandb_run_id", "loss_history", "loss_window")
 
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 

@@ -1,14 +1,8 @@
 """Class-conditional samples judged by a classifier of the real data: for each classifier-free guidance scale w
-(Ho & Salimans 2022), samples of every class and the share of them a classifier assigns to the class asked for.
+(Ho & Salimans 2022, eq. 6), samples of every class and the share of them the judge assigns to the class asked for.
 
     evaluator = GuidedEvaluator({"name": "ddim", "steps": 50}, scales=[0, 1, 3], per_class=50)
     result = evaluator(sde, model, data)  # model(x, t, y) conditional, with num_classes; data labelled
-
-The judge (`fit_judge`): with an oracle (a Gaussian mixture whose components are the classes) its Bayes classifier
-argmax_k p(k | x), which no classifier beats; else a scikit-learn SVC (RBF kernel, gamma="scale") fitted on every
-example of the training split. Beside the samples' accuracy stands the judge's own accuracy on real held-out data
-(the held-out split, or 10 000 draws of the oracle): what a perfect sampler would score. Every scale starts from the
-same x_T (seed `seed`) with the same sampler noise (seed + 1): common random numbers, so the scales differ only in w.
 """
 
 from __future__ import annotations
@@ -38,8 +32,10 @@ class Judge:
 
 
 def fit_judge(data: Any, n_reference: int = 10_000, seed: int = 0) -> Judge:
-    """The judge of a labelled data set (module docstring); `n_reference` oracle draws (seed `seed`) score a Bayes
-    classifier."""
+    """The judge of a labelled data set: with an oracle (a mixture whose components are the classes) its Bayes
+    classifier argmax_k p(k | x), which no classifier beats, scored on `n_reference` oracle draws (seed `seed`); else an
+    RBF SVC (gamma="scale") fitted on the training split, scored on the held-out one. That accuracy on real data is
+    what a perfect sampler would score."""
     if data.oracle is not None:
         oracle = data.oracle
 
@@ -73,7 +69,8 @@ class GuidedEvaluation:
 
 class GuidedEvaluator:
     """Samples `per_class` points of every class at each guidance scale w of `scales` with `sampler` (a SamplerRun or
-    its fields) and judges them (module docstring)."""
+    its fields) and judges them (`fit_judge`). Every scale starts from the same x_T (seed `seed`) with the same sampler
+    noise (seed + 1): common random numbers, so the scales differ only in w."""
 
     def __init__(
         self, sampler: SamplerRun | Mapping[str, Any], *, scales: Sequence[float], per_class: int, seed: int = 0
@@ -98,7 +95,7 @@ class GuidedEvaluator:
             score = classifier_free(model, y.to(device), w, null_label=c)
             generator = torch.Generator(device).manual_seed(self.seed + 1)
             t0 = time.perf_counter()
-            res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+            res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
                          denoise=run.denoise, x_T=x_T, generator=generator, device=device, **run.options)  # fmt: skip
             x = res.x.float().cpu()
             hit = (judge.predict(x) == y).double()

@@ -1,18 +1,9 @@
-"""Data sets held in memory and batched by generator-drawn indices: no DataLoader, no download.
+"""Data sets held in memory, batched by indices drawn from the generator passed in (no DataLoader, no download), so
+the trainer's generator state is the stream's position. Batches are float32 on the CPU, in model space.
 
-Every set has `shape` (one example's shape), `oracle` (the exact density when the set is a Gaussian mixture),
-`scaler` (images: raw integer levels <-> model space [-1, 1]), `batch(n, generator)` and
-`reference(n, generator)`. All randomness of a batch comes from the generator passed in, so the trainer's
-generator state is the data stream's position and a resumed run continues the same stream. Batches are
-float32 on the CPU, in model space. Finite sets draw i.i.d. indices (with replacement) from their training
-split; `reference` draws from a held-out split that training never sees.
-
-Labelled sets (`num_classes` = C, None for unlabelled ones) also have `batch_with_labels(n, generator)` and
-`reference_with_labels(n, generator)`, which return (x, y) with y ∈ {0, …, C − 1} of shape (n,), long; their x is
-exactly `batch`'s / `reference`'s for the same generator state (one draw gives both).
-
-2-D sets follow the recipes of FFJORD (Grathwohl et al. 2019), which most papers' toy figures use, and lie
-in roughly [−4, 4]².
+Every set has `shape`, `oracle` (the exact density of a Gaussian-mixture set), `scaler` (images: integer levels ↔
+[−1, 1]), `num_classes` (None if unlabelled), `batch(n, generator)` and `reference(n, generator)` (held-out data);
+labelled sets also `batch_with_labels` and `reference_with_labels`: the same x and its (n,) long labels.
 """
 
 from __future__ import annotations
@@ -26,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture, eight_gaussians, mixture
+from .checks import check_number
 
 
 @dataclass(frozen=True)
@@ -99,6 +91,8 @@ class MixtureData(MixtureSet):
 
 
 class _Toy2D:
+    """A 2-D toy set after FFJORD's recipes (Grathwohl et al. 2019), in roughly [−4, 4]²; reference = batch."""
+
     shape = (2,)
     oracle = None
     scaler = None
@@ -123,8 +117,7 @@ class SwissRoll(_Toy2D):
     """sklearn's swiss roll, (t cos t, t sin t) + noise with t ~ U(1.5π, 4.5π), divided by 5 (FFJORD)."""
 
     def __init__(self, noise: float = 1.0):
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
+        check_number("noise", noise, ge=0)
         self.noise = noise
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:
@@ -137,8 +130,7 @@ class Moons(_Toy2D):
     """sklearn's two interleaved half circles plus noise, scaled by 2 and centred (FFJORD)."""
 
     def __init__(self, noise: float = 0.1):
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
+        check_number("noise", noise, ge=0)
         self.noise = noise
 
     def batch(self, n: int, generator: torch.Generator) -> Tensor:

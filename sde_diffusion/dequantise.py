@@ -69,7 +69,7 @@ def discretised_reconstruction(
 ) -> Tensor:
     """−log p(k | z), z ~ q(x_tmin | x), with p(k_d | z) = softmax_j(−(z_d/s − to_model(j))²·s²/(2σ²)) (VDM App. C)."""
     tm = torch.full((x.shape[0],), t_min, dtype=x.dtype, device=x.device)
-    mean, std = sde.marginal_prob(x, tm)
+    mean, std = expand_as(sde.scale(tm), x) * x, expand_as(sde.sigma(tm), x)
     z = mean + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     s = expand_as(sde.scale(tm), x)
     grid = scaler.to_model(torch.arange(scaler.levels, dtype=x.dtype, device=x.device))

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .checks import ArgumentError
+from .checks import ArgumentError, check_choice, check_number
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,29 @@ def shard(rank: int, world_size: int, n: int) -> slice:
         raise ArgumentError("batch_size", n, f"divisible by the number of processes, {world_size}")
     size = n // world_size
     return slice(rank * size, (rank + 1) * size)
+
+
+def check_ranks(rank: int, world_size: int) -> None:
+    """`world_size` is 1 or the process group's size and 0 <= `rank` < `world_size`; else ArgumentError."""
+    check_choice("world_size", world_size, sorted({1, dist.get_world_size() if dist.is_initialized() else 1}))
+    check_number("rank", rank, integer=True, ge=0, lt=world_size)
+
+
+def wrap(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """`model` in DistributedDataParallel when `world_size` > 1 (it broadcasts rank 0's weights and buffers, then
+    averages the gradients in backward), else `model` itself."""
+    if world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def mean(x: Tensor, world_size: int) -> Tensor:
+    """The mean of `x` over the `world_size` ranks (a new tensor, all-reduced); `x` itself for one process."""
+    if world_size == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size
 
 
 def split(n: int, rank: int, world_size: int) -> int:

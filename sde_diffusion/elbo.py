@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sde import SDE, ScoreFn
+from .sde import SDE, ScoreFn, expand_as
 
 
 @dataclass
@@ -93,7 +93,7 @@ def diffusion_term(
     terms = []
     for tj, wj in zip(t, weight, strict=True):
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        mean, std = sde.marginal_prob(x, tj)
+        mean, std = expand_as(sde.scale(tj), x) * x, expand_as(sde.sigma(tj), x)  # x_t = s x + σ ε (eq. 29)
         r = noise + std * score_fn(mean + std * noise, tj)
         h = r.pow(2).flatten(1).sum(1)
         if control_variate is not None:

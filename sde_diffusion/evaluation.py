@@ -1,14 +1,8 @@
-"""Sample quality of a set of samplers: every metric against one held-out draw of the data, beside the sampling
-floor (the same metrics for independent draws of the data itself, mean ± sd).
+"""Sample quality of a set of samplers: every metric (`sample_metrics`) against one held-out draw of the data, beside
+the sampling floor, the same metrics for independent draws of the data itself (mean ± sd).
 
     evaluator = Evaluator({"em": {"name": "euler_maruyama", "steps": 1000}}, n_samples=10_000)
     result = evaluator(sde, score_fn, data.reference, data.shape, oracle=data.oracle)
-
-One protocol for every app: from `seed`, the prior noise x_T is drawn with `seed`, every sampler's own noise
-with `seed + 1` (the same for all: common random numbers, so the samplers differ only in themselves), the
-reference set with `seed + 500` and floor draw k with `seed + 1000 + k`. `sample_metrics` holds every metric:
-adding one is adding a line there. Under torchrun each process samples its share of x_T and every process gets
-all samples and the same result back.
 """
 
 from __future__ import annotations
@@ -82,18 +76,18 @@ def sample_metrics(
 
 @dataclass(frozen=True)
 class SamplerRun:
-    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, eps=eps, denoise=denoise,
+    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, t_min=t_min, denoise=denoise,
     **options)`."""
 
     name: str
     steps: int
-    eps: float = 1e-3
+    t_min: float = 1e-3
     denoise: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self, sde: SDE) -> None:
         """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
-        check_sampler(self.name, steps=self.steps, eps=self.eps, options=self.options, sde_type=type(sde), T=sde.T)
+        check_sampler(self.name, steps=self.steps, eps=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
         check_choice("denoise", self.denoise, (True, False))
 
 
@@ -119,9 +113,13 @@ class Evaluation:
 
 
 class Evaluator:
-    """Samples `n_samples` points with every sampler of `samplers` ({slot: SamplerRun or its fields}) and scores
-    them (module docstring). `batch_size` bounds the samples solved at once; `floor_repeats` data draws give the
-    floor; `flow_error` also compares the deterministic samplers with the exact flow map (needs an oracle)."""
+    """Samples `n_samples` points with every sampler of `samplers` ({slot: SamplerRun or its fields}) and measures
+    them. `batch_size` bounds the samples solved at once; `floor_repeats` data draws give the floor; `flow_error` also
+    compares the deterministic samplers with the exact flow map (needs an oracle).
+
+    One protocol for every app: x_T is drawn with `seed`, every sampler's own noise with `seed + 1` (common random
+    numbers: the samplers differ only in themselves), the reference with `seed + 500` and floor draw k with
+    `seed + 1000 + k`. Under torchrun each process samples its share of x_T and all get every sample back."""
 
     def __init__(
         self,
@@ -154,7 +152,7 @@ class Evaluator:
         """The held-out draw every sampler is scored against: `draw(n_samples)` seeded with `seed + 500`."""
         return draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
 
-    def score(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
+    def metrics(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
               ) -> dict[str, float]:  # fmt: skip
         """Every metric of samples `x` against `reference`, and `sw2_over_floor` (SW₂ over the floor's mean)."""
         row = sample_metrics(x, reference, oracle, **self.metric_kw)
@@ -196,18 +194,18 @@ class Evaluator:
             generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
             t0 = time.perf_counter()
             try:
-                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.eps,
+                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
                              denoise=run.denoise, x_T=mine, generator=generator, device=device,
                              batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
             except (RuntimeError, ValueError) as err:
                 raise SamplerFailed(slot, run.name, err) from err
             x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)
             row = {"sampler": run.name, "steps": run.steps, "nfe": nfe, "wall_s": time.perf_counter() - t0}
-            row |= self.score(x, reference, floor, oracle)
+            row |= self.metrics(x, reference, floor, oracle)
             if self.flow_error and oracle is not None and run.name in DETERMINISTIC:
-                key = (run.eps, run.denoise)
+                key = (run.t_min, run.denoise)
                 if key not in exact:
-                    exact[key] = exact_flow_map(sde, oracle, x_T, run.eps, denoise=run.denoise)
+                    exact[key] = exact_flow_map(sde, oracle, x_T, run.t_min, denoise=run.denoise)
                 row["flow_error"] = metrics.flow_error(x, exact[key])
             rows[slot], samples[slot] = row, x
         return Evaluation(rows, floor, floor_sd, samples, reference)

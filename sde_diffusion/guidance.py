@@ -1,18 +1,6 @@
-"""Guidance: a class-conditional `score_fn(x, t)` built from a conditional model or from a classifier, so that every
-sampler runs it unchanged.
-
-Classifier-free guidance (Ho & Salimans 2022, eq. 6, in score form) samples ∝ p_t(x | y)^{1+w} p_t(x)^{−w} =
-p_t(x) p_t(y | x)^{1+w}: classifier guidance of scale 1 + w with the model's implicit classifier. Classifier guidance
-(Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1) at w = 1 is the exact class-conditional score when the
-classifier is exact (`GaussianMixture.classifier_log_prob` is).
-
-A conditional score model is called as model(x, t, y): x (batch, …), t (batch,), y (batch,) long labels; the label
-`null_label` asks for the unconditional score s(x, t | ∅), as a model trained with label dropout gives.
-
-Labels are an int (one class for every sample) or a (batch,) integer tensor, one per sample, which must match the
-batch the score is called on. Samplers run with batch_size call the score on chunks of the batch, and neither a
-tensor nor a callable labels(x) can tell which rows a chunk holds (x does not say), so a mismatch is an error: there
-pass an int, or sample one chunk per call.
+"""Guidance: a class-conditional `score_fn(x, t)` from a conditional model (classifier-free, Ho & Salimans 2022, eq. 6)
+or from a classifier (Song et al. 2021, eq. 14), so that every sampler runs it unchanged. A conditional model is
+called model(x, t, y) with (batch,) long labels y; the label `null_label` asks for the unconditional s(x, t | ∅).
 """
 
 from __future__ import annotations
@@ -44,7 +32,9 @@ def _check(labels: int | Tensor, w: float) -> None:
 
 
 def _per_sample(labels: int | Tensor, x: Tensor) -> Tensor:
-    """The (batch,) long labels of x's batch."""
+    """The (batch,) long labels of x's batch: an int for every sample, or a tensor that must match the batch. A
+    sampler with batch_size calls the score on chunks, and x does not say which rows a chunk holds: so a mismatch is
+    an error (pass an int, or sample one chunk per call)."""
     if isinstance(labels, int):
         return torch.full((x.shape[0],), labels, dtype=torch.long, device=x.device)
     if labels.shape[0] != x.shape[0]:
@@ -56,7 +46,8 @@ def _per_sample(labels: int | Tensor, x: Tensor) -> Tensor:
 
 
 def classifier_free(model: CondScoreFn, labels: int | Tensor, w: float, null_label: int) -> ScoreFn:
-    """s = (1 + w)·s(x, t | y) − w·s(x, t | ∅) (Ho & Salimans 2022, eq. 6); w = 0 is the conditional score.
+    """s = (1 + w)·s(x, t | y) − w·s(x, t | ∅) (Ho & Salimans 2022, eq. 6); w = 0 is the conditional score. It samples
+    ∝ p_t(x | y)^{1+w} p_t(x)^{−w} = p_t(x) p_t(y | x)^{1+w}: classifier guidance of scale 1 + w.
 
     Each call is one model call on the doubled batch [x; x] with labels [y; ∅]: two network evaluations.
     """
@@ -76,7 +67,8 @@ def classifier_free(model: CondScoreFn, labels: int | Tensor, w: float, null_lab
 
 
 def classifier(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: int | Tensor, w: float) -> ScoreFn:
-    """s = s(x, t) + w·∇ₓ log p_t(y | x) (Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1).
+    """s = s(x, t) + w·∇ₓ log p_t(y | x) (Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1): at w = 1 the
+    exact class-conditional score when the classifier is exact (`GaussianMixture.classifier_log_prob` is).
 
     log_prob_fn(x, t) -> (batch, C) log-probabilities of a time-dependent classifier, differentiable in x; its
     gradient is taken with autograd enabled inside, as samplers run under no_grad. Each call is one score call plus

@@ -1,11 +1,7 @@
-"""Interop with EDM / k-diffusion denoisers D(x̃; σ̃) (Karras et al. 2022), in both directions.
-
-Every SDE here has x_t = s(t)x₀ + σ(t)ε, so x̃ = x_t/s(t) = x₀ + σ̃ε with σ̃ = σ(t)/s(t) = e^{−λ(t)}: the
-variance-exploding form that EDM and k-diffusion sample in (Karras et al. 2022, eq. 4 with s(t) divided out).
-Its density is p̃(x̃; σ̃) = s^D p_t(s x̃), so ∇_x̃ log p̃ = s ∇_x log p_t, and Tweedie's formula (EDM eq. 3) gives
-the ideal denoiser D(x̃; σ̃) = E[x₀ | x̃] = x̃ + σ̃² ∇_x̃ log p̃(x̃; σ̃) = x̃ + σ̃² s ∇_x log p_t(s x̃). Solved for the
-score: ∇_x log p_t(x) = (s D(x/s; σ/s) − x)/σ². The σ̃ range of an SDE on [ε, T] is e^{−λ(ε)} … e^{−λ(T)}
-(`torch.exp(-sde.log_snr(t))`): k-diffusion's sigma_min and sigma_max.
+"""Interop with EDM / k-diffusion denoisers D(x̃; σ̃) (Karras et al. 2022), in both directions: x̃ = x_t/s(t) =
+x₀ + σ̃ε with σ̃ = σ(t)/s(t) = e^{−λ(t)} is the variance-exploding form they sample in (EDM eq. 4 with s divided out),
+and Tweedie's formula (EDM eq. 3) links D to the score. On [t_min, T], k-diffusion's sigma_min and sigma_max are
+e^{−λ(t_min)} and e^{−λ(T)} (`torch.exp(-sde.log_snr(t))`).
 """
 
 from __future__ import annotations
@@ -21,7 +17,8 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 def as_denoiser(score_fn: ScoreFn, sde: SDE) -> Denoiser:
-    """D(x̃, σ̃) = x̃ + σ̃² s ∇log p_t(s x̃) at t = λ⁻¹(−log σ̃) (EDM eq. 3): a k-diffusion `model(x, sigma)`.
+    """D(x̃, σ̃) = x̃ + σ̃² s ∇log p_t(s x̃) at t = λ⁻¹(−log σ̃) (EDM eq. 3, as p̃(x̃; σ̃) = s^D p_t(s x̃)): a k-diffusion
+    `model(x, sigma)`.
 
     σ̃ is a (batch,) tensor (k-diffusion passes sigma * s_in) or a 0-d one, within [0, e^{−λ(T)}].
     """

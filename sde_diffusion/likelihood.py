@@ -26,13 +26,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from .analytic import GaussianMixture
+from .data import Scaler
 from .dequantise import discrete_elbo
 from .elbo import elbo
 from .scipy_ode import solve
@@ -44,16 +45,6 @@ SOLVERS = ("rk45", "euler", "heun")
 METHODS = ("ode", "elbo")
 
 Rhs = Callable[[Tensor, float], tuple[Tensor, Tensor]]
-
-
-class Scaler(Protocol):
-    """The affine map between a data set's integer levels 0..levels−1 and model space (e.g. `data.Scaler`)."""
-
-    levels: int
-
-    def to_model(self, x: Tensor) -> Tensor: ...
-
-    def to_raw(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass

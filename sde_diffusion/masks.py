@@ -1,10 +1,5 @@
-"""Inpainting masks: which coordinates of one example a measurement observes (True) and which are to be filled in.
-
-An example has shape (D,) (vectors) or (C, H, W) (images; a pixel is observed in all its channels). The measurement
-of `sde_diffusion.inverse` is then the row selection A = I[mask.flatten()] (`measurement_matrix`), y = A x + noise.
-  half    the first half of the coordinates (rounded up) or of the image's `side` (top, bottom, left, right)
-  box     all but a centred box: a middle block of `size`·D coordinates, or a `size`·H × `size`·W box of pixels
-  random  each coordinate (pixel) observed with probability `fraction`, at least one observed and one missing
+"""Inpainting masks (`half`, `box`, `random`): which coordinates of one example, (D,) or (C, H, W), a measurement
+observes (True; a pixel in all its channels). `sde_diffusion.inverse` measures y = A x + noise, A = I[mask.flatten()].
 """
 
 from __future__ import annotations

@@ -140,8 +140,11 @@ class CosineBeta(BetaSchedule):
         return torch.where(t < self.t_clip, self._rate * torch.tan(self._phi(tc)), self.beta_max)
 
     def integral(self, t: Tensor) -> Tensor:
+        """B = −2 log(cos φ(t)/cos φ(0)) = −2 log1p(−2 sin²(Δ/2) − tan φ(0) sin Δ), Δ = φ(t) − φ(0): no cancellation
+        near t = 0, so float32 keeps B's relative precision there."""
         tc = torch.minimum(t, torch.full_like(t, self.t_clip))
-        cosine = -2 * torch.log(torch.cos(self._phi(tc)) / math.cos(self._phi0))
+        delta = tc / (self.T * (1 + self.s)) * (math.pi / 2)
+        cosine = -2 * torch.log1p(-2 * torch.sin(delta / 2) ** 2 - math.tan(self._phi0) * torch.sin(delta))
         return torch.where(t < self.t_clip, cosine, self._b_clip + self.beta_max * (t - self.t_clip))
 
     def integral_inverse(self, b: Tensor) -> Tensor:
@@ -219,12 +222,11 @@ class SigmoidBeta(BetaSchedule):
     def _u(self, t: Tensor) -> Tensor:
         return self._s + self._k * torch.minimum(t, torch.full_like(t, self.t_clip))
 
-    def _minus_log_alpha_bar(self, u: Tensor) -> Tensor:  # up to a constant
-        return _softplus(u) - torch.log(-torch.expm1(u - self._e))
-
     def _integral(self, t: Tensor) -> Tensor:
-        u = self._u(t)  # the same operations on u(0) = s: B(0) = 0 exactly in any dtype
-        return self._minus_log_alpha_bar(u) - self._minus_log_alpha_bar(torch.full_like(u, self._s))
+        """B for t ≤ t_c in terms of d = u − s, free of cancellation near t = 0: softplus(s + d) − softplus(s) =
+        log1p(σ(s)·expm1(d)) and (1 − e^{u−e})/(1 − e^{s−e}) = 1 − expm1(d)/expm1(e − s)."""
+        em = torch.expm1(self._k * torch.minimum(t, torch.full_like(t, self.t_clip)))
+        return torch.log1p(_sigmoid(self._s) * em) - torch.log1p(-em / math.expm1(self._e - self._s))
 
     def beta(self, t: Tensor) -> Tensor:
         u = self._u(t)
@@ -271,7 +273,8 @@ class LogSNRLinearBeta(BetaSchedule):
         return 2 * self._slope * torch.sigmoid(-2 * self._lambda(t))
 
     def integral(self, t: Tensor) -> Tensor:
-        return _softplus(-2 * self._lambda(t)) - _softplus(-2 * self._lambda(torch.zeros_like(t)))  # B(0) = 0 exactly
+        """softplus(a + d) − softplus(a) = log1p(σ(a)·expm1(d)) with a = −2λ_max, d = 2Δλ t/T: no cancellation."""
+        return torch.log1p(_sigmoid(-2 * self.lambda_max) * torch.expm1(2 * self._slope * t))
 
     def integral_inverse(self, b: Tensor) -> Tensor:
         """−2λ = softplus⁻¹(b + softplus(−2λ_max)), with softplus⁻¹(y) = y + log(1 − e^{−y})."""
@@ -307,9 +310,10 @@ class EDMBeta(BetaSchedule):
         return 2 * self.rho * self._slope * r ** (2 * self.rho - 1) / (1 + r ** (2 * self.rho))
 
     def integral(self, t: Tensor) -> Tensor:
-        """B = log1p((σ̃² − σ_min²)/(1 + σ_min²)), with σ_min² as σ̃(0)² is computed: B(0) = 0 exactly in any dtype."""
-        n = 2 * self.rho
-        return torch.log1p((self._root(t) ** n - torch.full_like(t, self._a) ** n) / (1 + self.sigma_min**2))
+        """B = log1p((σ̃² − σ_min²)/(1 + σ_min²)) with σ̃² − σ_min² = σ_min²·expm1(2ρ log1p(slope·t/σ_min^{1/ρ})): no
+        cancellation near t = 0."""
+        growth = torch.expm1(2 * self.rho * torch.log1p(self._slope / self._a * t))
+        return torch.log1p(self.sigma_min**2 / (1 + self.sigma_min**2) * growth)
 
     def integral_inverse(self, b: Tensor) -> Tensor:
         """σ̃² = (1 + σ_min²)e^b − 1 = expm1(b) + σ_min² e^b, then t = (σ̃^{1/ρ} − σ_min^{1/ρ})/slope."""

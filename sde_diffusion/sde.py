@@ -1,9 +1,8 @@
 """The forward SDEs dx = f(t)x dt + g(t) dw of Song et al. (2021): VP, sub-VP and VE, behind one interface.
 
-All three have a linear drift, so the marginal is Gaussian in closed form, p_{0t}(x_t | x_0) =
-N(s(t) x_0, σ(t)² I) (Song et al. 2021, eq. 29 / App. B). A subclass gives the four scalar functions
-f(t), g(t), s(t) and σ(t) of a (batch,) time tensor; everything else is derived here once. Time
-coefficients come back shaped (batch, 1, …, 1) so they broadcast against any x: points or images.
+A linear drift keeps the marginal Gaussian, p_{0t}(x_t | x_0) = N(s(t)x_0, σ(t)²I) (eq. 29). A subclass gives f(t),
+g(t), s(t) and σ(t) of a (batch,) time tensor; the reverse drift (eqs. 6, 13) and Tweedie's E[x₀ | x_t] are derived
+here once, for points or images.
 """
 
 from __future__ import annotations
@@ -69,14 +68,6 @@ class SDE(ABC):
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Drift f(t)x and diffusion g(t) of dx = f(t)x dt + g(t) dw."""
-        return expand_as(self.f(t), x) * x, expand_as(self.g(t), x)
-
-    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean s(t)x₀ and std σ(t) of p_{0t}(x_t | x₀) (Song et al. 2021, eq. 29)."""
-        return expand_as(self.scale(t), x0) * x0, expand_as(self.sigma(t), x0)
-
     def prior_sampling(
         self,
         shape: tuple[int, ...],
@@ -108,32 +99,9 @@ class SDE(ABC):
         sigma, s = (expand_as(c.to(x.device, x.dtype), x) for c in (self.sigma(t), self.scale(t)))
         return (x + sigma**2 * score) / s
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
-        """The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) or the probability-flow ODE (eq. 13)."""
-        return ReverseSDE(self, score_fn, probability_flow)
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
-
-
-@dataclass
-class ReverseSDE:
-    """dx = [f(t)x − c·g(t)² ∇log p_t(x)] dt + g(t) dw̄, run from T to 0; c = 1 (SDE) or ½ and no noise (ODE)."""
-
-    forward: SDE
-    score_fn: ScoreFn
-    probability_flow: bool = False
-
-    @property
-    def T(self) -> float:
-        return self.forward.T
-
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Reverse drift and diffusion; the drift is the dx/dt of the equation read with dt < 0."""
-        drift = self.forward.reverse_drift(x, t, self.score_fn(x, t), self.probability_flow)
-        g = expand_as(self.forward.g(t), x)
-        return drift, torch.zeros_like(g) if self.probability_flow else g
 
 
 class PriorMismatchWarning(UserWarning):

@@ -1,11 +1,6 @@
-"""Experiment tracking with Weights & Biases, reduced to what the apps need, and tolerant of wandb failing.
-
-`start_run(...)` returns a `Tracker`. If wandb cannot start (no service, unwritable dir, bad settings) or a later
-call fails, the tracker warns once and turns into a no-op, so training and evaluation carry on and everything the
-app writes locally (metrics.json, plots, checkpoints) is unaffected. This is the only module that imports wandb.
-
-Series: the training loop logs `train/*` and evaluation logs `eval/*`, both against the step metric
-`trainer/step` (not wandb's internal step), so a resumed run that logs a step again is not silently dropped.
+"""Experiment tracking with Weights & Biases, the only module that imports wandb: `start_run` returns a `Tracker` that
+warns once and turns into a no-op if wandb fails, so the app's local outputs are unaffected. `train/*` and `eval/*`
+are logged against the step metric `trainer/step`, so a resumed run that logs a step again is not dropped.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Test-wide settings (one torch thread per xdist worker, wandb kept offline inside a temp dir) and the builders
-several test files share: the four SDEs, a small MLP Trainer on eight_gaussians, and a data set with NaN batches."""
+several test files share: the four SDEs, points diffused from an oracle, a small MLP Trainer on eight_gaussians, and a
+data set with NaN batches."""
 
 import os
 
 import pytest
 import torch
 
-from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE
+from sde_diffusion import SDE, VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.runtime import seed_everything
@@ -28,6 +29,15 @@ def _wandb_offline(tmp_path_factory):
 
 
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
+
+
+def diffused(mix: GaussianMixture, sde: SDE, t: float | torch.Tensor, n: int, generator: torch.Generator):
+    """(x_t, t): n points x_t = s(t)x₀ + σ(t)ε (Song et al. 2021, eq. 29), x₀ ~ `mix`, at time t (a number or (n,)
+    times), in float64."""
+    t = torch.as_tensor(t, dtype=torch.float64).expand(n)
+    x0 = mix.sample(n, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    return sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise, t
 
 
 def mlp_trainer(steps: int = 30, init_seed: int = 0, data: EightGaussians | None = None, **kw) -> Trainer:

@@ -56,13 +56,14 @@ def test_a_zero_label_embedding_gives_the_unconditional_network(name):
 
 @pytest.mark.parametrize("name", ["mlp", "unet"])
 def test_conditional_output_depends_on_the_label_and_none_is_the_null_label(name):
-    net = _nets(num_classes=3)[name]
-    x, tau = _input(name)
+    """In float64, so that a row computed beside other labels equals it computed alone to rounding on any CPU."""
+    net = _nets(num_classes=3)[name].double()
+    x, tau = (v.double() for v in _input(name))
     out = [net(x, tau, torch.full((6,), k)) for k in range(4)]
     assert all(not torch.allclose(out[i], out[j]) for i in range(4) for j in range(i))
     assert torch.equal(net(x, tau), out[3]) and torch.equal(net(x, tau, None), out[3])
     mixed = net(x, tau, torch.tensor([0, 1, 2, 0, 1, 2]))
-    assert torch.allclose(mixed[:3], torch.stack([out[k][k] for k in range(3)]), atol=1e-6)
+    torch.testing.assert_close(mixed[:3], torch.stack([out[k][k] for k in range(3)]))
     mixed.sum().backward()
     grad = net.label_emb.weight.grad
     assert (grad[:3].abs().sum(1) > 0).all() and (grad[3] == 0).all()  # only the labels used get gradients
@@ -118,14 +119,14 @@ class ExactConditionalScore(nn.Module):
 
 
 def test_dsm_loss_with_labels_is_minimised_by_the_class_conditional_score():
-    sde, gm, n, eps = VPSDE(), _overlapping(), 200_000, 1e-3
+    sde, gm, n, t_min = VPSDE(), _overlapping(), 200_000, 1e-3
     x0, y = MixtureSet(gm).batch_with_labels(n, torch.Generator().manual_seed(0))
     x0 = x0.double()
-    t, noise = dsm_draws(sde, x0.shape, eps, torch.Generator().manual_seed(1), torch.float64)
+    t, noise = dsm_draws(sde, x0.shape, t_min, torch.Generator().manual_seed(1), torch.float64)
     exact = ExactConditionalScore(gm, sde)
-    cond = dsm_loss(sde, exact, x0, eps, t=t, noise=noise, y=y)
-    plain = dsm_loss(sde, exact, x0, eps, t=t, noise=noise)
-    wrong = dsm_loss(sde, exact, x0, eps, t=t, noise=noise, y=(y + 1) % 3)
+    cond = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise, y=y)
+    plain = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise)
+    wrong = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise, y=(y + 1) % 3)
     x_t = sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
     esm = (sde.sigma(t)[:, None] * (exact(x_t, t) - exact(x_t, t, y))).square().mean(1)  # 'simple': mean over dims
     excess = plain - cond - esm  # zero-mean: E[σ s(x_t | y) + ε | x_t, y] = 0
@@ -155,13 +156,13 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_rate_cond_drop():
 def test_the_trainer_refuses_labels_it_cannot_use():
     seed_everything(0)
     plain = ScoreModel(MLP((2,), hidden=8, layers=1), VPSDE())
-    with pytest.raises(ArgumentError, match="cond_drop must be 0 for an unconditional model"):
+    with pytest.raises(ArgumentError, match=r"^cond_drop .*0\.1$"):
         Trainer(plain, VPSDE(), MixtureSet(_overlapping()), steps=1, batch_size=4, cond_drop=0.1)
     for data, classes in ((Moons(), 2), (MixtureSet(_overlapping()), 4)):
         model = ScoreModel(MLP((2,), hidden=8, layers=1, num_classes=classes), VPSDE())
         with pytest.raises(ValueError, match=f"conditional on {classes} classes.*num_classes={data.num_classes}"):
             Trainer(model, VPSDE(), data, steps=1, batch_size=4)
-    with pytest.raises(ArgumentError, match="cond_drop must be a number in"):
+    with pytest.raises(ArgumentError, match=r"^cond_drop .*1\.5$"):
         _cond_trainer(cond_drop=1.5)
 
 
@@ -182,16 +183,16 @@ def test_conditional_resume_is_bitwise_lossless(tmp_path):
 
 @pytest.mark.slow
 def test_label_dropout_training_learns_the_conditional_and_the_unconditional_score():
-    gm, sde, n, eps = _overlapping(), VPSDE(), 20_000, 1e-2
+    gm, sde, n, t_min = _overlapping(), VPSDE(), 20_000, 1e-2
     trainer = _cond_trainer(steps=2500, hidden=64, batch_size=256, lr=3e-3, ema_decay=0.99)
     trainer.fit()
     x0, y = trainer.data.batch_with_labels(n, torch.Generator().manual_seed(7))
-    t, noise = dsm_draws(sde, x0.shape, eps, torch.Generator().manual_seed(8))
+    t, noise = dsm_draws(sde, x0.shape, t_min, torch.Generator().manual_seed(8))
     exact = ExactConditionalScore(gm, sde)
 
     def loss(model, labels=None):
         with torch.no_grad():
-            return dsm_loss(sde, model, x0.double(), eps, t=t.double(), noise=noise.double(), y=labels).mean()
+            return dsm_loss(sde, model, x0.double(), t_min, t=t.double(), noise=noise.double(), y=labels).mean()
 
     model = trainer.ema_model.double()
     floor_cond, floor_plain, zero = loss(exact, y), loss(exact), loss(lambda x, t: torch.zeros_like(x))

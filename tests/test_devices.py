@@ -25,7 +25,7 @@ def test_sde_coefficients_and_prior_stay_on_the_device(sde):
     t = torch.rand(5, device=META)
     x = torch.randn(5, 3, device=META)
     outs = [sde.f(t), sde.g(t), sde.scale(t), sde.sigma(t), sde.log_snr(t), sde.log_snr_inverse(sde.log_snr(t))]
-    outs += [*sde.sde(x, t), *sde.marginal_prob(x, t), *sde.reverse(lambda x, t: -x).sde(x, t)]
+    outs += [sde.reverse_drift(x, t, -x), sde.reverse_drift(x, t, -x, probability_flow=True), sde.tweedie(x, t, -x)]
     outs += [sde.prior_sampling((5, 3), device=META), sde.prior_logp(x)]
     assert all(o.device == META for o in outs)
 
@@ -59,7 +59,7 @@ def test_fixed_step_likelihood_stays_on_the_device(solver, divergence):
 
 
 def test_a_device_torch_does_not_know_is_refused_naming_the_argument():
-    with pytest.raises(ValueError, match=r"^device must be 'auto' or a torch device: cpu, cuda.*, got 'tpu'"):
+    with pytest.raises(ValueError, match=r"^device .*'tpu'$"):
         resolve_device("tpu")
 
 
@@ -93,7 +93,7 @@ def test_compile_wraps_the_module_the_loss_calls_and_bad_precision_is_refused():
     trainer = _mlp_trainer(compile=True)  # compiles lazily at the first step (tens of seconds on a CPU: not here)
     assert isinstance(trainer.train_model, torch._dynamo.eval_frame.OptimizedModule)
     assert trainer.train_model._orig_mod is trainer.model
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision.*fp8"):
         _mlp_trainer(precision="fp8")
 
 

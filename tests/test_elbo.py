@@ -82,7 +82,7 @@ def _oracle_gap(sde: SDE, mix: GaussianMixture, t_min: float, n: int) -> tuple[f
     kl_T = mix.marginal(sde, sde.T).log_prob(z_T) - sde.prior_logp(z_T)
     x = mix.sample(n, gen)
     tm = torch.full((n,), t_min, dtype=torch.float64)
-    mean, std = sde.marginal_prob(x, tm)
+    mean, std = sde.scale(tm)[:, None] * x, sde.sigma(tm)[:, None]
     z = mean + std * torch.randn(x.shape, generator=gen, dtype=torch.float64)
     trunc = mix.log_prob(x) - mix.marginal(sde, t_min).log_prob(z) - mix.dim * torch.log(sde.scale(tm))
     total = kl_T + trunc

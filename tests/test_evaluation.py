@@ -49,17 +49,18 @@ def test_a_failing_sampler_is_named_by_its_slot():
 
 
 @pytest.mark.parametrize(
-    ("kw", "message"),
+    ("kw", "pattern"),
     [
-        ({"n_samples": 1}, "n_samples must be an int >= 2, got 1"),
-        ({"floor_repeats": 1}, "floor_repeats must be an int >= 2, got 1"),
-        ({"mmd_samples": 1}, "mmd_samples must be an int >= 2 or None, got 1"),
-        ({"batch_size": 0}, "batch_size must be an int >= 1 or None, got 0"),
-        ({"samplers": {}}, "samplers must hold at least one sampler"),
+        ({"n_samples": 1}, "^n_samples .*1$"),
+        ({"floor_repeats": 1}, "^floor_repeats .*1$"),
+        ({"mmd_samples": 1}, "^mmd_samples .*1$"),
+        ({"batch_size": 0}, "^batch_size .*0$"),
+        ({"samplers": {}}, "^samplers .*none$"),
     ],
 )
-def test_bad_settings_are_value_errors_naming_the_argument(kw, message):
-    with pytest.raises(ValueError, match=f"^{message}".replace("(", r"\(").replace(")", r"\)")):
+def test_bad_settings_are_one_line_value_errors_naming_the_argument_and_value(kw, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
         Evaluator(**{"samplers": {"em": SamplerRun("euler_maruyama", 2)}, "n_samples": 8, **kw})
+    assert "\n" not in str(info.value)
     with pytest.raises(SamplerArgError, match="steps=0"):
         SamplerRun("euler_maruyama", 0).check(SDE)

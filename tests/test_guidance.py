@@ -3,6 +3,7 @@ classifier-free guidance at w = 0 is the conditional score and at w is classifie
 
 import pytest
 import torch
+from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.guidance import classifier, classifier_free
@@ -31,10 +32,7 @@ def oracle_model(mix, sde, classes=CLASSES):
 def draws(sde, mix, n=24, seed=0):
     """x_t ~ p_t at times spread over (0, T], with per-sample labels covering every class."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.999 + 1e-3
-    x = sde.scale(t)[:, None] * mix.sample(n, generator=g) + sde.sigma(t)[:, None] * torch.randn(
-        n, mix.dim, generator=g, dtype=torch.float64
-    )
+    x, t = diffused(mix, sde, torch.rand(n, generator=g, dtype=torch.float64) * 0.999 + 1e-3, n, g)
     return x, t, torch.arange(n) % len(CLASSES)
 
 
@@ -99,16 +97,16 @@ def test_bad_labels_and_scales_are_named():
     sde, mix = VPSDE(), mixture(dim=4, k=5, seed=1)
     score = mix.score_fn(sde)
     log_p = lambda x, t: mix.classifier_log_prob(sde, x, t)  # noqa: E731
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels .*float32"):
         classifier(score, log_p, torch.zeros(4), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels .*True"):
         classifier(score, log_p, True, 1.0)
-    with pytest.raises(ValueError, match="w must be a finite number"):
+    with pytest.raises(ValueError, match="^w .*nan"):
         classifier(score, log_p, 0, float("nan"))
-    with pytest.raises(ValueError, match="null_label"):
+    with pytest.raises(ValueError, match="^null_label .*None"):
         classifier_free(lambda x, t, y: x, 0, 1.0, None)
-    with pytest.raises(ValueError, match="in \\[0, C\\)"):
+    with pytest.raises(ValueError, match=r"^log_prob_fn .*labels in \[5, 5\]"):
         classifier(score, log_p, 5, 1.0)(torch.zeros(2, 4), torch.full((2,), 0.5))
     labelled = classifier(score, log_p, torch.arange(4), 1.0)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="^labels has 4 entries .*batch of 2"):
         sample(VPSDE(), labelled, (4, 4), "ode_euler", steps=2, batch_size=2)

@@ -4,6 +4,7 @@ is the identity, and k-diffusion's Euler sampler driven by the denoiser lands on
 
 import pytest
 import torch
+from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.interop import as_denoiser, score_fn_from_denoiser
@@ -37,10 +38,8 @@ def test_the_oracle_denoiser_is_the_exact_posterior_mean_under_every_sde(sde):
 
 def _diffused(sde, seed):
     """200 points x_t ~ p_t at t from 10⁻³ to T."""
-    g = torch.Generator().manual_seed(seed)
     t = torch.linspace(1e-3, sde.T, 200, dtype=torch.float64)
-    mean, std = sde.marginal_prob(ORACLE.sample(200, g), t)
-    return mean + std * torch.randn(200, ORACLE.dim, generator=g, dtype=torch.float64), t
+    return diffused(ORACLE, sde, t, 200, torch.Generator().manual_seed(seed))
 
 
 def _error_in_eps(sde, x, t, score, dtype):
@@ -107,6 +106,6 @@ def test_k_diffusion_euler_sampler_with_the_oracle_denoiser_lands_on_the_modes()
 def test_sigma_outside_the_sde_range_is_refused(bad):
     sde = VPSDE()
     d = as_denoiser(eight_gaussians().score_fn(sde), sde)
-    with pytest.raises(ValueError, match=r"sigma=.* is outside this SDE's range \[0, 152\.") as e:
+    with pytest.raises(ValueError, match=rf"^sigma={bad:.6g} .*\[0, 152\.") as e:
         d(torch.zeros(2, 2), torch.tensor([1.0, bad]))
     assert "\n" not in str(e.value)

@@ -87,15 +87,15 @@ def test_exact_flow_map_of_a_gaussian_keeps_the_standardised_variable(sde):
     mu, v = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.05, 2.0], dtype=torch.float64)
     mix = GaussianMixture(torch.ones(1), mu[None], torch.diag(v)[None])
     x_T = normal(64, torch.zeros(2), 0)
-    T, eps = torch.tensor([sde.T], dtype=torch.float64), torch.tensor([1e-3], dtype=torch.float64)
+    T, t_min = torch.tensor([sde.T], dtype=torch.float64), torch.tensor([1e-3], dtype=torch.float64)
 
     def std(t):
         return (sde.scale(t) ** 2 * v + sde.sigma(t) ** 2).sqrt()
 
     z = (x_T - sde.scale(T) * mu) / std(T)
-    expected = sde.scale(eps) * mu + std(eps) * z
+    expected = sde.scale(t_min) * mu + std(t_min) * z
     torch.testing.assert_close(exact_flow_map(sde, mix, x_T, 1e-3), expected, rtol=1e-7, atol=1e-7)
     denoised = exact_flow_map(sde, mix, x_T.float(), 1e-3, denoise=True)
     assert denoised.dtype == torch.float32
-    tweedie = mu + v * sde.scale(eps) / std(eps) * z  # E[x₀ | x_eps] = μ + v s (x − sμ)/(s²v + σ²)
+    tweedie = mu + v * sde.scale(t_min) / std(t_min) * z  # E[x₀ | x_{t_min}] = μ + v s (x − sμ)/(s²v + σ²)
     torch.testing.assert_close(denoised, tweedie.float(), rtol=1e-5, atol=1e-5)

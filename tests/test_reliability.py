@@ -1,5 +1,6 @@
 """Reliability of the train app: the one-line error contract of the process (bad configs fail up front without a
-traceback), kill -9 + train.resume=auto is bitwise lossless and continues the wandb run (both through the real
+traceback), kill -9 + train.resume=auto is bitwise lossless and continues the wandb run, SIGTERM saves at the next
+step boundary and ends the process by the signal, after which resuming is bitwise lossless (all through the real
 process), and, running the app in this process: bad checkpoints are refused in one line without running code, the
 NaN guard stops (keeping a loadable state) or skips (counted), a failing evaluation sampler names its slot, and a
 broken wandb does not cost the run. Plus the pieces the app relies on (rewind on stop, keep_last)."""
@@ -106,6 +107,47 @@ def test_kill_9_then_resume_auto_equals_the_uninterrupted_run(tmp_path):
     kept = sorted(p.name for p in (whole / "checkpoints").iterdir())
     assert kept == ["last.pt", "last_step00000360.pt", "last_step00000400.pt"]
     assert load_checkpoint(whole / "checkpoints" / "last_step00000360.pt")["step"] == 360
+
+
+# ------------------------------------------------------------------------------------- SIGTERM (preemption) and resume
+
+PREEMPT = ["train.steps=600", "train.ckpt_every=100", "train.log_every=10", "logger=none"]
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    """Bitwise equal weights, EMA, Adam moments and loss history."""
+    same = [torch.equal(a[key][k], b[key][k]) for key in ("model", "ema") for k in b[key]]
+    moments = [torch.equal(s[m], b["optimizer"]["state"][i][m]) for i, s in a["optimizer"]["state"].items()
+               for m in ("exp_avg", "exp_avg_sq")]  # fmt: skip
+    return all(same + moments) and torch.equal(a["loss_history"], b["loss_history"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_resume_auto_equals_the_uninterrupted_run(tmp_path):
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), *TINY, *PREEMPT, f"hydra.run.dir={stopped}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=app_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    ckpt = stopped / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # the first periodic checkpoint (step 100): training is under way
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == -signal.SIGTERM  # ended by the signal itself, as a launcher expects
+    step = load_checkpoint(ckpt)["step"]
+    assert 100 <= step < 600 and not (stopped / "metrics.json").exists()
+    assert f"stopped by SIGTERM after step {step}: saved {ckpt}" in (stopped / "train.log").read_text()
+
+    resumed = run_app("train.py", *TINY, *PREEMPT, "train.resume=auto", f"hydra.run.dir={stopped}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {step} of {ckpt}" in (stopped / "train.log").read_text()
+    full = run_app("train.py", *TINY, *PREEMPT, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    a, b = load_checkpoint(ckpt), load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 600 and len(b["loss_history"]) == 60 and _equal_states(a, b)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (stopped, whole))
+    assert ma["samplers"] == {k: v | {"wall_s": ma["samplers"][k]["wall_s"]} for k, v in mb["samplers"].items()}
 
 
 # ------------------------------------------------------------------------------------------------ bad checkpoints

@@ -32,7 +32,7 @@ def test_every_caller_gives_the_same_drift(name, dtype):
         for c, pf in ((1.0, False), (0.5, True)):
             closed = (f * x.double() - c * g2 * score.double()).to(dtype)
             callers = {
-                "ReverseSDE": sde.reverse(score_fn, pf).sde(x, torch.full((7,), t, dtype=dtype))[0],
+                "SDE.reverse_drift": sde.reverse_drift(x, torch.full((7,), t, dtype=dtype), score, pf),
                 "sampling.drift": drift(sde, score_fn, x, t64[0], pf),
             }
             if pf:

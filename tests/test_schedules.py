@@ -7,19 +7,9 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from sde_diffusion import (
-    VPSDE,
-    CallableBeta,
-    ConstantBeta,
-    CosineBeta,
-    EDMBeta,
-    LinearBeta,
-    LogSNRLinearBeta,
-    PolynomialBeta,
-    SigmoidBeta,
-    SubVPSDE,
-)
+from sde_diffusion import VPSDE, CallableBeta, ConstantBeta, CosineBeta, EDMBeta, LinearBeta, SubVPSDE
 from sde_diffusion.sampling import timesteps
+from sde_diffusion.schedules import LogSNRLinearBeta, PolynomialBeta, SigmoidBeta
 from sde_diffusion.sde import PriorMismatchWarning
 
 
@@ -76,11 +66,19 @@ def test_integral_inverse_round_trip_and_gradient(name):
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-def test_float32_and_any_shape(name):
-    t = torch.rand(3, 4, 5)
-    for f in (SCHEDULES[name].beta, SCHEDULES[name].integral):
-        out = f(t)
-        assert out.shape == t.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+def test_float32_any_shape_and_relative_precision_down_to_t_0(name):
+    """float32 in, float32 out, any shape, and B(t) to 32 ulps of its own value on t ∈ [10⁻⁷T, T]: a few roundings,
+    no cancellation near t = 0, where σ(t)² ≈ B(t) is the smallest noise level. β to 2¹⁰ ulps: its steepest step,
+    SigmoidBeta's k/expm1(e − u) at the clip, turns u's rounding (3ε) into 3ε/(e − u_c) ≈ 3ε·β_max/k = 500ε."""
+    sched = SCHEDULES[name]
+    T = getattr(sched, "T", 1.0)
+    t = torch.cat([torch.logspace(-7, 0, 60), torch.rand(60, generator=torch.Generator().manual_seed(0))]) * T
+    t = t.reshape(3, 2, 20)
+    ulp = torch.finfo(torch.float32).eps
+    for f, ulps in ((sched.integral, 32), (sched.beta, 2**10)):
+        out, exact = f(t), f(t.double())
+        assert out.shape == t.shape and out.dtype == torch.float32
+        assert ((out.double() - exact).abs() / exact).max() <= ulps * ulp, f.__name__
 
 
 def test_cosine_alpha_bar_is_nichol_dhariwal():
@@ -199,16 +197,16 @@ def test_logsnr_linear_log_snr_is_the_line_up_to_the_stated_bound():
     assert float(gap[0]) > 0.1  # near t = 0 the log-SNR is not the line: λ̂ → ∞ there
 
 
-def _uniform_gap(sde, eps, steps=10):
-    grid = timesteps(sde, steps, eps, "logsnr")
-    return float((grid - torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)).abs().max())
+def _uniform_gap(sde, t_min, steps=10):
+    grid = timesteps(sde, steps, t_min, "logsnr")
+    return float((grid - torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)).abs().max())
 
 
-@pytest.mark.parametrize(("eps", "uniform_to"), [(1e-3, 0.17), (0.05, 0.017), (0.5, 4e-7)])
-def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(eps, uniform_to):
+@pytest.mark.parametrize(("t_min", "uniform_to"), [(1e-3, 0.17), (0.05, 0.017), (0.5, 4e-7)])
+def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(t_min, uniform_to):
     """`logsnr` steps are uniform in λ̂ = λ + δ, δ(t) = ½log(1 + e^{−2λ_max}) − ½log(1 − e^{−2(λ_max − λ(t))}) falling
-    in t. Uniform time u_i has λ(u_i) uniform, so |λ(t_i) − λ(u_i)| ≤ δ(eps) − δ(T), i.e. |t_i − u_i| ≤
-    T(δ(eps) − δ(T))/Δλ: equal to rounding once eps·Δλ/T ≳ 10, while near t = 0 no VP schedule has a linear λ̂."""
+    in t. Uniform time u_i has λ(u_i) uniform, so |λ(t_i) − λ(u_i)| ≤ δ(t_min) − δ(T), i.e. |t_i − u_i| ≤
+    T(δ(t_min) − δ(T))/Δλ: equal to rounding once t_min·Δλ/T ≳ 10, while near t = 0 no VP schedule has a linear λ̂."""
     lam_max, lam_min = 6.65, -5.0
     sde = VPSDE(LogSNRLinearBeta(lam_max, lam_min))
 
@@ -216,10 +214,10 @@ def test_logsnr_linear_makes_logsnr_time_steps_uniform_in_time(eps, uniform_to):
         lam = lam_max - (lam_max - lam_min) * t
         return 0.5 * math.log1p(math.exp(-2 * lam_max)) - 0.5 * math.log1p(-math.exp(-2 * (lam_max - lam)))
 
-    bound = (delta(eps) - delta(1.0)) / (lam_max - lam_min)
+    bound = (delta(t_min) - delta(1.0)) / (lam_max - lam_min)
     assert bound <= uniform_to
-    assert _uniform_gap(sde, eps) <= bound + 1e-12
-    assert _uniform_gap(VPSDE(LinearBeta()), eps) > 0.02  # another schedule's logsnr grid is far from uniform
+    assert _uniform_gap(sde, t_min) <= bound + 1e-12
+    assert _uniform_gap(VPSDE(LinearBeta()), t_min) > 0.02  # another schedule's logsnr grid is far from uniform
 
 
 def test_edm_alpha_bar_is_the_karras_noise_levels_read_backwards():

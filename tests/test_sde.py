@@ -16,21 +16,20 @@ SDES = {
 
 @pytest.mark.parametrize("name", SDES)
 def test_marginal_matches_euler_maruyama_monte_carlo(name):
-    """Simulate dx = f dt + g dw with sde() on a fine grid; mean and variance inside 4 standard errors."""
+    """Simulate dx = f(t)x dt + g(t) dw on a fine grid from x₀ = 1.5: the mean s(t)x₀ and the variance σ(t)² of
+    eq. 29 hold inside 4 standard errors."""
     sde = SDES[name]()
     g = torch.Generator().manual_seed(0)
-    n, steps, t_end = 40_000, 4000, 0.6
-    x0 = torch.full((n, 1), 1.5, dtype=torch.float64)
-    x, dt = x0.clone(), t_end / steps
+    n, steps, t_end, x0 = 40_000, 4000, 0.6, 1.5
+    x, dt = torch.full((n,), x0, dtype=torch.float64), t_end / steps
     for i in range(steps):
-        t = torch.full((n,), i * dt, dtype=torch.float64)
-        drift, diffusion = sde.sde(x, t)
-        x = x + drift * dt + diffusion * dt**0.5 * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    mean, std = sde.marginal_prob(x0[:1], torch.tensor([t_end], dtype=torch.float64))
-    var = std.squeeze() ** 2
+        t = torch.full((1,), i * dt, dtype=torch.float64)
+        x = x + sde.f(t) * x * dt + sde.g(t) * dt**0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    t_end = torch.tensor([t_end], dtype=torch.float64)
+    mean, var = sde.scale(t_end) * x0, sde.sigma(t_end) ** 2
     se_mean = (var / n) ** 0.5
     se_var = var * (2 / (n - 1)) ** 0.5
-    assert abs(x.mean() - mean.squeeze()) < 4 * se_mean
+    assert abs(x.mean() - mean) < 4 * se_mean
     assert abs(x.var() - var) < 4 * se_var
 
 
@@ -73,30 +72,31 @@ def test_prior_logp_is_normal_log_density(name):
 
 @pytest.mark.parametrize("name", SDES)
 def test_any_rank_and_log_snr_inverse(name):
+    """Images (batch, C, H, W): the drift and Tweedie's E[x₀ | x_t] broadcast per example; λ⁻¹(λ(t)) = t."""
     sde = SDES[name]()
-    x = torch.randn(5, 3, 8, 8)
-    t = torch.rand(5)
-    drift, diffusion = sde.sde(x, t)
-    mean, std = sde.marginal_prob(x, t)
-    assert drift.shape == mean.shape == x.shape and diffusion.shape == std.shape == (5, 1, 1, 1)
+    x, score = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    t = torch.rand(5, dtype=torch.float64)
+    for i in range(5):
+        ti = t[i : i + 1]
+        f, g2, s, sigma = sde.f(ti), sde.g(ti) ** 2, sde.scale(ti), sde.sigma(ti)
+        torch.testing.assert_close(sde.reverse_drift(x, t, score)[i], f * x[i] - g2 * score[i])
+        torch.testing.assert_close(sde.tweedie(x, t, score)[i], (x[i] + sigma**2 * score[i]) / s)
     tt = torch.linspace(0.01, 1.0, 23, dtype=torch.float64)
     torch.testing.assert_close(sde.log_snr_inverse(sde.log_snr(tt)), tt, atol=1e-8, rtol=0)
 
 
-def test_reverse_drift_for_gaussian_data():
-    """Data N(0, c²): p_t = N(0, s²c² + σ²), score −x/(s²c² + σ²); the reverse drift follows eqs. 6 and 13."""
-    sde, c = VPSDE(), 0.7
+@pytest.mark.parametrize("name", SDES)
+def test_reverse_drift_and_tweedie_for_gaussian_data(name):
+    """Data N(0, c²): p_t = N(0, v), v = s²c² + σ², score −x/v. The reverse SDE's drift (eq. 6) is f x + g²x/v, the
+    flow's (eq. 13) f x + ½g²x/v, and E[x₀ | x_t] = s c² x/v (Gaussian conditioning)."""
+    sde, c = SDES[name](), 0.7
     x = torch.randn(6, 2, dtype=torch.float64)
     t = torch.rand(6, dtype=torch.float64)
-    var = (sde.scale(t) ** 2 * c**2 + sde.sigma(t) ** 2)[:, None]
-    score = lambda x, t: -x / (sde.scale(t) ** 2 * c**2 + sde.sigma(t) ** 2)[:, None]  # noqa: E731
-    beta = sde.schedule.beta(t)[:, None]
-    drift, g = sde.reverse(score).sde(x, t)
-    torch.testing.assert_close(drift, -0.5 * beta * x + beta * x / var)
-    torch.testing.assert_close(g, beta.sqrt())
-    drift, g = sde.reverse(score, probability_flow=True).sde(x, t)
-    torch.testing.assert_close(drift, -0.5 * beta * x + 0.5 * beta * x / var)
-    assert torch.all(g == 0)
+    s, f, g2 = sde.scale(t)[:, None], sde.f(t)[:, None], sde.g(t)[:, None] ** 2
+    v = s**2 * c**2 + sde.sigma(t)[:, None] ** 2
+    torch.testing.assert_close(sde.reverse_drift(x, t, -x / v), f * x + g2 * x / v)
+    torch.testing.assert_close(sde.reverse_drift(x, t, -x / v, probability_flow=True), f * x + 0.5 * g2 * x / v)
+    torch.testing.assert_close(sde.tweedie(x, t, -x / v), s * c**2 * x / v)
 
 
 def test_discretize_recovers_ddpm():

@@ -1,7 +1,10 @@
 """The training loop: bitwise reproducibility and lossless resume on the CPU, the NaN guard, the learning-rate
-schedule and the EMA against their formulas, and a short run that approaches the oracle's DSM minimum."""
+schedule and the EMA against their formulas, stopping on a signal at a step boundary, and a short run that
+approaches the oracle's DSM minimum."""
 
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -14,7 +17,8 @@ from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.losses import dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.runtime import seed_everything
-from sde_diffusion.training import NonFiniteLossError, Trainer
+from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
+from sde_diffusion.training.preemption import stop_signals
 
 
 def _unet_trainer(seed=0, steps=12, init_seed=0):
@@ -149,23 +153,117 @@ def test_gradient_clipping_bounds_the_applied_gradient():
 
 
 @pytest.mark.parametrize(
-    "kw, name",
+    "kw",
     [
-        ({"steps": 0}, "steps"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"lr": 0.0}, "lr"),
-        ({"ema_decay": 1.0}, "ema_decay"),
-        ({"loss_eps": 0.0}, "loss_eps"),
-        ({"weighting": "snr"}, "weighting"),
-        ({"nan_policy": "ignore"}, "nan_policy"),
-        ({"grad_clip": -1.0}, "grad_clip"),
-        ({"warmup": -1}, "warmup"),
+        {"steps": 0},
+        {"batch_size": 1.5},
+        {"lr": 0.0},
+        {"ema_decay": 1.0},
+        {"loss_eps": 0.0},
+        {"loss_eps": 1.0},  # T of the VP SDE
+        {"weighting": "snr"},
+        {"nan_policy": "ignore"},
+        {"grad_clip": -1.0},
+        {"warmup": -1},
+        {"seed": -1},
+        {"precision": "fp8"},
+        {"compile": "yes"},
     ],
 )
-def test_bad_arguments_raise_value_errors_naming_the_parameter(kw, name):
-    args = {"steps": 10, "batch_size": 8} | kw
-    with pytest.raises(ValueError, match=f"^{name} must be"):
-        Trainer(ScoreModel(MLP((2,)), VPSDE()), VPSDE(), EightGaussians(), **args)
+def test_bad_arguments_raise_value_errors_naming_the_parameter_and_value(kw):
+    ((name, value),) = kw.items()
+    with pytest.raises(ValueError, match=rf"^{name} must be .*, got {value!r}$"):
+        Trainer(ScoreModel(MLP((2,)), VPSDE()), VPSDE(), EightGaussians(), **({"steps": 10, "batch_size": 8} | kw))
+
+
+# ---------------------------------------------------------------------------- stopping on a signal (preemption)
+
+
+@pytest.fixture
+def usr1():
+    """SIGUSR1 with its default action before and after the test."""
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    yield signal.SIGUSR1
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+def _signal_during_step(n: int):
+    """A forward pre-hook that sends this process SIGUSR1 during the forward pass of step n (1-based)."""
+    calls = []
+
+    def hook(module, args):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    return hook
+
+
+def test_a_signal_mid_step_stops_after_that_step_and_the_resumed_run_is_bitwise_the_same(tmp_path, usr1):
+    full = mlp_trainer(steps=20)
+    full.fit()
+    stop = StopOnSignal([usr1])
+    first = mlp_trainer(steps=20, callbacks=[stop])
+    first.model.register_forward_pre_hook(_signal_during_step(7))
+    with stop, pytest.raises(Preempted, match="stopped by SIGUSR1 after step 7") as info:
+        first.fit()
+    assert first.step == info.value.step == 7 and info.value.signum == usr1  # step 7 itself was completed
+    assert signal.getsignal(usr1) is signal.SIG_DFL  # the handler is restored when the block ends
+    save_checkpoint(tmp_path / "last.pt", first.state_dict())
+    resumed = mlp_trainer(steps=20, init_seed=5)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "last.pt"))
+    resumed.fit()
+    assert _equal(_weights(full), _weights(resumed))
+
+
+def test_resend_hands_the_signal_to_the_handler_installed_before(usr1):
+    seen = []
+    signal.signal(usr1, lambda signum, frame: seen.append(signum))
+    stop = StopOnSignal([usr1])
+    send = lambda t, logs: os.kill(os.getpid(), usr1) if t.step == 3 else None  # noqa: E731
+    trainer = mlp_trainer(steps=10, callbacks=[send, stop])
+    with stop, pytest.raises(Preempted) as info:
+        trainer.fit()
+    assert trainer.step == 3 and seen == []  # held while the block was active
+    with pytest.raises(SystemExit) as exit_info:
+        info.value.resend()  # e.g. submitit's handler, which requeues; it returned, so 128 + signum
+    assert seen == [usr1] and exit_info.value.code == 128 + usr1
+
+
+def test_a_signal_after_the_last_step_is_resent_when_the_block_ends(usr1):
+    events = []
+    signal.signal(usr1, lambda signum, frame: events.append("handler"))
+    stop = StopOnSignal([usr1])
+    send = lambda t, logs: os.kill(os.getpid(), usr1) if t.step == 4 else None  # noqa: E731
+    trainer = mlp_trainer(steps=4, callbacks=[stop, send])  # after the stop's last look
+    with pytest.raises(SystemExit), stop:
+        trainer.fit()
+        events.append("saved")
+    assert trainer.step == 4 and events == ["saved", "handler"]
+
+
+def test_ignored_signals_stay_ignored_and_no_signal_means_no_stop(usr1):
+    signal.signal(usr1, signal.SIG_IGN)
+    stop = StopOnSignal([usr1, signal.SIGUSR2])
+    trainer = mlp_trainer(steps=3, callbacks=[stop])
+    with stop:
+        assert signal.getsignal(usr1) is signal.SIG_IGN and signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
+        trainer.fit()
+    assert trainer.step == 3 and signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
+def test_submitit_jobs_prefer_submitits_signal(monkeypatch, usr1):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert stop_signals() == (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1)
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    assert stop_signals() == (signal.SIGUSR1, signal.SIGTERM)
+    stop = StopOnSignal([signal.SIGUSR2, usr1])
+    send = lambda t, logs: (os.kill(os.getpid(), usr1), os.kill(os.getpid(), signal.SIGUSR2)) if t.step == 2 else 0  # noqa: E731
+    with stop, pytest.raises(Preempted) as info:
+        mlp_trainer(steps=5, callbacks=[send, stop]).fit()
+    assert info.value.signum == signal.SIGUSR2 and info.value.step == 2
 
 
 @pytest.mark.slow

@@ -58,10 +58,10 @@ def tuned_run(
     budget = next((b for b, grid in sorted(grids.items()) if len(grid) - 1 == run.steps), None)
     if budget is None:
         raise config_error(key, value, f"{path} has no grid of {run.steps} steps; it has {have}")
-    if abs(run.eps - eps) > 1e-12:
-        raise config_error(key, value, f"{path}'s grids end at eps={eps:g}, this run's sampler.eps is {run.eps:g}")
+    if abs(run.t_min - eps) > 1e-12:
+        raise config_error(key, value, f"{path}'s grids end at eps={eps:g}, this run's sampler.eps is {run.t_min:g}")
     try:
-        timesteps(sde, run.steps, run.eps, "custom", custom=grids[budget])
+        timesteps(sde, run.steps, run.t_min, "custom", custom=grids[budget])
     except ValueError as err:
         raise config_error(key, value, f"{path}'s grid for {budget} NFE does not fit {sde!r}: {err}") from None
     own = {k: v for k, v in run.options.items() if k not in GRID}
