@@ -8,7 +8,7 @@ import torch
 
 from sde_diffusion import VPSDE, GaussianMixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.dequantise import DEQUANTISATIONS, discrete_elbo
+from sde_diffusion.dequantise import DEQUANTISATIONS, discrete_elbo, quantised_log_pmf
 from sde_diffusion.likelihood import bits_per_dim
 
 LEVELS = 17
@@ -23,12 +23,7 @@ def quantised_mixture() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def log_pmf(k: torch.Tensor) -> torch.Tensor:
-    """log P(k) = log Σ_c w_c ∏_d [Φ((k_d + ½ − μ)/σ) − Φ((k_d − ½ − μ)/σ)], the end bins reaching ±∞."""
-    w, mu, sd = quantised_mixture()
-    upper = torch.where(k < LEVELS - 1, k + 0.5, math.inf)[:, None, :]
-    lower = torch.where(k > 0, k - 0.5, -math.inf)[:, None, :]
-    cdf = lambda y: 0.5 * (1 + torch.erf((y - mu) / (sd * math.sqrt(2))))  # noqa: E731
-    return torch.log((w * (cdf(upper) - cdf(lower)).prod(-1)).sum(-1))
+    return quantised_log_pmf(k, *quantised_mixture(), LEVELS)
 
 
 def exact_entropy() -> float:
