@@ -290,6 +290,13 @@ def test_app_on_a_digits_checkpoint_gives_positive_finite_bits_per_dim(tmp_path)
     m = json.loads((out / "metrics.json").read_text())
     assert (m["source"], m["dim"], m["dequantised"], m["divergence"]) == (str(checkpoint), 64, True, "hutchinson")
     assert math.isfinite(m["bpd"]) and m["bpd"] > 0 and m["main_metric"] == {"name": "bpd", "value": m["bpd"]}
+    # the ELBO with VDM's discretised decoder: a probability of the levels, so positive bits/dim too
+    proc = run_app("likelihood.py", f"checkpoint={checkpoint}", "likelihood.method=elbo", "likelihood.n=4",
+                   "likelihood.n_draws=2", "likelihood.dequantisation=discretised", "logger=none",
+                   f"hydra.run.dir={tmp_path / 'elbo'}", cwd=tmp_path, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    e = json.loads((tmp_path / "elbo" / "metrics.json").read_text())
+    assert e["bpd"] > 0 and e["nfe"] == 2 * 16 and e["mc_sem_per_sample"] > 0
 
 
 @pytest.mark.slow
