@@ -130,7 +130,7 @@ def main() -> None:
     rho = torch.tensor([T_MIN, 1.0], dtype=torch.float64) / (torch.tensor([T_MIN, 1.0], dtype=torch.float64) + 1e-7)
     g = (-2 * lam - rho.log()).tolist()  # γ(t_min) ≈ γ₀ (γ̃(t_min) ≈ 0), γ(T) = γ₁
     ends = {"gamma_0": g[0], "gamma_1": g[1]}
-    learned, init = LearnedBeta(**ends), LearnedBeta(**ends)
+    learned, init = LearnedBeta(**ends, trainable=True), LearnedBeta(**ends)
     with torch.no_grad():
         lin_var, lin_mean, lin_se = variance(VPSDE(), mix, eval_x, 0)
         var0, mean0, se0 = variance(VPSDE(init), mix, eval_x, 0)

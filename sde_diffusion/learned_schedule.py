@@ -23,7 +23,9 @@ from .schedules import BetaSchedule
 
 class LearnedBeta(nn.Module, BetaSchedule):
     """β(t) of the learned −2λ = γ(t) + log ρ(t) (module docstring); `hidden` sigmoid units (VDM: 1024). The defaults
-    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape."""
+    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`: a
+    Trainer's optimiser would train it on its own loss, while VDM's split gradients (endpoints on E[L], shape on
+    E[L²]) are experiments/learned_schedule.py's loop."""
 
     def __init__(
         self,
@@ -33,6 +35,7 @@ class LearnedBeta(nn.Module, BetaSchedule):
         t_zero: float = 1e-7,
         T: float = 1.0,
         seed: int = 0,
+        trainable: bool = False,
     ):
         super().__init__()
         if not gamma_1 > gamma_0:
@@ -53,6 +56,7 @@ class LearnedBeta(nn.Module, BetaSchedule):
         self.w2 = nn.Parameter(torch.randn(hidden, generator=gen, dtype=torch.float64))
         self.b2 = nn.Parameter(torch.randn(hidden, generator=gen, dtype=torch.float64))
         self.w3 = nn.Parameter(torch.randn(hidden, generator=gen, dtype=torch.float64) - 3)
+        self.requires_grad_(trainable)
         self.validate(self.T)
 
     def endpoint_parameters(self) -> list[nn.Parameter]:
