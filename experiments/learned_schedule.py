@@ -70,8 +70,8 @@ def train(schedule: LearnedBeta, mix, steps: int, endpoints: bool, history: list
         if step % 25 == 0 or step == steps - 1:
             var, mean, _ = variance(sde, mix, eval_x, 1000 + step)
             history.append((offset + step, var, mean))
-            print(f"  step {step:4d}  Var L̂ {var:10.1f}  E L̂ {mean:8.3f}  γ0 {float(schedule.gamma_0):.3f} "
-                  f"γ1 {float(schedule.gamma_1):.3f}")  # fmt: skip
+            print(f"  step {step:4d}  Var L̂ {var:10.1f}  E L̂ {mean:8.3f}  γ0 {float(schedule.gamma_0.detach()):.3f} "
+                  f"γ1 {float(schedule.gamma_1.detach()):.3f}")  # fmt: skip
 
 
 def elbo_at(sde: VPSDE, mix, x: torch.Tensor, lam_hi: float) -> tuple[float, float, float]:
