@@ -6,6 +6,10 @@ library's own overhead (target <= 1.05); "minimal" is forward, backward and Adam
 also prices clipping, the schedule and the EMA. The three take one step each in turn and the median step time is
 reported, so the drift of a shared CPU hits all three alike.
 
+A second table prices each training objective (conf/loss presets, sde_diffusion.objectives) against today's default
+(`simple`: ε-prediction, t ~ U) on the study's setting, the MLP 3x128 on the 16-D mixture at batch 1024, the same
+way: one step of each in turn, median, ratio to `simple` (goal <= 1.05).
+
     OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--steps 200] [--device cpu]
 """
 
@@ -18,8 +22,9 @@ import time
 import torch
 
 from sde_diffusion import VPSDE
-from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.data import Digits, EightGaussians, MixtureData
 from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.objectives import Objective
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.training import Trainer, warmup_cosine
 
@@ -91,6 +96,38 @@ def bench(name, make_net, data, batch_size, steps, device):
     )
 
 
+OBJECTIVES = {  # preset: (parameterization, Objective arguments), as in conf/loss/
+    "simple": ("eps", {}),
+    "edm": ("x0", {"weighting": "edm", "density": "lognormal", "sigma_data": 2.7, "p_mean": 0.5}),
+    "v_min_snr": ("v", {"weighting": "min_snr", "density": "schedule"}),
+    "sigmoid": ("eps", {"weighting": "sigmoid", "density": "importance"}),
+    "elbo": ("eps", {"weighting": "likelihood", "density": "importance"}),
+    "simple, adaptive": ("eps", {"density": "adaptive"}),
+    "simple, stratified": ("eps", {"stratified": True}),
+}
+
+
+def bench_objectives(steps: int, device) -> None:
+    """Each objective's Trainer.train_step against the default's, interleaved; median ms and the ratio."""
+    data, sde, trainers = MixtureData(), VPSDE(), {}
+    for name, (param, kw) in OBJECTIVES.items():
+        seed_everything(0)
+        model = ScoreModel(MLP(data.shape, hidden=128), sde, param, sigma_data=2.7)
+        trainers[name] = Trainer(model, sde, data, steps=10_000, batch_size=1024, objective=Objective(sde, **kw),
+                                 device=device, progress=False)  # fmt: skip
+    times = {k: [] for k in trainers}
+    for i in range(steps + 3):
+        for k, trainer in trainers.items():
+            t = time_step(trainer.train_step, device)
+            if i >= 3:
+                times[k].append(t)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    print("\n| objective (MLP 3x128, 16-D mixture, batch 1024) | ms/step | / simple |")
+    print("|---|---|---|")
+    for k, v in ms.items():
+        print(f"| {k:<20} | {v:7.2f} | {v / ms['simple']:6.3f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (U-Net: a tenth)")
@@ -104,6 +141,7 @@ def main():
     bench("MLP 3x256, 8 gaussians", lambda: MLP((2,)), eight, 512, args.steps, device)
     bench("MLP 3x128, 8 gaussians", lambda: MLP((2,), hidden=128), eight, 256, args.steps, device)
     bench("UNet 32ch, digits 8x8", lambda: UNet((1, 8, 8)), digits, 128, max(1, args.steps // 10), device)
+    bench_objectives(args.steps, device)
 
 
 if __name__ == "__main__":

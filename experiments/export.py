@@ -13,16 +13,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from sde_diffusion.apps import RunError, load_run, output_dir, require_file, require_values
+from sde_diffusion.apps import RunError, hydra_app, load_run, output_dir, require_file, require_values
 from sde_diffusion.checkpoint import CheckpointError, export_safetensors, load_checkpoint
 
 log = logging.getLogger("export")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra_app("export")
 def main(cfg: DictConfig) -> None:
     """Check, read the checkpoint, write the folder, load it back."""
     require_values(cfg)

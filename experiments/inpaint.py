@@ -7,7 +7,7 @@ one method of sde_diffusion.inverse, on the exact oracle or a trained run.
     python experiments/inpaint.py checkpoint=outputs/digits_unet/DATE/checkpoints/last.pt mask=box method=dps
 
 For each of `truths` held-out draws x* (seed `seed`): y = A x* + noise_std·n, `n` samples of the method on the DDIM-η
-base step (`steps`, `eta`, `spacing`, `eps`). With an exact oracle (data=mixture/eight_gaussians, or a checkpoint of
+base step (`steps`, `eta`, `spacing`, `t_min`). With an exact oracle (data=mixture/eight_gaussians, or a checkpoint of
 such a data set), the exact posterior p(x | y) (GaussianMixture.posterior, or inpainting_posterior for noise_std = 0)
 gives the metrics, averaged over the truths: the energy distance of the samples to n exact posterior draws, the error
 ‖x̄ − E[x | y]‖ of their mean, the relative Frobenius error ‖Ĉ − Cov[x | y]‖/‖Cov[x | y]‖ of their covariance, beside
@@ -69,7 +69,7 @@ def check(cfg: DictConfig) -> None:
     require_number(cfg, "seed", integer=True, ge=0)
     require_number(cfg, "noise_std", ge=0)
     require_number(cfg, "steps", integer=True, ge=1)
-    require_number(cfg, "eps", gt=0)
+    require_number(cfg, "t_min", gt=0)
     require_number(cfg, "eta", ge=0, le=1)
     require_choice(cfg, "spacing", [s for s in SPACINGS if s != "custom"])
     require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
@@ -127,7 +127,7 @@ def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, 
 def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, shape, seed: int, device):
     """The method on measurement y with the base-step settings of `cfg`."""
     kwargs = {"eta": cfg.eta, "spacing": cfg.spacing, "device": device}
-    return method(sde, score_fn, A, y, shape, cfg.steps, cfg.eps, generator=torch.Generator(device).manual_seed(seed),
+    return method(sde, score_fn, A, y, shape, cfg.steps, cfg.t_min, generator=torch.Generator(device).manual_seed(seed),
                   **kwargs)  # fmt: skip
 
 
@@ -157,8 +157,8 @@ def main(cfg: DictConfig) -> float:
     mask = instantiate_node(cfg, "mask", shape=shape)
     method = instantiate_node(cfg, "method")
     name = method.func.__name__
-    if not cfg.eps < sde.T:
-        raise config_error("eps", cfg.eps, f"must be < the SDE's T = {sde.T}")
+    if not cfg.t_min < sde.T:
+        raise config_error("t_min", cfg.t_min, f"must be < the SDE's T = {sde.T}")
     A = measurement_matrix(mask).float().to(device)
     dry_run(method, cfg, sde, A, shape, device)
     g = torch.Generator().manual_seed(cfg.seed)

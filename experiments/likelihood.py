@@ -30,7 +30,6 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +39,7 @@ from sde_diffusion.apps import (
     argument_error,
     build_sde,
     config_error,
+    hydra_app,
     instantiate_node,
     load_run,
     output_dir,
@@ -64,7 +64,6 @@ def check(cfg: DictConfig) -> None:
     for key in ("n", "batch_size", "steps", "n_draws", "n_t"):
         require_number(cfg, f"likelihood.{key}", integer=True, ge=1)
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
-    require_number(cfg, "threads", integer=True, ge=1, optional=True)
     for key in ("rtol", "atol", "t_min", "tau"):
         require_number(cfg, f"likelihood.{key}", gt=0)
     require_choice(cfg, "likelihood.method", METHODS)
@@ -123,7 +122,7 @@ def evaluate_share(cfg: DictConfig, ctx: distributed.Context, score_fn, sde, dat
     return result | {"divergence": divergence, "processes": ws}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="likelihood")
+@hydra_app("likelihood")
 def main(cfg: DictConfig) -> float:
     """The app: check, join the processes (torchrun), evaluate, leave."""
     check(cfg)
@@ -140,8 +139,6 @@ def main(cfg: DictConfig) -> float:
 
 def run(cfg: DictConfig, ctx: distributed.Context) -> float:
     """Load the score (checkpoint or oracle), evaluate on held-out data; rank 0 writes and logs."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(distributed.broadcast_object(str(output_dir())))
     lc = cfg.likelihood
     score_fn, sde, data, dtype = load_score(cfg, ctx.device)

@@ -175,14 +175,14 @@ def read_search(sweep_dir: Path, jobs: list[Job]) -> Search | None:
 
 def labels(jobs: list[Job], metrics: list[str]) -> dict[str, str]:
     """Each metric's label in the table and the plot: `main_metric` with the metric it is, `final_loss` marked as not
-    comparable when the jobs' β(t) or SDE configs differ (the DSM loss's scale depends on both)."""
+    comparable when the jobs' β(t), SDE or objective (`loss`) configs differ (the loss's scale depends on each)."""
     out = {m: m for m in metrics}
     names = sorted({j.main_name for j in jobs if j.main_name})
     if "main_metric" in out and names:
         out["main_metric"] = f"main_metric ({', '.join(names)})"
     configs = [j.config for j in jobs if j.config]
     if "final_loss" in out and any(
-        len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 for k in ("schedule", "sde")
+        len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 for k in ("schedule", "sde", "loss")
     ):
         out["final_loss"] = f"final_loss ({LOSS_CAVEAT})"
     return out

@@ -44,6 +44,7 @@ from sde_diffusion.apps import (
     build_evaluator,
     check_run,
     config_diff,
+    hydra_app,
     instantiate_node,
     output_dir,
     require_file,
@@ -57,6 +58,7 @@ from sde_diffusion.apps.build import argument_error
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
+from sde_diffusion.diagnosis import LevelError, excess_loss_by_level, plot_level_errors
 from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
@@ -78,7 +80,7 @@ def check(cfg: DictConfig) -> None:
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_app("train", threads="train.threads")
 def main(cfg: DictConfig) -> float:
     """Check, join the processes (torchrun), train; returns the main metric for Hydra sweepers."""
     check(cfg)
@@ -111,8 +113,6 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     trainer = build_trainer(cfg, built, ctx, [hooks, stop])
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
     with hooks.tracker:
         start = time.perf_counter()
@@ -135,6 +135,8 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
             report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
+            if hooks.level_errors:
+                level_report(hooks.level_errors, out, hooks.tracker, title)
             if built.model.num_classes is not None:
                 guided_report(guided(built.sde, trainer.ema_model, built.data, trainer.device), built, out,
                               hooks.tracker, title, trainer.step)  # fmt: skip
@@ -143,10 +145,12 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
 
 def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callbacks: list) -> Trainer:
     """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
-    partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
+    node = OmegaConf.create(OmegaConf.to_container(cfg.train, resolve=True))  # ${seed}, ${device} from the root
+    partial = hydra.utils.instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in LOOP_KEYS]))
     try:
         return partial(
-            built.model, built.sde, built.data, device=ctx.device, callbacks=callbacks,
+            built.model, built.sde, built.data, objective=instantiate_node(cfg, "loss", sde=built.sde),
+            device=ctx.device, callbacks=callbacks,
             progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
         )  # fmt: skip
     except ArgumentError as err:
@@ -187,6 +191,7 @@ class StepHooks:
     def __init__(self, cfg: DictConfig, out: Path, run: RunState, evaluator: Evaluator, built: Built):
         self.cfg, self.run, self.evaluator, self.built = cfg, run, evaluator, built
         self.path, self.tracker, self.window = out / "checkpoints" / "last.pt", Tracker(), run.loss_window
+        self.level_errors: dict[int, LevelError] = {}  # step -> excess loss per λ-bin (data with an oracle)
 
     def __call__(self, trainer: Trainer, logs: dict) -> None:
         t, step = self.cfg.train, logs["step"]
@@ -206,6 +211,13 @@ class StepHooks:
         """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
         a RunError naming its slot."""
         b = self.built
+        if b.data.oracle is not None and trainer.rank == 0:
+            gen = torch.Generator().manual_seed(self.cfg.eval.seed)
+            c = excess_loss_by_level(b.sde, trainer.ema_model, b.data.oracle, trainer.objective.t_min, generator=gen,
+                                     device=trainer.device)  # fmt: skip
+            self.level_errors[trainer.step] = c
+            row = {f"score_error/lam{lam:+.2f}": v for lam, v in zip(c.lam, c.excess, strict=True)}
+            self.tracker.log(row, step=trainer.step)
         try:
             return self.evaluator(b.sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
                                   trainer.device, progress=self.cfg.train.progress and trainer.rank == 0)  # fmt: skip
@@ -298,6 +310,20 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
     tracker.log(row, step=step)
     tracker.log_images({f"guidance/{Path(p).stem}": p for p in paths}, step=step)
     tracker.summary(row)
+
+
+def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, title: str) -> None:
+    """The excess loss over the exact score per λ-bin (sde_diffusion.diagnosis) at each evaluation: metrics.json's
+    "score_error" (per step: lam, excess, se), score_error.png, and a tracker table."""
+    path = plot_level_errors(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")
+    result = json.loads((out / "metrics.json").read_text())
+    result["score_error"] = {str(step): c.as_dict() for step, c in curves.items()}
+    result["plots"].append(str(path))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    rows = [{"step": k, "lam": lam, "excess": e, "se": se} for k, c in curves.items()
+            for lam, e, se in zip(c.lam, c.excess, c.se, strict=True)]  # fmt: skip
+    tracker.log_table("eval/score_error", rows)
+    tracker.log_images({"eval/score_error": path})
 
 
 def series(ev: Evaluation) -> dict[str, float]:

@@ -225,3 +225,38 @@ class DDPMSchedule:
     betas: Tensor
     alphas: Tensor
     alphas_cumprod: Tensor
+
+
+class RectifiedFlowSDE(SDE):
+    """The linear interpolant x_t = (1 − t)x₀ + tε of rectified flow (Liu et al. 2023; Lipman et al. 2023): s = 1 − t,
+    σ = t, so f = d log s/dt = −1/(1 − t) and g² = dσ²/dt − 2fσ² = 2t/(1 − t) (Song et al. 2021, eq. 29 inverted).
+
+    f and g blow up at t = 1 where s = 0, so T < 1: the prior is N(0, T²I), which misses x_T's mean (1 − T)x₀ by
+    a KL of ½((1 − T)/T)²‖x₀‖² (1e-6‖x₀‖² at T = 0.999). Flow matching is this SDE with parameterization "v"
+    and t ~ U: its v-target (1 − t)ε − tx₀ over √(s² + σ²) is the velocity ε − x₀ rescaled.
+    """
+
+    def __init__(self, T: float = 0.999):
+        super().__init__(T)
+        if not T < 1:
+            raise ValueError(f"T must be < 1 for the rectified-flow path (s(1) = 0), got {T}")
+
+    def f(self, t: Tensor) -> Tensor:
+        return -1 / (1 - t)
+
+    def g(self, t: Tensor) -> Tensor:
+        return torch.sqrt(2 * t / (1 - t))
+
+    def scale(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t.clone()
+
+    def log_snr_inverse(self, lam: Tensor) -> Tensor:
+        """Closed form: λ = log((1 − t)/t), so t = sigmoid(−λ)."""
+        return torch.sigmoid(-lam)
+
+    @property
+    def prior_std(self) -> float:
+        return self.T

@@ -47,7 +47,7 @@ def test_elbo_depends_only_on_the_endpoints():
 def test_samplers_and_the_oracle_run_on_it():
     sde, mix = VPSDE(LearnedBeta()), mixture(dim=4, k=3)
     with torch.no_grad():
-        out = sample(sde, mix.score_fn(sde), (2000, 4), sampler="euler_maruyama", steps=200, eps=1e-3,
+        out = sample(sde, mix.score_fn(sde), (2000, 4), sampler="euler_maruyama", steps=200, t_min=1e-3,
                      dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip
     # the first two moments of the samples against the data's, to 5 standard errors of 2 000 draws
     sd = mix.covariance.diag().sqrt()

@@ -106,9 +106,9 @@ def test_loss_is_per_sample_and_shape_agnostic():
     assert torch.equal(moved[torch.arange(16) != 3], flat[torch.arange(16) != 3]) and moved[3] != flat[3]
 
 
-def test_bad_weighting_and_eps_raise():
+def test_bad_weighting_and_t_min_raise():
     x0 = torch.zeros(2, 2)
     with pytest.raises(ValueError, match="weighting"):
         dsm_loss(VPSDE(), lambda x, t: x, x0, weighting="snr")
-    with pytest.raises(ValueError, match="eps"):
-        dsm_loss(VPSDE(), lambda x, t: x, x0, eps=1.0)
+    with pytest.raises(ValueError, match="t_min.*1.0"):
+        dsm_loss(VPSDE(), lambda x, t: x, x0, t_min=1.0)

@@ -293,7 +293,7 @@ def test_unwritable_wandb_dir_warns_once_and_the_run_finishes(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["samplers"]) == ["euler_maruyama", "dpm_solver"] and metrics["train_steps"] == 30
     assert metrics["main_metric"]["value"] == metrics["samplers"]["euler_maruyama"]["sw2"]
-    assert all(Path(p).is_file() for p in metrics["plots"]) and len(metrics["plots"]) == 2
+    assert all(Path(p).is_file() for p in metrics["plots"]) and len(metrics["plots"]) == 3  # samples, loss, score_error
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["step"] == 30 and state["wandb_run_id"] is None and len(state["loss_history"]) == 6
 

@@ -159,9 +159,6 @@ def test_gradient_clipping_bounds_the_applied_gradient():
         {"batch_size": 1.5},
         {"lr": 0.0},
         {"ema_decay": 1.0},
-        {"loss_eps": 0.0},
-        {"loss_eps": 1.0},  # T of the VP SDE
-        {"weighting": "snr"},
         {"nan_policy": "ignore"},
         {"grad_clip": -1.0},
         {"warmup": -1},

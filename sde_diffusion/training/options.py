@@ -7,7 +7,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..checks import check_choice, check_number
-from ..losses import WEIGHTINGS
 from .amp import PRECISIONS
 from .guard import NAN_POLICIES
 
@@ -23,19 +22,17 @@ def _choice(default: Any, choices: tuple) -> Any:
 @dataclass(frozen=True)
 class TrainOptions:
     """AdamW (lr, weight_decay), `warmup` steps of linear warm-up then cosine decay over `steps`, gradient clipping
-    at norm `grad_clip` (None: none), the EMA decay, the DSM loss's t ~ U(loss_eps, T) and `weighting`, the label
+    at norm `grad_clip` (None: none), the EMA decay (the loss is the Trainer's `objective`), the label
     drop rate `cond_drop` of a class-conditional model, the `seed` of the data and noise streams, the NaN policy,
     the autocast `precision`, torch.compile, and a progress bar."""
 
     steps: int = _number(integer=True, ge=1)
     batch_size: int = _number(integer=True, ge=1)
-    lr: float = _number(2e-3, gt=0)
+    lr: float = _number(3e-3, gt=0)
     weight_decay: float = _number(0.0, ge=0)
     warmup: int = _number(100, integer=True, ge=0)
     grad_clip: float | None = _number(1.0, gt=0, optional=True)
-    ema_decay: float = _number(0.999, ge=0, lt=1)
-    loss_eps: float = _number(1e-5, gt=0)  # and < T: the Trainer checks it against its SDE
-    weighting: str = _choice("simple", WEIGHTINGS)
+    ema_decay: float = _number(0.998, ge=0, lt=1)
     cond_drop: float = _number(0.0, ge=0, le=1)
     seed: int = _number(0, integer=True, ge=0)
     nan_policy: str = _choice("stop", NAN_POLICIES)
@@ -48,5 +45,5 @@ class TrainOptions:
             value = getattr(self, f.name)
             if "number" in f.metadata:
                 check_number(f.name, value, **f.metadata["number"])
-            else:
+            elif "choices" in f.metadata:
                 check_choice(f.name, value, f.metadata["choices"])

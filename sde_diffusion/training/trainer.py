@@ -1,8 +1,8 @@
-"""The training loop (EDM's training_loop, Karras et al. 2022, in spirit): draw a batch, one AdamW step on the DSM
-loss (Song et al. 2021, eq. 7) with linear warm-up, cosine decay and gradient clipping, the EMA update, then the
-callbacks. DDP, autocast, torch.compile and the NaN guard are opt-in parts; `state_dict()` holds all a step
-depends on, so that training N steps equals training k, saving, loading into a new Trainer and training N − k:
-bitwise on the CPU."""
+"""The training loop (EDM's training_loop, Karras et al. 2022, in spirit): draw a batch, one AdamW step on the
+objective (objectives.Objective; by default the DSM loss of Song et al. 2021, eq. 7) with linear warm-up, cosine
+decay and gradient clipping, the EMA update, then the callbacks. DDP, autocast, torch.compile and the NaN guard are
+opt-in parts; `state_dict()` holds all a step depends on, so that training N steps equals training k, saving,
+loading into a new Trainer and training N − k: bitwise on the CPU."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..checkpoint import check_fits
-from ..checks import ArgumentError, check_number
-from ..losses import dsm_draws, dsm_loss
+from ..checks import ArgumentError
+from ..objectives import Objective
 from ..runtime import resolve_device, seed_everything
 from ..sde import SDE
 from . import rng
@@ -63,10 +63,13 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         rank: int = 0,
         world_size: int = 1,
+        objective: Objective | None = None,
         **options: Any,
     ):
         self.options = o = TrainOptions(**options)
-        check_number("loss_eps", o.loss_eps, gt=0, lt=sde.T)
+        if objective is not None and objective.sde is not sde:
+            raise ValueError("objective was built for another SDE: build it with the Trainer's sde")
+        self.objective = objective if objective is not None else Objective(sde)  # default: today's DSM loss
         self.num_classes = _check_labels(model, data, o.cond_drop)
         distributed.check_ranks(rank, world_size)
         self.sde, self.data, self.steps, self.callbacks = sde, data, o.steps, list(callbacks)
@@ -94,7 +97,8 @@ class Trainer:
         return self.ema.model
 
     def fit(self) -> None:
-        """Train from `step` to `steps`, calling every callback with the step's logs after each step."""
+        """Train from `step` to `steps` (options.steps unless set lower: the LR schedule always spans options.steps),
+        calling every callback with the step's logs after each step."""
         self.train_model.train()
         with tqdm(total=self.steps, initial=self.step, disable=not self.options.progress, desc="train") as bar:
             while self.step < self.steps:
@@ -122,6 +126,7 @@ class Trainer:
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             self.scaler.step(self.optimizer)
             self.ema.update(self.step)
+            self.objective.update(*self._drawn)  # an adaptive p(λ) follows the per-sample losses
         elif self.options.nan_policy == "stop" and not (self.scaler.is_enabled() and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
             self.data_generator.set_state(before[0])
@@ -138,13 +143,15 @@ class Trainer:
                 "skipped_steps": self.skipped_steps}  # fmt: skip
 
     def _loss(self, x0: Tensor, y: Tensor | None) -> Tensor:
-        """The mean DSM loss of this rank's slice of the global batch x₀ (labels y); t ~ U(loss_eps, T) and ε are
-        drawn for the whole batch from the noise generator, so every rank draws the same."""
-        o, s = self.options, self.shard
-        t, noise = dsm_draws(self.sde, x0.shape, o.loss_eps, self.noise_generator, x0.dtype, self.device)
+        """The mean objective of this rank's slice of the global batch x₀ (labels y); t (λ ~ p) and ε are drawn for
+        the whole batch from the noise generator, so every rank draws the same."""
+        s = self.shard
+        t, noise = self.objective.draw(x0.shape, self.noise_generator, x0.dtype, self.device)
         x0 = x0[s].to(self.device, non_blocking=True)
         y = y[s].to(self.device, non_blocking=True) if y is not None else None
-        return dsm_loss(self.sde, self.train_model, x0, o.loss_eps, o.weighting, t=t[s], noise=noise[s], y=y).mean()
+        per_sample = self.objective(self.train_model, x0, y, t[s], noise[s])
+        self._drawn = t[s], per_sample.detach()
+        return per_sample.mean()
 
     def _batch(self) -> tuple[Tensor, Tensor | None]:
         """The global batch x₀ and, for a conditional model, its labels with each replaced by ∅ (the index
@@ -160,6 +167,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything the next step depends on, as plain tensors and containers (torch.load(weights_only=True))."""
+        generators = {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state()}
         state = {
             "model": self.model.state_dict(),
             "ema": self.ema_model.state_dict(),
@@ -167,8 +175,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
-            "rng": {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state()}
-            | rng.get_state(),
+            "rng": generators | rng.get_state(),
+            "objective": self.objective.state_dict(),  # an adaptive p(λ)'s state; {} for the others
         }
         return state | ({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})
 
@@ -181,6 +189,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        self.objective.load_state_dict(state.get("objective", {}))
         self.data_generator.set_state(state["rng"]["data"])
         self.noise_generator.set_state(state["rng"]["noise"])
         rng.set_state(state["rng"])
