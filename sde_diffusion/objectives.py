@@ -160,7 +160,11 @@ class Objective:
         return elbo * torch.sigmoid(self.bias - 2 * (sde.log_snr(t) if lam is None else lam))
 
     def w(self, t: Tensor, lam: Tensor) -> Tensor:
-        """The weighting w(λ) = p_base(λ)·c(λ) at (t, λ(t))."""
+        """The weighting w(λ) = p_base(λ)·c(λ) at (t, λ(t)); for the ELBO-type ones p_schedule·g²/σ² = 2/(T − t_min)
+        is used in closed form (no σ or g evaluated)."""
+        if self.weighting in ("likelihood", "sigmoid"):
+            w = torch.full_like(lam, 2 / (self.sde.T - self.t_min))
+            return w if self.weighting == "likelihood" else w * torch.sigmoid(self.bias - 2 * lam)
         c = self.factor(t, lam)
         return self.base.pdf(t, lam) * (1 if c is None else c)
 
