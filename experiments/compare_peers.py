@@ -64,7 +64,7 @@ PROJECT_SDE = [
     ("adaptive_sde", "adaptive_sde", {}),
 ]
 PROJECT_ODE = [
-    ("dpm_solver (default grid)", "dpm_solver", {}),
+    ("dpm_solver (defaults)", "dpm_solver", {}),
     *[(f"dpm_solver {s}", "dpm_solver", {"spacing": s}) for s in ("time_uniform", "time_quadratic", "karras")],
     *[(f"dpm_solver 2M {s}", "dpm_solver", {"order": 2, "spacing": s}) for s in BUILT_IN],
 ]
@@ -246,7 +246,7 @@ def ode_table(n: int, budgets: list[int], seed: int, tuned: bool = False) -> str
                 if out is not None:
                     rows.append(("sde-diffusion", label, out[1], flow_error(out[0], exact)))
             if tuned:  # steps = budget − 1: the Tweedie step is the last NFE
-                fits = {o: optimize_timesteps(sde, score, "dpm_solver", budget - 1, x_train, reference, eps=EPS,
+                fits = {o: optimize_timesteps(sde, score, "dpm_solver", budget - 1, x_train, reference, t_min=EPS,
                                               options={"order": o}) for o in (2, 3)}  # fmt: skip
                 order = min(fits, key=lambda o: fits[o].train["tuned"])
                 out = project_run("dpm_solver", {"order": order, "spacing": "custom",
@@ -269,7 +269,7 @@ def ode_table(n: int, budgets: list[int], seed: int, tuned: bool = False) -> str
                 print(f"  {data} ≤{budget} {who} {label}: NFE {nfe}, flow error {err:.3e}", flush=True)
                 if who not in best or err < best[who][2]:
                     best[who] = (label, nfe, err)
-            default = next(r for r in rows if r[1] == "dpm_solver (default grid)")
+            default = next(r for r in rows if r[1] == "dpm_solver (defaults)")
             lines.append(f"| {budget} | sde-diffusion default | {default[1]} | {default[2]} | {default[3]:.2e} |")
             for who, (label, nfe, err) in sorted(best.items(), key=lambda kv: kv[1][2]):
                 lines.append(f"| {budget} | {who} best | {label} | {nfe} | {err:.2e} |")

@@ -13,16 +13,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from sde_diffusion.apps import RunError, load_run, output_dir, require_file, require_values
+from sde_diffusion.apps import RunError, hydra_app, load_run, output_dir, require_file, require_values, start_tracker
 from sde_diffusion.checkpoint import CheckpointError, export_safetensors, load_checkpoint
 
 log = logging.getLogger("export")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra_app("export")
 def main(cfg: DictConfig) -> None:
     """Check, read the checkpoint, write the folder, load it back."""
     require_values(cfg)
@@ -37,6 +36,9 @@ def main(cfg: DictConfig) -> None:
     except CheckpointError as err:
         raise RunError(str(err)) from err
     log.info("wrote %s and %s", out / "model.safetensors", out / "config.json")
+    with start_tracker(cfg, output_dir(), job_type="export") as tracker:  # the export as a "model" artifact
+        tracker.log_artifact([out / "model.safetensors", out / "config.json"], f"export-{state.get('wandb_run_id')}",
+                             "model", {"checkpoint": str(cfg.checkpoint), "step": state.get("step")})  # fmt: skip
 
 
 if __name__ == "__main__":

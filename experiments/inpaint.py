@@ -1,23 +1,12 @@
-"""Inpainting with an unconditional score: sample p(x | y) for y = A x* + noise_std·n, A a mask's row selection, with
-one method of sde_diffusion.inverse, on the exact oracle or a trained run.
+"""Inpainting with an unconditional score: samples of p(x | y) for y = A x* + noise_std·n, A a mask's row selection,
+by one method of sde_diffusion.inverse, on the exact oracle or a trained run. Per held-out truth x*: the consistency
+RMS of A x − y (noise_std is its exact draws' level) and, with an exact oracle, the energy distance, mean and
+covariance errors against exact posterior draws beside their floor. Writes metrics.json, inpaint.png and a wandb
+run; returns the energy distance (oracle) or the consistency for sweepers.
 
     python experiments/inpaint.py                                         # 16-D mixture, half observed, replacement
-    python experiments/inpaint.py data=eight_gaussians method=tds         # x₁ observed; SMC
     python experiments/inpaint.py -m method=replacement,repaint,dps,tds   # one job, one wandb run per method
-    python experiments/inpaint.py checkpoint=outputs/digits_unet/DATE/checkpoints/last.pt mask=box method=dps
-
-For each of `truths` held-out draws x* (seed `seed`): y = A x* + noise_std·n, `n` samples of the method on the DDIM-η
-base step (`steps`, `eta`, `spacing`, `eps`). With an exact oracle (data=mixture/eight_gaussians, or a checkpoint of
-such a data set), the exact posterior p(x | y) (GaussianMixture.posterior, or inpainting_posterior for noise_std = 0)
-gives the metrics, averaged over the truths: the energy distance of the samples to n exact posterior draws, the error
-‖x̄ − E[x | y]‖ of their mean, the relative Frobenius error ‖Ĉ − Cov[x | y]‖/‖Cov[x | y]‖ of their covariance, beside
-the floor (the same metrics for a second set of n exact draws). Always: the consistency error, RMS of A x − y per
-observed coordinate (noise_std is its exact draws' level), NFE, backward passes and wall time.
-
-Output dir (Hydra's): metrics.json; inpaint.png: for images one row per truth (measurement with the missing pixels
-grey, `show` samples, the truth), for vectors a scatter of the samples beside exact posterior draws for the first
-truth (the first two missing coordinates); an offline wandb run. Returns the energy distance (oracle) or the
-consistency error for Hydra sweepers.
+    python experiments/inpaint.py checkpoint=outputs/train/DATE/checkpoints/last.pt mask=box method=tds
 """
 
 from __future__ import annotations
@@ -33,11 +22,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from tqdm import tqdm
 
 from sde_diffusion import plots
 from sde_diffusion.analytic import GaussianMixture
 from sde_diffusion.apps import (
     ConfigError,
+    RunError,
     argument_error,
     build_sde,
     config_error,
@@ -51,6 +42,7 @@ from sde_diffusion.apps import (
     start_tracker,
     sweep_run_name,
 )
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.masks import measurement_matrix
 from sde_diffusion.metrics import energy_distance
@@ -69,7 +61,7 @@ def check(cfg: DictConfig) -> None:
     require_number(cfg, "seed", integer=True, ge=0)
     require_number(cfg, "noise_std", ge=0)
     require_number(cfg, "steps", integer=True, ge=1)
-    require_number(cfg, "eps", gt=0)
+    require_number(cfg, "t_min", gt=0)
     require_number(cfg, "eta", ge=0, le=1)
     require_choice(cfg, "spacing", [s for s in SPACINGS if s != "custom"])
     require_file(cfg, "checkpoint", "null (the oracle) or the path of an existing checkpoint")
@@ -115,20 +107,39 @@ def consistency(x: Tensor, mask: Tensor, y: Tensor) -> float:
     return float((x.flatten(1)[:, mask.flatten()].double() - y.double()).square().mean().sqrt())
 
 
-def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
-    """Run the method once on a zero score: its own checks of every argument (and of the options in conf/method/)
-    fail here, before any output, as one ConfigError naming the method."""
+def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, ...], device: torch.device) -> int:
+    """Run the method once on the exact score of data at the origin, −x/σ(t)² (x̂₀ = 0, stable for every method): its
+    own checks of every argument (and of the options in conf/method/) fail here, before any output, as one
+    ConfigError naming the method. Returns its NFE per truth."""
+
+    def origin(x: Tensor, t: Tensor) -> Tensor:
+        return -x / sde.sigma(t).to(x.dtype).view(-1, *(1,) * (x.ndim - 1)) ** 2
+
     try:
-        run(method, cfg, sde, lambda x, t: torch.zeros_like(x), A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
+        dry = run(method, cfg, sde, origin, A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config error: method ({method.func.__name__}): {str(err).splitlines()[0]}") from None
+    return dry.nfe
+
+
+def counted(score_fn, bar: tqdm):
+    """score_fn, advancing the progress bar by one NFE per call."""
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        bar.update(1)
+        return score_fn(x, t)
+
+    return score
 
 
 def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, shape, seed: int, device):
-    """The method on measurement y with the base-step settings of `cfg`."""
+    """The method on measurement y with the base-step settings of `cfg`; a divergence it detects is a RunError."""
     kwargs = {"eta": cfg.eta, "spacing": cfg.spacing, "device": device}
-    return method(sde, score_fn, A, y, shape, cfg.steps, cfg.eps, generator=torch.Generator(device).manual_seed(seed),
-                  **kwargs)  # fmt: skip
+    try:
+        return method(sde, score_fn, A, y, shape, cfg.steps, cfg.t_min,
+                      generator=torch.Generator(device).manual_seed(seed), **kwargs)  # fmt: skip
+    except FloatingPointError as err:
+        raise RunError(f"{method.func.__name__} diverged: {err}") from err
 
 
 def score_of(cfg: DictConfig, device: torch.device):
@@ -141,6 +152,34 @@ def score_of(cfg: DictConfig, device: torch.device):
         return data.oracle.score_fn(sde), sde, data, "oracle"
     score_fn, sde, data = load_score(cfg.checkpoint, device)
     return score_fn, sde, data, str(cfg.checkpoint)
+
+
+def solve_truth(cfg: DictConfig, method: partial, sde, score_fn, data, mask: Tensor, A: Tensor, y: Tensor, device):
+    """The method's samples for one measurement y (CPU, float32), their metrics row, and (oracle) the exact draws."""
+    t0 = time.perf_counter()
+    res = run(method, cfg, sde, score_fn, A, y.to(device), (cfg.n, *data.shape), cfg.seed + 1, device)
+    row = {"nfe": res.nfe, "vjp": res.vjp, "wall_s": time.perf_counter() - t0}
+    x = res.x.detach().float().cpu()
+    row["consistency"] = consistency(x, mask, y)
+    if data.oracle is None:
+        return row, x, None
+    post = Posterior(data.oracle, mask, y.double(), cfg.noise_std)
+    exact = post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 2))
+    row |= posterior_metrics(x, post, exact)
+    floor = posterior_metrics(post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 3)), post, exact)
+    row |= {f"floor_{k}": v for k, v in floor.items()}
+    row["floor_consistency"] = consistency(exact, mask, y)
+    return row, x, exact
+
+
+def summary_line(name: str, metrics: dict) -> str:
+    """The figure's line of results: NFE, the consistency RMS beside the exact draws' (the noise level), and with an
+    oracle the energy distance to the exact posterior beside its floor."""
+    line = f"{name}: {metrics['nfe']:g} NFE, consistency RMS {metrics['consistency']:.3g}"
+    if "energy" not in metrics:
+        return line
+    line += f" (exact: {metrics['floor_consistency']:.3g})"
+    return line + f", energy distance {metrics['energy']:.2g} (floor {metrics['floor_energy']:.2g})"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inpaint")
@@ -157,41 +196,29 @@ def main(cfg: DictConfig) -> float:
     mask = instantiate_node(cfg, "mask", shape=shape)
     method = instantiate_node(cfg, "method")
     name = method.func.__name__
-    if not cfg.eps < sde.T:
-        raise config_error("eps", cfg.eps, f"must be < the SDE's T = {sde.T}")
+    if not cfg.t_min < sde.T:
+        raise config_error("t_min", cfg.t_min, f"must be < the SDE's T = {sde.T}")
     A = measurement_matrix(mask).float().to(device)
-    dry_run(method, cfg, sde, A, shape, device)
+    nfe = dry_run(method, cfg, sde, A, shape, device)
     g = torch.Generator().manual_seed(cfg.seed)
     truths = data.reference(cfg.truths, g)
     ys = truths.flatten(1)[:, mask.flatten()] + cfg.noise_std * torch.randn(cfg.truths, int(mask.sum()), generator=g)
-    with start_tracker(cfg, out, job_type="inpaint") as tracker:
+    bar = tqdm(total=cfg.truths * nfe, unit="NFE", desc=f"{name}, {cfg.truths} truths", disable=not cfg.progress)
+    with start_tracker(cfg, out, job_type="inpaint") as tracker, bar:
         rows, samples = [], []
         for i, y in enumerate(ys):
-            t0 = time.perf_counter()
-            res = run(method, cfg, sde, score_fn, A, y.to(device), (cfg.n, *shape), cfg.seed + 1, device)
-            row = {"truth": i, "nfe": res.nfe, "vjp": res.vjp, "wall_s": time.perf_counter() - t0}
-            x = res.x.detach().float().cpu()
-            row["consistency"] = consistency(x, mask, y)
-            if data.oracle is not None:
-                post = Posterior(data.oracle, mask, y.double(), cfg.noise_std)
-                exact = post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 2))
-                row |= posterior_metrics(x, post, exact)
-                floor = posterior_metrics(post.sample(cfg.n, torch.Generator().manual_seed(cfg.seed + 3)), post, exact)
-                row |= {f"floor_{k}": v for k, v in floor.items()}
-                row["floor_consistency"] = consistency(exact, mask, y)
-                samples.append((x, exact))
-            else:
-                samples.append((x, None))
-            rows.append(row)
-            log.info("truth %d: %s", i, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "truth"))
+            row, x, exact = solve_truth(cfg, method, sde, counted(score_fn, bar), data, mask, A, y, device)
+            rows.append({"truth": i} | row)
+            samples.append((x, exact))
+            log.info("truth %d: %s", i, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
         metrics = {k: statistics.mean(r[k] for r in rows) for k in rows[0] if k != "truth"}
         result = {"method": name, "options": dict(method.keywords), "source": source, "sde": repr(sde),
                   "mask": int(mask.sum()), "of": mask.numel(), **metrics, "per_truth": rows}  # fmt: skip
         main_name = "energy" if data.oracle is not None else "consistency"
         result["main_metric"] = {"name": main_name, "value": metrics[main_name]}
         title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
-        plot = figure(cfg, data, mask, truths, ys, samples, out / "inpaint.png", f"{title}\n{name}: "
-                      f"{metrics['nfe']:g} NFE, consistency RMS {metrics['consistency']:.3g}")  # fmt: skip
+        title += f"\n{summary_line(name, metrics)}"
+        plot = figure(cfg, data, mask, truths, ys, samples, out / "inpaint.png", title)
         result["plots"] = [str(plot)]
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -199,6 +226,7 @@ def main(cfg: DictConfig) -> float:
         tracker.log_table("inpaint", rows)
         tracker.log_images({"inpaint": plot})
         tracker.summary({f"inpaint/{k}": v for k, v in metrics.items()} | {"main_metric": metrics[main_name]})
+        check_samples({f"truth {i}": x for i, (x, _) in enumerate(samples)}, data.reference)
     return float(metrics[main_name])
 
 

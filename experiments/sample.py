@@ -15,7 +15,9 @@ time, the tuned grid if any; with metrics=true every metric of sde_diffusion.eva
 points, the floor and a legend) and an offline wandb run. NFE counts score calls; with labels each is two network
 evaluations (classifier-free guidance). The seeds are sde_diffusion.evaluation's: x_T from `seed`, the sampler's
 noise from `seed + 1`, the held-out draw from `seed + 500`, so an unconditional run draws what train.py's
-evaluation with eval.seed = seed draws. Returns SW₂ with metrics=true (for Hydra sweepers), else None.
+evaluation with eval.seed = seed draws. `eval` is train.yaml's node (sde_diffusion.evaluation.Evaluator) with n, seed
+and batch_size from here. A progress bar counts samples (chunks) or steps. Returns SW₂ with metrics=true (for Hydra
+sweepers), else None.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -34,8 +36,11 @@ from tqdm import tqdm
 from sde_diffusion import plots
 from sde_diffusion.apps import (
     RunError,
-    argument_error,
+    check_run,
     config_error,
+    config_errors,
+    hydra_app,
+    instantiate_node,
     load_run,
     output_dir,
     require_choice,
@@ -46,40 +51,35 @@ from sde_diffusion.apps import (
     sweep_run_name,
     tuned_run,
 )
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.checks import ArgumentError
-from sde_diffusion.evaluation import Evaluator, SamplerRun, legend
+from sde_diffusion.evaluation import SamplerRun, legend
 from sde_diffusion.guidance import classifier_free
 from sde_diffusion.runtime import resolve_device
-from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.sampling import sample
 from sde_diffusion.sde import SDE
 
 log = logging.getLogger("sample")
 
 
 def check(cfg: DictConfig) -> None:
-    """The keys this app reads itself (the sampler, labels and eval are checked once the run is loaded)."""
+    """The keys only this app reads (the sampler, labels and eval are checked by the library once the run is
+    loaded)."""
     require_values(cfg)
     require_run(cfg, "checkpoint", also=())
     require_choice(cfg, "metrics", (True, False))
     require_choice(cfg, "progress", (True, False))
-    require_number(cfg, "n", integer=True, ge=2 if cfg.metrics else 1)
-    require_number(cfg, "steps", integer=True, ge=1)
+    require_number(cfg, "n", integer=True, ge=1)
     require_number(cfg, "batch_size", integer=True, ge=1, optional=True)
     require_number(cfg, "seed", integer=True, ge=0)
     require_number(cfg, "w", ge=0)
 
 
 def sampler_run(cfg: DictConfig, sde: SDE) -> tuple[SamplerRun, dict | None]:
-    """The `sampler` at `steps`, checked against its spec and `sde` (a bad value names its key), on the tuned grid
-    of `timesteps` if set; and the record of that grid (None without)."""
+    """The `sampler` at `steps` (= sampler.steps), checked against its spec and `sde` (a bad value names its key
+    under `sampler`), on the tuned grid of `timesteps` if set; and the record of that grid (None without)."""
     run = SamplerRun(**(OmegaConf.to_container(cfg.sampler, resolve=True) | {"steps": cfg.steps}))
-    try:
-        run.check(sde)
-    except SamplerArgError as err:
-        raise config_error("steps" if err.key == "steps" else f"sampler.{err.key}", err.value, err.allowed) from None
-    except ArgumentError as err:
-        raise argument_error("sampler", err) from None
+    check_run(run, sde, "sampler")
     if cfg.timesteps is None:
         return run, None
     return tuned_run(run, sde, cfg.timesteps, cfg.checkpoint)
@@ -118,7 +118,7 @@ def draw(
             if labels is not None:
                 y = labels[done : done + len(chunk)].to(device)
                 score = classifier_free(model, y, cfg.w, null_label=model.num_classes)
-            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
+            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
                          denoise=run.denoise, x_T=chunk, generator=generator, device=device,
                          progress=cfg.progress and len(chunks) == 1, **run.options)  # fmt: skip
             outs.append(res.x.float().cpu())
@@ -150,15 +150,13 @@ def figure(x: torch.Tensor, data, labels: torch.Tensor | None, cfg: DictConfig, 
     return plots.scatter_panels({title.splitlines()[-1]: x}, reference, path, title.splitlines()[0])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@hydra_app("sample")
 def main(cfg: DictConfig) -> float | None:
     """Check and load everything (every bad value fails here, before any output), sample, write and log."""
     check(cfg)
     out = output_dir()
-    try:
+    with config_errors():
         device = resolve_device(cfg.device)
-    except ArgumentError as err:
-        raise argument_error("", err) from None
     try:
         model, sde, data, _ = load_run(cfg.checkpoint, device)
     except CheckpointError as err:
@@ -167,18 +165,14 @@ def main(cfg: DictConfig) -> float | None:
     labels = class_labels(cfg, model.num_classes)
     evaluator = None
     if cfg.metrics:
-        try:
-            evaluator = Evaluator({run.name: run}, n_samples=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size,
-                                  **OmegaConf.to_container(cfg.eval))  # fmt: skip
-        except ArgumentError as err:
-            raise argument_error("eval", err) from None
+        evaluator = instantiate_node(cfg, "eval", samplers={run.name: asdict(run)}, _convert_="all")
     shape = tuple(data.shape)
     out.mkdir(parents=True, exist_ok=True)
     with start_tracker(cfg, out, job_type="sample") as tracker:
         x, nfe, wall = draw(cfg, model, sde, run, shape, labels, device)
         arrays = data_space(x, data.scaler) | ({"labels": labels.numpy()} if labels is not None else {})
         np.savez(out / "samples.npz", **arrays)
-        result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "eps": run.t_min,
+        result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "t_min": run.t_min,
                   "denoise": run.denoise, "options": dict(run.options), "timesteps": grid, "nfe": nfe, "wall_s": wall,
                   "n": cfg.n, "seed": cfg.seed, "labels": cfg.labels, "w": cfg.w}  # fmt: skip
         if evaluator is not None:
@@ -200,6 +194,7 @@ def main(cfg: DictConfig) -> float | None:
         summary |= {f"sample/floor/{k}": v for k, v in result.get("floor", {}).items()}
         tracker.log_images({"samples": png})
         tracker.summary(summary | ({"main_metric": result["main_metric"]["value"]} if evaluator else {}))
+        check_samples({run.name: x}, data.reference)
         return result["main_metric"]["value"] if evaluator else None
 
 

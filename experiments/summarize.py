@@ -1,23 +1,12 @@
-"""Summarize a Hydra multirun: one table (a column per swept key, one per metric) and a plot; failed jobs listed.
+"""Summarize a Hydra multirun (any app, any launcher): summary.csv with every numeric leaf of each job's metrics.json
+(flattened with "/", its `main_metric` a column), summary.md and summary.png with the `--metrics` selection beside
+the sampling floor ± sd, the swept keys as columns, failed jobs with their error (failure.json or the log). An
+Optuna sweep (optimization_results.yaml) names its best trial and plots the objective against each parameter.
+`final_loss` across different β(t) or SDEs is labelled not comparable (the DSM loss's scale depends on both).
 
     python experiments/summarize.py multirun/train/2026-01-01_12-00-00              # summary.csv/.md/.png there
     python experiments/summarize.py DIR --metrics '*/mmd2' 'final_loss' --x schedule.beta_max
     python experiments/summarize.py DIR --log offline        # + a wandb run (job_type "summary") in the sweep's group
-    python experiments/summarize.py multirun/beta_search/2026-01-01_12-00-00    # an Optuna sweep: its best trial
-
-Reads every job dir below DIR that holds `.hydra/overrides.yaml` (any app: train.py, compare_samplers.py,
-likelihood.py; any launcher). A job's metrics are the numeric leaves of its `metrics.json`, flattened with "/"
-(e.g. `samplers/euler_maruyama/sw2`), integers kept; its `main_metric` (train.py's sample quality, compare_samplers'
-`objective`: what the app returns to a sweeper) is the column `main_metric`, shown by default. A job without
-metrics.json is listed as failed with the error from its `failure.json` (written by the
-`sde_diffusion.apps.RecordFailure` Hydra callback), else from the last ERROR line of its log, else as "no result".
-summary.csv holds every metric; summary.md and summary.png the `--metrics` selection. Swept keys are the overrides
-whose values differ between jobs; the others are listed as fixed. `final_loss` across jobs whose β(t) or SDE differ
-is labelled as not comparable: the DSM loss's scale depends on both.
-
-An Optuna sweep (hydra-optuna-sweeper's `optimization_results.yaml` in DIR): summary.md names the best trial (its
-job dir and parameters) above the trial table, and summary.png plots main_metric, the objective, against each
-searched parameter.
 """
 
 from __future__ import annotations
@@ -277,33 +266,62 @@ def _positions(values: list[str]) -> tuple[list[float], list[str] | None]:
     return [categories.index(v) for v in values], categories
 
 
+def _floor(jobs: list[Job], metric: str) -> tuple[float, float] | None:
+    """The sampling floor of `metric` (a column, or the last part of one) and its sd (0 if not recorded), from the
+    first job holding it."""
+    for j in jobs:
+        for name in (metric, metric.rsplit("/", 1)[-1]):
+            if f"floor/{name}" in j.metrics:
+                return j.metrics[f"floor/{name}"], j.metrics.get(f"floor_sd/{name}", 0.0)
+    return None
+
+
+def _draw_floor(ax: plt.Axes, floor: tuple[float, float] | None) -> list[float]:
+    """The floor as a dashed line inside its ± sd band; the values to fit on the axis."""
+    if floor is None:
+        return []
+    mean, sd = floor
+    ax.axhspan(mean - sd, mean + sd, color="k", alpha=0.12, lw=0, label="floor ± sd" if sd else None)
+    ax.axhline(mean, color="k", ls="--", lw=1, label=None if sd else "floor")
+    return [mean - sd, mean + sd] if mean - sd > 0 else [mean]
+
+
+def _log_searched(job: Job) -> set[str]:
+    """The parameters an Optuna sweep searched on a log scale (`tag(log, …)` in hydra.sweeper.params)."""
+    path = job.dir / ".hydra" / "hydra.yaml"
+    params = OmegaConf.load(path).hydra.sweeper.get("params") if path.is_file() else None
+    return {k for k, v in (params or {}).items() if "log" in str(v)}
+
+
 def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path:
     """An Optuna sweep: the objective (main_metric) against each searched parameter, one panel each, the trials
-    coloured by their order and the best one starred, the objective's sampling floor (if the jobs hold one) dashed;
-    log axes where the values are positive and span > 10x."""
+    coloured by their number and the best one starred, the objective's sampling floor (if the jobs hold one) dashed
+    in its ± sd band; log x axes where the search was log, category axes for categorical parameters."""
     ok = [j for j in jobs if j.status == "ok" and "main_metric" in j.metrics and set(search.params) <= set(j.overrides)]
     ys = [j.metrics["main_metric"] for j in ok]
-    floor = [j.metrics[f"floor/{j.main_name}"] for j in ok if f"floor/{j.main_name}" in j.metrics][:1]
+    floor, logs = _floor(ok, ok[0].main_name) if ok and ok[0].main_name else None, _log_searched(ok[0]) if ok else set()
     fig, axes = plt.subplots(1, len(search.params), figsize=(4.2 * len(search.params), 3.6), squeeze=False)
     for ax, key in zip(axes[0], search.params, strict=True):
         xs, categories = _positions([j.overrides[key] for j in ok])
-        points = ax.scatter(xs, ys, c=range(len(ok)), cmap="viridis", s=18)
+        points = ax.scatter(xs, ys, c=range(len(ok)), cmap="viridis", s=18, zorder=3)
         if search.best in ok:
             i = ok.index(search.best)
             ax.plot(xs[i], ys[i], "*", ms=15, mfc="none", mec="red", label=f"best (job {search.best.label})")
         if categories is not None:
             ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
-        elif _log_range(xs):
+        elif key in logs or _log_range(xs):
             _log_x(ax)
-        if floor:
-            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
+        fit = _draw_floor(ax, floor)
         if search.best in ok or floor:
             ax.legend(fontsize=7)
-        if _log_range(ys + floor):
+        if _log_range(ys + fit):
             ax.set_yscale("log")
-        ax.set(xlabel=key, ylabel=label, title=f"{label.split(' (')[0]} vs {key}")
+        ax.set(xlabel=key + (" (log search)" if key in logs else ""), ylabel=label,
+               title=f"{label.split(' (')[0]} vs {key}")  # fmt: skip
         ax.grid(alpha=0.3)
-    fig.colorbar(points, ax=axes[0, -1], label="trial")
+    bar = fig.colorbar(points, ax=axes[0, -1], label="trial")
+    bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+    bar.update_ticks()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -311,11 +329,15 @@ def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path
 
 
 def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: str | None = None) -> Path:
-    """One panel per metric (floor/* columns drawn as a dashed line in the panel of the same metric): the metric
-    against `x` (default: the first swept key with numeric values, else the first swept key as categories), one
-    line per combination of the other swept keys. Log axes where the values are positive and span > 10x."""
+    """One panel per metric (its floor/* and floor_sd/* columns drawn as a dashed line in a ± sd band in the panel of
+    the same metric; main_metric left out when it repeats a panel): the metric against `x` (default: the first swept
+    key with numeric values, else the first swept key as categories, as points), one line per combination of the
+    other swept keys. Log axes where the values are positive and span > 10x."""
     ok = [j for j in jobs if j.status == "ok"]
-    panels = [m for m in metrics if not m.startswith("floor/")] or metrics
+    panels = [m for m in metrics if not m.startswith(("floor/", "floor_sd/"))] or metrics
+    mains = {j.main_name for j in ok if j.main_name}
+    if "main_metric" in panels and len(mains) == 1 and any(p.endswith(f"/{m}") for m in mains for p in panels):
+        panels.remove("main_metric")  # it repeats the panel of its metric (e.g. samplers/euler_maruyama/sw2)
     titles = labels(jobs, panels)
     if x is None:
         numeric = [k for k in swept if all(_number(j.overrides.get(k, "")) is not None for j in ok)]
@@ -337,12 +359,10 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
                 xv = _number(str(x_value(j))) if is_numeric else categories.index(str(x_value(j)))
                 lines.setdefault(key, []).append((xv, j.metrics[metric]))
         for key, pts in lines.items():
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, label=key)
-        floor = [j.metrics[f] for j in ok for f in (f"floor/{metric}", f"floor/{metric.rsplit('/', 1)[-1]}")
-                 if f in j.metrics][:1]  # fmt: skip
-        if floor:
-            ax.axhline(floor[0], color="k", ls="--", lw=1, label="floor")
-        if _log_range([v for pts in lines.values() for _, v in pts] + floor):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, ls="-" if is_numeric else "none", label=key)
+        floor = _floor(ok, next(iter(mains)) if metric == "main_metric" and len(mains) == 1 else metric)
+        fit = _draw_floor(ax, floor)
+        if _log_range([v for pts in lines.values() for _, v in pts] + fit):
             ax.set_yscale("log")
         if is_numeric and _log_range([float(v) for v in xs]):
             _log_x(ax)

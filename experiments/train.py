@@ -1,24 +1,12 @@
-"""Train a score model, sample it with the evaluation samplers, and write everything to the job's output dir.
+"""Train a score model by denoising score matching (Song et al. 2021, eq. 7), sample it with the evaluation
+samplers, and write metrics.json (every metric beside the sampling floor, mean ± sd, and a legend), samples.png or
+samples_<sampler>.png, loss.png, checkpoints/last.pt and an offline wandb run to the job's output dir; a
+class-conditional run adds guided grids and their class accuracy. Returns the first sampler's SW2 for sweepers.
 
-    python experiments/train.py                                   # the README's main job (eight_gaussians, ~2 min)
-    python experiments/train.py experiment=train/digits_unet      # 8x8 digits with a U-Net
+    python experiments/train.py                                     # the README's main job (eight_gaussians)
+    python experiments/train.py experiment=train/digits_unet        # 8x8 digits with a U-Net
     python experiments/train.py -m schedule=linear,cosine,constant  # one job (and wandb run) per β(t)
-
-Output dir (Hydra's run/sweep dir): metrics.json (per sampler: NFE, wall time, and every metric of
-sde_diffusion.evaluation against a held-out data draw, beside the sampling floor = the same metrics for independent
-data draws, mean and sd), samples.png (2-D scatter against the data) or samples_<sampler>.png (image grids),
-loss.png, checkpoints/last.pt (a checkpoint.RunState), wandb/ (offline run; `wandb sync` it). Returns the first
-evaluation sampler's SW2 for Hydra sweepers. A class-conditional run (model.num_classes, e.g.
-experiment=train/digits_cond) also writes guided_w<w>.png (one row per class at classifier-free guidance scale w)
-or guided.png (2-D), and metrics.json's "guidance": per w the class accuracy of the samples as judged by a classifier
-of the real data, beside that classifier's accuracy on held-out data.
-
-    torchrun --standalone --nproc_per_node=2 experiments/train.py hydra.run.dir=outputs/ddp   # DDP (docs/scaling.md)
-
-Under torchrun (or the submitit_*_ddp launchers) every process runs this script: train.batch_size is the global
-batch, evaluation sampling is split across the processes, and only rank 0 writes files and the wandb run.
-
-metrics.json's "legend" says what each metric and the floor mean (sde_diffusion.evaluation.LEGEND).
+    torchrun --standalone --nproc_per_node=2 experiments/train.py   # DDP: rank 0 writes (docs/scaling.md)
 
 SIGTERM or SIGUSR1 (under submitit: its signal) stops training at the next step boundary: checkpoints/last.pt is
 saved and the process ends by that signal for the launcher to requeue; train.resume=auto continues bitwise
@@ -34,6 +22,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sde_diffusion import distributed, plots
@@ -44,6 +33,7 @@ from sde_diffusion.apps import (
     build_evaluator,
     check_run,
     config_diff,
+    hydra_app,
     instantiate_node,
     output_dir,
     require_file,
@@ -54,6 +44,7 @@ from sde_diffusion.apps import (
     sweep_run_name,
 )
 from sde_diffusion.apps.build import argument_error
+from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
@@ -79,7 +70,7 @@ def check(cfg: DictConfig) -> None:
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_app("train", threads="train.threads")
 def main(cfg: DictConfig) -> float:
     """Check, join the processes (torchrun), train; returns the main metric for Hydra sweepers."""
     check(cfg)
@@ -112,8 +103,7 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     trainer = build_trainer(cfg, built, ctx, [hooks, stop])
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    name_run(cfg)
     hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
     with hooks.tracker:
         start = time.perf_counter()
@@ -132,21 +122,40 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
             distributed.barrier()  # every rank exits after rank 0's save
             log.warning("%s: saved %s; train.resume=auto continues from there", err, hooks.path)
             raise
+        hooks.tracker.log_artifact(hooks.path, f"model-{hooks.tracker.run_id}", "model", {"step": trainer.step})
         evaluation = hooks.evaluate(trainer)
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
             report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
             if hooks.level_errors:
                 level_report(hooks.level_errors, out, hooks.tracker, title)
+            samples = dict(evaluation.samples)
             if built.model.num_classes is not None:
-                guided_report(guided(built.sde, trainer.ema_model, built.data, trainer.device), built, out,
-                              hooks.tracker, title, trainer.step)  # fmt: skip
+                ev = guided(built.sde, trainer.ema_model, built.data, trainer.device)
+                guided_report(ev, built, out, hooks.tracker, title, trainer.step)
+                samples |= {f"guided w={w:g}": x for w, x in ev.samples.items()}
+            check_samples(samples, evaluation.reference)
     return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
+
+
+def name_run(cfg: DictConfig) -> None:
+    """logger.name, when null: data, SDE, β(t) and loss weighting (the config groups chosen), then the job's
+    overrides if any (a sweep's runs differ by them), e.g. "eight_gaussians vp linear-β simple-loss"."""
+    if cfg.get("logger") is None or "name" not in cfg.logger or cfg.logger.name is not None:
+        return
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    choices, overrides = (hydra_cfg.runtime.choices, hydra_cfg.job.override_dirname) if hydra_cfg else ({}, "")
+    parts = [choices.get(k) or cfg[k]._target_.rsplit(".", 1)[-1] for k in ("data", "sde")]
+    if "schedule" in cfg.sde:
+        parts.append(f"{choices.get('schedule') or cfg.schedule._target_.rsplit('.', 1)[-1]}-β")
+    parts.append(f"{choices.get('loss') or cfg.train.get('weighting', 'dsm')}-loss")
+    cfg.logger.name = " ".join([*parts, *([overrides] if overrides else [])])
 
 
 def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callbacks: list) -> Trainer:
     """The Trainer of `train` (`_target_` + `_partial_`, without the app's LOOP_KEYS) for this process."""
-    partial = hydra.utils.instantiate(OmegaConf.masked_copy(cfg.train, [k for k in cfg.train if k not in LOOP_KEYS]))
+    node = OmegaConf.create(OmegaConf.to_container(cfg.train, resolve=True))  # ${seed}, ${device} from the root
+    partial = hydra.utils.instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in LOOP_KEYS]))
     try:
         return partial(
             built.model, built.sde, built.data, objective=instantiate_node(cfg, "loss", sde=built.sde),
@@ -259,8 +268,8 @@ def report(
     log.info("floor: %s", ev.floor)
     log.info("wrote %s", out / "metrics.json")
     tracker.log(series(ev), step=trainer.step)
-    floor_row = {"slot": "floor (data vs data)", **ev.floor}
-    tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + [floor_row])
+    floor_rows = [{"slot": "floor (data vs data)", **ev.floor}, {"slot": "floor sd", **ev.floor_sd}]
+    tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + floor_rows)
     tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
     tracker.summary({**series(ev), "main_metric": result["main_metric"]["value"], "train_wall_s": wall})
 
@@ -272,12 +281,26 @@ def sample_plots(ev: Evaluation, built: Built, out: Path, title: str) -> list[Pa
     if scaler is not None and len(built.data.shape) == 3:
         grids = [plots.image_grid(ev.reference[:64], out / "samples_data.png", f"{title}\ndata", scaler=scaler)]
         return grids + [
-            plots.image_grid(x[:64], out / f"samples_{k}.png", f"{title}\n{k}: {ev.rows[k]['nfe']} NFE", scaler=scaler)
+            plots.image_grid(
+                x[:64],
+                out / f"samples_{k}.png",
+                f"{title}\n{k}: {ev.rows[k]['nfe']} NFE, {quality(ev, k, ', ')}",
+                scaler=scaler,
+            )
             for k, x in ev.samples.items()
         ]
-    titled = {f"{k}: {ev.rows[k]['nfe']} NFE\nSW2 = {ev.rows[k]['sw2_over_floor']:.2f}x floor": x
-              for k, x in ev.samples.items()}  # fmt: skip
+    titled = {f"{k}: {ev.rows[k]['nfe']} NFE\n{quality(ev, k)}": x for k, x in ev.samples.items()}
     return [plots.scatter_panels(titled, ev.reference, out / "samples.png", title)]
+
+
+def quality(ev: Evaluation, slot: str, sep: str = "\n") -> str:
+    """A sampler's quality as its figure states it: SW2 over the floor, and a metric that sees mass between the modes,
+    which SW2 misses: NLL under the exact density (with an oracle) or the energy distance, each beside the floor's."""
+    row, floor, sd = ev.rows[slot], ev.floor, ev.floor_sd
+    line = f"SW2 {row['sw2_over_floor']:.2f}× floor"
+    if "oracle_nll" in row:
+        return line + f"{sep}NLL {row['oracle_nll']:.2f} (floor {floor['oracle_nll']:.2f} ± {sd['oracle_nll']:.2f})"
+    return line + f"{sep}energy {row['energy']:.2g} (floor {floor['energy']:.2g} ± {sd['energy']:.1g})"
 
 
 def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracker, title: str, step: int) -> None:
@@ -289,8 +312,8 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
         show = min(10, len(ev.labels) // c)
         paths = [
             plots.image_grid(x.view(c, -1, *x.shape[1:])[:, :show].flatten(0, 1), out / f"guided_w{w:g}.png",
-                             f"{title}\nguidance w = {w:g}: one row per class 0..{c - 1}, accuracy "
-                             f"{ev.rows[w]['accuracy']:.1%} ({judge})", nrow=show, scaler=scaler)
+                             f"{title}\nguidance w = {w:g}: one row per class, accuracy {ev.rows[w]['accuracy']:.1%} "
+                             f"({judge})", nrow=show, scaler=scaler, row_labels=[f"class {i}" for i in range(c)])
             for w, x in ev.samples.items()
         ]  # fmt: skip
     else:
@@ -327,8 +350,9 @@ def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, tit
 
 
 def series(ev: Evaluation) -> dict[str, float]:
-    """An evaluation as wandb series eval/<slot>/<metric> and eval/floor/<metric>."""
+    """An evaluation as wandb series eval/<slot>/<metric>, eval/floor/<metric> and eval/floor_sd/<metric>."""
     row = {f"eval/floor/{k}": v for k, v in ev.floor.items()}
+    row |= {f"eval/floor_sd/{k}": v for k, v in ev.floor_sd.items()}
     for slot, metrics in ev.rows.items():
         row |= {f"eval/{slot}/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
     return row

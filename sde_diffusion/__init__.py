@@ -1,6 +1,7 @@
 """sde-diffusion: continuous-time score-based diffusion models (Song et al. 2021)."""
 
 from .analytic import GaussianMixture, eight_gaussians, mixture
+from .learned_schedule import LearnedBeta
 from .schedules import (
     BetaSchedule,
     CallableBeta,
@@ -25,6 +26,7 @@ __all__ = [
     "DDPMSchedule",
     "EDMBeta",
     "GaussianMixture",
+    "LearnedBeta",
     "LinearBeta",
     "LogSNRLinearBeta",
     "PolynomialBeta",

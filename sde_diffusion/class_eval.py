@@ -95,7 +95,7 @@ class GuidedEvaluator:
             score = classifier_free(model, y.to(device), w, null_label=c)
             generator = torch.Generator(device).manual_seed(self.seed + 1)
             t0 = time.perf_counter()
-            res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
+            res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
                          denoise=run.denoise, x_T=x_T, generator=generator, device=device, **run.options)  # fmt: skip
             x = res.x.float().cpu()
             hit = (judge.predict(x) == y).double()

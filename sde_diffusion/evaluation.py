@@ -87,7 +87,7 @@ class SamplerRun:
 
     def check(self, sde: SDE) -> None:
         """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
-        check_sampler(self.name, steps=self.steps, eps=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
+        check_sampler(self.name, steps=self.steps, t_min=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
         check_choice("denoise", self.denoise, (True, False))
 
 
@@ -194,7 +194,7 @@ class Evaluator:
             generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
             t0 = time.perf_counter()
             try:
-                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, eps=run.t_min,
+                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
                              denoise=run.denoise, x_T=mine, generator=generator, device=device,
                              batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
             except (RuntimeError, ValueError) as err:

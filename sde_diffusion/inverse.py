@@ -1,22 +1,13 @@
-"""Inverse problems: sampling p(x | y) for a linear measurement y = A x + noise_std·n, n ~ N(0, I), with an
-unconditional score — replacement, RePaint, DPS and the twisted diffusion sampler (TDS), on one DDIM-η base step.
-
-x is (batch, …) and A (m, D) acts on x flattened to D = x[0].numel(); y (m,) is one measurement that every sample of
-the batch conditions on. A mask (inpainting, random pixels) is the row selection A = torch.eye(D)[mask.flatten()].
-Everything is written in α_t = s(t), σ_t = σ(t), λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike, on the grid
-t_0 = T > … > t_steps = eps of `sampling.timesteps`. The base step from t_i to t_{i+1} is DDIM-η (Song, Meng & Ermon
-2021, eq. 12; as in `sampling/ddim.py`), with h = λ_{i+1} − λ_i and x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie):
-  x ← (α_{i+1}/α_i) r x + α_{i+1}(1 − r) x̂₀ + σ_{i+1} η √(1 − e^{−2h}) z,  r = e^{−h} √(1 − η²(1 − e^{−2h})):
-η = 1 draws from q(x_{t_{i+1}} | x_{t_i}, x₀ = x̂₀) (ancestral), η = 0 is deterministic. Every method ends with
-Tweedie's step at eps.
-
-NFE counts score evaluations per sample path, including those differentiated through; `vjp` counts the backward
-passes through the score among them (DPS and TDS: one per step), each costing about two forward ones.
+"""Inverse problems: samples of p(x | y) for y = A x + noise_std·n, n ~ N(0, I), with an unconditional score, by
+replacement, RePaint, DPS and the twisted diffusion sampler (TDS), all on the DDIM-η base step (Song, Meng & Ermon
+2021, eq. 12) in α_t, σ_t, λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike. A (m, D) acts on x flattened (a mask
+is a row selection of the identity); NFE counts every score call, `vjp` the backward passes among them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +47,9 @@ class _Setup:
         return tweedie_denoise(self.sde, score_fn, x, self.t[i])
 
     def step(self, x: Tensor, x0: Tensor, i: int, eta: float) -> tuple[Tensor, Tensor]:
-        """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`): its mean and its noise std."""
+        """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`), h = λ_{i+1} − λ_i: its mean
+        (α_{i+1}/α_i) r x + α_{i+1}(1 − r) x̂₀ and noise std σ_{i+1} η √(1 − e^{−2h}), r = e^{−h} √(1 − η²(1 − e^{−2h}));
+        η = 1 draws q(x_{t_{i+1}} | x_{t_i}, x₀ = x̂₀), η = 0 is deterministic."""
         h = self.lam[i + 1] - self.lam[i]
         return ddim_step(x, x0, self.alpha[i], self.alpha[i + 1], self.sigma[i + 1], h, eta)
 
@@ -71,7 +64,7 @@ def _setup(
     y: Tensor,
     shape: tuple[int, ...],
     steps: int,
-    eps: float,
+    t_min: float,
     eta: float,
     spacing: str,
     generator: torch.Generator | None,
@@ -89,8 +82,8 @@ def _setup(
         raise ValueError(f"A must be (m, D={d}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must be a number in (0, T={sde.T:g}), got {eps!r}")
+    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < sde.T:
+        raise ValueError(f"t_min must be a number in (0, T={sde.T:g}), got {t_min!r}")
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     if x_T is None:
@@ -98,7 +91,7 @@ def _setup(
     elif tuple(x_T.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected shape={shape}")
     x = x_T.to(device=device or x_T.device, dtype=dtype)
-    t = timesteps(sde, steps, eps, spacing, device=x.device)
+    t = timesteps(sde, steps, t_min, spacing, device=x.device)
     A, y = A.to(device=x.device, dtype=dtype), y.to(device=x.device, dtype=dtype)
     return _Setup(sde, x, A, y, t, sde.scale(t), sde.sigma(t), sde.log_snr(t))
 
@@ -123,7 +116,7 @@ def repaint(
     y: Tensor,
     shape: tuple[int, ...],
     steps: int = 250,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     *,
     jump_length: int = 10,
     resample: int = 10,
@@ -140,13 +133,13 @@ def repaint(
     Down from t_i to t_{i+1}: the DDIM-η step of the unconditional score, then the measured part replaced by a
     forward-noised y, x ← x + A⁺(y_{i+1} − A x) with y_{i+1} = α_{i+1} y + σ_{i+1} A z (for a mask: the observed
     coordinates set to α y + σ z). Up from t_{i+1} to t_i: a draw of q(x_{t_i} | x_{t_{i+1}}),
-    x ← (α_i/α_{i+1}) x + σ_i √(1 − e^{−2h}) z. At eps Tweedie's step, then A x̂₀ = y exactly; the noise in y is not
+    x ← (α_i/α_{i+1}) x + σ_i √(1 − e^{−2h}) z. At t_min Tweedie's step, then A x̂₀ = y exactly; the noise in y is not
     modelled. NFE = steps·resample + 1 (resample = 1: `replacement`).
     """
     for name, v in (("jump_length", jump_length), ("resample", resample)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
+    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
     pinv = torch.linalg.pinv(p.A.to(torch.float64)).to(p.A.dtype)  # A⁺ (D, m); Aᵀ for a row selection
 
     def project(x: Tensor, y_t: Tensor) -> Tensor:
@@ -175,7 +168,7 @@ def replacement(
     y: Tensor,
     shape: tuple[int, ...],
     steps: int = 1000,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     *,
     eta: float = 1.0,
     spacing: str = "logsnr",
@@ -188,7 +181,7 @@ def replacement(
     forward-noised y (`repaint` with resample = 1). Biased: the replaced part is drawn independently of the unknown
     part's path, not from p_t(A x_t | x_t's unknown part, y). NFE = steps + 1."""
     return repaint(
-        sde, score_fn, A, y, shape, steps, eps, jump_length=1, resample=1, eta=eta, spacing=spacing,
+        sde, score_fn, A, y, shape, steps, t_min, jump_length=1, resample=1, eta=eta, spacing=spacing,
         generator=generator, x_T=x_T, dtype=dtype, device=device,
     )  # fmt: skip
 
@@ -200,7 +193,7 @@ def dps(
     y: Tensor,
     shape: tuple[int, ...],
     steps: int = 1000,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     *,
     zeta: float = 1.0,
     eta: float = 1.0,
@@ -216,7 +209,7 @@ def dps(
     vjp = steps."""
     if isinstance(zeta, bool) or not isinstance(zeta, int | float) or not (math.isfinite(zeta) and zeta >= 0):
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
-    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
+    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
     x = p.x
     for i in range(steps):
         with torch.enable_grad():
@@ -230,14 +223,50 @@ def dps(
     return InverseResult(x, steps + 1, steps)
 
 
-def _resample(log_w: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Systematic resampling (Douc & Cappé 2005) in each row of log_w (groups, K): the drawn indices, (groups, K)."""
+def _resample(log_w: Tensor, generator: torch.Generator | None, t: float, every: bool) -> tuple[Tensor, Tensor]:
+    """Systematic resampling (Douc & Cappé 2005) of each group, a row of log_w (groups, K), whose effective sample
+    size 1/Σw² is below K/2 (or of every group): each particle's ancestor within its group and the log weights after
+    (0 where resampled). A non-finite log weight is a zero weight; a group left with none raises FloatingPointError."""
     g, k = log_w.shape
-    c = torch.softmax(log_w, 1).cumsum(1)
-    c[:, -1] = 1.0
+    log_w = torch.where(log_w.isfinite(), log_w, -math.inf)  # NaN and ±inf: the particle is dropped
+    dead = log_w.isneginf().all(1)
+    if bool(dead.any()):
+        raise FloatingPointError(f"tds: every particle of group {int(dead.nonzero()[0])} has a non-finite weight at "
+                                 f"t={t:.4g}: the score or x̂₀ is not finite there")  # fmt: skip
+    w = torch.softmax(log_w, 1)
+    low = (1 / w.square().sum(1) < k / 2) | every
+    c = w.cumsum(1)
     u = torch.rand(g, 1, generator=generator, dtype=c.dtype, device=generator.device if generator else c.device)
-    u = (u.to(c.device) + torch.arange(k, dtype=c.dtype, device=c.device)) / k
-    return torch.searchsorted(c, u).clamp(max=k - 1)
+    u = (u.to(c.device) + torch.arange(k, dtype=c.dtype, device=c.device)) / k * c[:, -1:]
+    drawn = torch.searchsorted(c, u, side="right").clamp(max=k - 1)  # never a zero-weight particle
+    own = torch.arange(k, device=c.device).expand(g, k)
+    return torch.where(low[:, None], drawn, own), torch.where(low[:, None], 0.0, log_w)
+
+
+def _log_twist(p: _Setup, noise_std: float) -> Callable[[Tensor, int], Tensor]:
+    """log p̃_i(y | x_t) = log N(y; A x̂₀, noise_std² I + r_i² AAᵀ) up to a constant, (batch,) in float64, with
+    r_i² = σ_i²/(α_i² + σ_i²) (ΠGDM's, Song et al. 2023) and r² = 0 at t_min: the likelihood itself."""
+    d, u = torch.linalg.eigh(p.A.to(torch.float64) @ p.A.T.to(torch.float64))  # AAᵀ = U diag(d) Uᵀ
+    r2 = p.sigma**2 / (p.alpha**2 + p.sigma**2)
+    r2[-1] = 0.0
+    var = noise_std**2 + r2[:, None] * d  # (steps + 1, m)
+
+    def log_twist(x0: Tensor, i: int) -> Tensor:
+        return -0.5 * (((p.y - p.measure(x0)).to(torch.float64) @ u) ** 2 / var[i]).sum(1)
+
+    return log_twist
+
+
+def _check_tds(noise_std: float, particles: int, max_shift: float, eta: float, batch: int) -> None:
+    """TDS's own arguments, a ValueError naming the bad one."""
+    if isinstance(noise_std, bool) or not isinstance(noise_std, int | float) or not (0 < noise_std < math.inf):
+        raise ValueError(f"noise_std must be a finite number > 0 for tds, got {noise_std!r}")
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1 or batch % particles:
+        raise ValueError(f"particles must be an int >= 1 that divides the batch {batch}, got {particles!r}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not max_shift > 0:
+        raise ValueError(f"max_shift must be a number > 0 (inf: unbounded), got {max_shift!r}")
+    if not (isinstance(eta, int | float) and eta > 0):
+        raise ValueError(f"eta must be a number in (0, 1] for tds (its proposal needs noise), got {eta!r}")
 
 
 def tds(
@@ -247,10 +276,11 @@ def tds(
     y: Tensor,
     shape: tuple[int, ...],
     steps: int = 100,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     *,
     noise_std: float,
     particles: int = 16,
+    max_shift: float = 2.0,
     eta: float = 1.0,
     spacing: str = "logsnr",
     generator: torch.Generator | None = None,
@@ -258,34 +288,21 @@ def tds(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> InverseResult:
-    """The twisted diffusion sampler (Wu et al. 2023, Alg. 1): sequential Monte Carlo over the DDIM-η chain, twisted
-    by p̃_t(y | x_t) = N(y; A x̂₀(x_t), noise_std² I + r_t² AAᵀ), r_t² = σ_t²/(α_t² + σ_t²) (ΠGDM's, Song et al.
-    2023), and by the likelihood N(y; A x̂₀, noise_std² I) at eps: asymptotically exact as particles → ∞.
+    """The twisted diffusion sampler (Wu et al. 2023, Alg. 1): SMC over the DDIM-η chain in groups of `particles`
+    consecutive samples, twisted by p̃_t (`_log_twist`), asymptotically exact as particles → ∞. Proposal q: the step
+    of the twisted score s + ∇ log p̃_t; weights p(x_{i+1} | x_i) p̃_{i+1}(x_{i+1}) / (p̃_i(x_i) q(x_{i+1} | x_i)), p the
+    base step; resampling by `_resample`. Needs η > 0 and noise_std > 0. NFE = steps + 1, vjp = steps.
 
-    The batch is split into groups of `particles` consecutive samples, each an independent particle system. The
-    proposal is the step of the twisted score s + ∇ log p̃_t, the weights p(x_{i+1} | x_i) p̃_{i+1}(x_{i+1}) /
-    (p̃_i(x_i) q(x_{i+1} | x_i)) with p the base step; a group is resampled (systematic) when its effective sample
-    size falls below particles/2, and once more by its final weights. Needs η > 0 (a proposal with noise) and
-    noise_std > 0 (a likelihood). NFE = steps + 1, vjp = steps.
+    The proposal's shift δ from the base step's mean is bounded per sample, ‖δ‖ ≤ max_shift · std (the step's noise
+    std); the weights use the bounded q, so the sampler stays exact, and their factor p/q has variance at most
+    e^{max_shift²} − 1. Why: ∇ log p̃ goes through ∂x̂₀/∂x = (I + σ² ∇s)/α, whose exact value α Cov[x₀ | x_t]/σ²
+    vanishes as α → 0, but a trained score's error in ∇s is multiplied by 1/α (and the step by σ²/α): near T an
+    unbounded proposal throws whole resampled groups off the data, and the network's extrapolation there diverges.
+    max_shift = inf is Wu et al.'s proposal. A group whose weights all turn non-finite raises FloatingPointError.
     """
-    if isinstance(noise_std, bool) or not isinstance(noise_std, int | float) or not (0 < noise_std < math.inf):
-        raise ValueError(f"noise_std must be a finite number > 0 for tds, got {noise_std!r}")
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1 or shape[0] % particles:
-        raise ValueError(f"particles must be an int >= 1 that divides the batch {shape[0]}, got {particles!r}")
-    if not (isinstance(eta, int | float) and eta > 0):
-        raise ValueError(f"eta must be a number in (0, 1] for tds (its proposal needs noise), got {eta!r}")
-    p = _setup(sde, A, y, shape, steps, eps, eta, spacing, generator, x_T, dtype, device)
-    d, u = torch.linalg.eigh(p.A.to(torch.float64) @ p.A.T.to(torch.float64))  # AAᵀ = U diag(d) Uᵀ
-    r2 = p.sigma**2 / (p.alpha**2 + p.sigma**2)
-    r2[-1] = 0.0  # at eps: the likelihood itself
-
-    def log_twist(x0: Tensor, i: int) -> Tensor:
-        """log N(y; A x̂₀, noise_std² I + r_i² AAᵀ) up to a constant, (batch,) in float64."""
-        v = (p.y - p.measure(x0)).to(torch.float64) @ u
-        return -0.5 * (v**2 / (noise_std**2 + r2[i] * d)).sum(1)
-
-    groups = shape[0] // particles
-    own = torch.arange(particles, device=p.x.device)
+    _check_tds(noise_std, particles, max_shift, eta, shape[0])
+    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
+    log_twist, groups = _log_twist(p, noise_std), shape[0] // particles
     offset = particles * torch.arange(groups, device=p.x.device)[:, None]
     x, log_w = p.x, torch.zeros(groups, particles, dtype=torch.float64, device=p.x.device)
     ell_prev = log_pq = torch.zeros(shape[0], dtype=torch.float64, device=p.x.device)
@@ -296,18 +313,16 @@ def tds(
             ell = log_twist(x0, i)
             grad = torch.autograd.grad(ell.sum(), x_in)[0] if i < steps else None
         log_w = log_w + (ell.detach() - ell_prev + log_pq).view(groups, particles)
+        ancestor, log_w = _resample(log_w, generator, float(p.t[i]), every=i == steps)
+        idx = (ancestor + offset).flatten()
         if i == steps:
             break
-        w = torch.softmax(log_w, 1)
-        low = 1 / w.square().sum(1) < particles / 2
-        idx = (torch.where(low[:, None], _resample(log_w, generator), own) + offset).flatten()
-        log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
-        x, x0, grad, ell = x[idx], x0.detach()[idx], grad[idx], ell.detach()[idx]
+        x, x0, grad, ell_prev = x[idx], x0.detach()[idx], grad[idx], ell.detach()[idx]
         mean_p, std = p.step(x, x0, i, eta)
         mean_q, _ = p.step(x, x0 + (p.sigma[i] ** 2 / p.alpha[i]).to(x.dtype) * grad, i, eta)
-        z = randn_like(x, generator)
         delta, sd = (mean_q - mean_p).flatten(1).to(torch.float64), std.to(torch.float64)
+        delta = delta * (max_shift * sd / delta.norm(dim=1, keepdim=True)).clamp(max=1)
+        z = randn_like(x, generator)
         log_pq = -(z.flatten(1).to(torch.float64) * delta).sum(1) / sd - delta.square().sum(1) / (2 * sd**2)
-        x, ell_prev = mean_q + std * z, ell
-    idx = (_resample(log_w, generator) + offset).flatten()
+        x = mean_p + delta.to(x.dtype).view_as(x) + std * z
     return InverseResult(x0.detach()[idx], steps + 1, steps)

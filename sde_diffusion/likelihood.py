@@ -3,10 +3,10 @@
 Along the probability-flow ODE dx/dt = f̃(x, t) = f(t)x − ½g(t)² ∇log p_t(x) (eq. 13) the density obeys the
 instantaneous change of variables d log p_t(x_t)/dt = −∇·f̃(x_t, t) (Chen et al. 2018, thm. 1), so
 
-    log p_ε(x) = log p_T(x_T) + ∫_ε^T ∇·f̃(x_t, t) dt,    x_ε = x,
+    log p_tmin(x) = log p_T(x_T) + ∫_tmin^T ∇·f̃(x_t, t) dt,    x_tmin = x,
 
-solved forward from ε to T for x_t and the running integral together, with p_T replaced by the prior
-N(0, σ_T² I). Two errors remain besides the solver's: p_ε ≠ p_0 (tiny for ε = 1e-5) and the prior mismatch
+solved forward from t_min to T for x_t and the running integral together, with p_T replaced by the prior
+N(0, σ_T² I). Two errors remain besides the solver's: p_tmin ≠ p_0 (tiny for t_min = 1e-5) and the prior mismatch
 log N(x_T) − log p_T(x_T), set by how far the SDE has forgotten the data at T.
 
 The divergence is either exact (the Jacobian trace, one vector–Jacobian product per dimension, so for small D)
@@ -30,15 +30,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .analytic import GaussianMixture
 from .data import Scaler
+from .dequantise import discrete_elbo
+from .elbo import elbo
 from .scipy_ode import solve
 from .sde import SDE, ScoreFn
 
 DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
 SOLVERS = ("rk45", "euler", "heun")
+METHODS = ("ode", "elbo")
 
 Rhs = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 
@@ -83,8 +87,8 @@ def _rhs(sde: SDE, score_fn: ScoreFn, probe: Tensor | None) -> Rhs:
     return rhs
 
 
-def _solve_rk45(rhs: Rhs, x: Tensor, eps: float, T: float, rtol: float, atol: float) -> tuple[Tensor, Tensor, int]:
-    """Integrate [x, ∫div] from ε to T with scipy's RK45 (Dormand–Prince 5(4)), state float64 on the CPU."""
+def _solve_rk45(rhs: Rhs, x: Tensor, t_min: float, T: float, rtol: float, atol: float) -> tuple[Tensor, Tensor, int]:
+    """Integrate [x, ∫div] from t_min to T with scipy's RK45 (Dormand–Prince 5(4)), state float64 on the CPU."""
     n = x.shape[0]
 
     def fun(y: Tensor, t: float) -> Tensor:
@@ -92,13 +96,13 @@ def _solve_rk45(rhs: Rhs, x: Tensor, eps: float, T: float, rtol: float, atol: fl
         return torch.cat([drift.flatten(), div])
 
     y0 = torch.cat([x.detach().flatten(), x.new_zeros(n)])
-    y, nfe = solve(fun, y0, eps, T, "RK45", rtol, atol, desc="likelihood RK45")
+    y, nfe = solve(fun, y0, t_min, T, "RK45", rtol, atol, desc="likelihood RK45")
     return y[:-n].view(x.shape), y[-n:], nfe
 
 
-def _solve_fixed(rhs: Rhs, x: Tensor, eps: float, T: float, steps: int, heun: bool) -> tuple[Tensor, Tensor, int]:
-    """Integrate [x, ∫div] from ε to T with `steps` uniform Euler or Heun (explicit trapezoid) steps."""
-    ts = torch.linspace(eps, T, steps + 1, dtype=torch.float64).tolist()
+def _solve_fixed(rhs: Rhs, x: Tensor, t_min: float, T: float, steps: int, heun: bool) -> tuple[Tensor, Tensor, int]:
+    """Integrate [x, ∫div] from t_min to T with `steps` uniform Euler or Heun (explicit trapezoid) steps."""
+    ts = torch.linspace(t_min, T, steps + 1, dtype=torch.float64).tolist()
     integral = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for t0, t1 in zip(ts[:-1], ts[1:], strict=True):
         h = float(t1 - t0)
@@ -119,14 +123,14 @@ def log_likelihood(
     noise: str = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     generator: torch.Generator | None = None,
     solver: str = "rk45",
     steps: int = 1000,
 ) -> Likelihood:
-    """log p_ε(x) = log π(x_T) + ∫_ε^T ∇·f̃(x_t, t) dt along the PF-ODE (Song et al. 2021, App. D.2).
+    """log p_tmin(x) = log π(x_T) + ∫_tmin^T ∇·f̃(x_t, t) dt along the PF-ODE (Song et al. 2021, App. D.2).
 
-    x: a batch (batch, …) read as a sample at time ε. `noise` and `generator` only matter for "hutchinson";
+    x: a batch (batch, …) read as a sample at time t_min. `noise` and `generator` only matter for "hutchinson";
     `rtol`/`atol` only for "rk45"; `steps` only for "euler"/"heun". The returned tensors have x's device and dtype.
     """
     if divergence not in DIVERGENCES:
@@ -135,8 +139,8 @@ def log_likelihood(
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    if not 0 < t_min < sde.T:
+        raise ValueError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
     if steps < 1:
@@ -146,9 +150,9 @@ def log_likelihood(
     probe = _probe(x, noise, generator) if divergence == "hutchinson" else None
     rhs = _rhs(sde, score_fn, probe)
     if solver == "rk45":
-        z, integral, nfe = _solve_rk45(rhs, x, eps, sde.T, rtol, atol)
+        z, integral, nfe = _solve_rk45(rhs, x, t_min, sde.T, rtol, atol)
     else:
-        z, integral, nfe = _solve_fixed(rhs, x.detach(), eps, sde.T, steps, heun=solver == "heun")
+        z, integral, nfe = _solve_fixed(rhs, x.detach(), t_min, sde.T, steps, heun=solver == "heun")
     prior_logp = sde.prior_logp(z)
     return Likelihood(prior_logp + integral, prior_logp, integral, z, nfe)
 
@@ -207,6 +211,88 @@ def bits_per_dim(
     return BitsPerDim(draws.mean(0), draws, nfe)
 
 
+def _batch_nll(
+    sde: SDE,
+    score_fn: ScoreFn,
+    xb: Tensor,
+    scaler: Scaler | None,
+    oracle: GaussianMixture | None,
+    method: str,
+    n_draws: int,
+    generator: torch.Generator | None,
+    options: dict[str, Any],
+) -> tuple[dict[str, Tensor], float]:
+    """Per-sample NLL in nats of one batch (level units for discrete data) and the score calls per sample; the ELBO
+    adds its MC standard error `mc_sem`, an oracle (continuous data) the true NLL, the ODE the prior mismatch."""
+    rows: dict[str, Tensor] = {}
+    if method == "elbo":
+        res = (
+            discrete_elbo(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
+            if scaler is not None
+            else elbo(sde, score_fn, xb, generator=generator, **options)
+        )
+        rows["nll"], rows["mc_sem"], nfe = res.nll, res.sem, res.nfe
+    elif scaler is not None:
+        res = bits_per_dim(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
+        rows["nll"], nfe = res.bpd * xb[0].numel() * math.log(2), res.nfe / n_draws
+    else:
+        res = log_likelihood(sde, score_fn, xb, generator=generator, **options)
+        rows["nll"], nfe = -res.log_p, res.nfe
+        if oracle is not None:
+            p_T = oracle.marginal(sde, sde.T)
+            rows["mismatch"] = res.prior_logp.double() - p_T.log_prob(res.z.flatten(1).double())
+    if oracle is not None and scaler is None:
+        rows["oracle_nll"] = -oracle.log_prob(xb.flatten(1).double())
+    return {k: v.detach().double().cpu() for k, v in rows.items()}, nfe
+
+
+def per_sample_nll(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    scaler: Scaler | None = None,
+    oracle: GaussianMixture | None = None,
+    batch_size: int = 64,
+    n_draws: int = 5,
+    generator: torch.Generator | None = None,
+    method: str = "ode",
+    progress: bool = False,
+    **options: Any,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The rows of `evaluate_likelihood` per sample (float64, CPU) and the score calls per sample of each batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    rows: dict[str, list[Tensor]] = {}
+    nfe = []
+    for xb in tqdm(x.split(batch_size), desc=f"likelihood ({method})", unit="batch", disable=not progress):
+        batch, calls = _batch_nll(sde, score_fn, xb, scaler, oracle, method, n_draws, generator, options)
+        for key, value in batch.items():
+            rows.setdefault(key, []).append(value)
+        nfe.append(calls)
+    return {k: torch.cat(v) for k, v in rows.items()}, torch.tensor(nfe, dtype=torch.float64)
+
+
+def summarise(rows: dict[str, Tensor], nfe: Tensor, dim: int, discrete: bool, wall: float) -> dict[str, float]:
+    """Mean NLL (nats per example) with its standard error over the examples, bits/dim for discrete data, mean score
+    calls per sample, wall time; with the oracle's rows the true NLL and mean |error|/dim (and prior mismatch/dim)."""
+    nll, n = rows["nll"], rows["nll"].shape[0]
+    sem = float(nll.std() / math.sqrt(n)) if n > 1 else math.nan
+    out = {"n": n, "dim": dim, "nll": float(nll.mean()), "nll_sem": sem, "nfe": float(nfe.mean())}
+    out |= {"wall_s": wall, "wall_s_per_sample": wall / n}
+    if "mc_sem" in rows:  # the ELBO's own MC error per sample, part of nll_sem
+        out["mc_sem_per_sample"] = float(rows["mc_sem"].mean())
+    if discrete:
+        out |= {"bpd": out["nll"] / (dim * math.log(2)), "bpd_sem": sem / (dim * math.log(2))}
+    if "oracle_nll" in rows:
+        out["oracle_nll"] = float(rows["oracle_nll"].mean())
+        out["abs_error_per_dim"] = float((nll - rows["oracle_nll"]).abs().mean()) / dim
+    if "mismatch" in rows:
+        out["prior_mismatch_per_dim"] = float(rows["mismatch"].abs().mean()) / dim
+    return out
+
+
 def evaluate_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
@@ -216,51 +302,21 @@ def evaluate_likelihood(
     batch_size: int = 64,
     n_draws: int = 5,
     generator: torch.Generator | None = None,
+    method: str = "ode",
+    progress: bool = False,
     **options: Any,
 ) -> dict[str, float]:
-    """Mean NLL of a data set in nats per example with its standard error, NFE and wall time.
+    """Mean NLL of a data set in nats per example with its standard error, score calls per sample and wall time.
 
-    With a `scaler` (discrete data: images) the NLL is the dequantised bound of `bits_per_dim` in level units, also
-    given in bits/dim (`bpd`, `bpd_sem`); without one it is the continuous −log p̂(x), a density, not a code length,
-    so it is reported in nats only (bits/dim of a density has no meaning). With an `oracle` (vector data) it adds the
-    true NLL, the mean |log p̂ − log p|/D and the part of it that is prior mismatch, mean |log π(x_T) −
-    log p_T(x_T)|/D. `options` go to `log_likelihood`; x is split into batches of `batch_size` solves.
+    method "ode": the PF-ODE's −log p̂ (`log_likelihood`; `options` go to it), with a `scaler` (discrete data) the
+    uniformly dequantised bound of `bits_per_dim` over `n_draws` draws; "elbo": the −ELBO bound (`elbo.elbo`:
+    t_min, n_t, importance), with a `scaler` `dequantise.discrete_elbo` (also dequantisation, tau). Discrete data are
+    also given in bits/dim (`bpd`, `bpd_sem`); continuous data in nats only (bits/dim of a density have no meaning).
+    With an `oracle` (vector data) it adds the true NLL, the mean |NLL − true NLL|/D and, for the ODE, the part of it
+    that is prior mismatch, mean |log π(x_T) − log p_T(x_T)|/D. x is split into batches of `batch_size`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n, d = x.shape[0], x[0].numel()
-    nll, true_nll, mismatch, nfe = [], [], [], []
     start = time.perf_counter()
-    for xb in x.split(batch_size):
-        if scaler is not None:
-            res = bits_per_dim(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
-            nll.append(res.bpd.double() * d * math.log(2))
-            nfe.append(res.nfe / n_draws)
-            continue
-        res = log_likelihood(sde, score_fn, xb, generator=generator, **options)
-        nll.append(-res.log_p.double())
-        nfe.append(res.nfe)
-        if oracle is not None:
-            true_nll.append(-oracle.log_prob(xb.flatten(1).double()))
-            p_T = oracle.marginal(sde, sde.T)
-            mismatch.append(res.prior_logp.double() - p_T.log_prob(res.z.flatten(1).double()))
-    wall = time.perf_counter() - start
-    nll = torch.cat(nll).cpu()
-    sem = float(nll.std() / math.sqrt(n)) if n > 1 else math.nan
-    out = {
-        "n": n,
-        "dim": d,
-        "nll": float(nll.mean()),
-        "nll_sem": sem,
-        "nfe": sum(nfe) / len(nfe),
-        "wall_s": wall,
-        "wall_s_per_sample": wall / n,
-    }
-    if scaler is not None:
-        out |= {"bpd": out["nll"] / (d * math.log(2)), "bpd_sem": sem / (d * math.log(2))}
-    if true_nll:
-        true_nll = torch.cat(true_nll).cpu()
-        out["oracle_nll"] = float(true_nll.mean())
-        out["abs_error_per_dim"] = float((nll - true_nll).abs().mean()) / d
-        out["prior_mismatch_per_dim"] = float(torch.cat(mismatch).abs().mean()) / d
-    return out
+    rows, nfe = per_sample_nll(
+        sde, score_fn, x, scaler, oracle, batch_size, n_draws, generator, method, progress, **options
+    )
+    return summarise(rows, nfe, x[0].numel(), scaler is not None, time.perf_counter() - start)

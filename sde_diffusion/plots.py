@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .data import Scaler  # noqa: E402
+
 
 def describe(data: str, sde: object, run: str | None = None) -> str:
     """A title line naming the data set, the SDE with its β(t) and, in a sweep, the run: what every figure shows."""
@@ -37,7 +39,9 @@ def scatter_panels(
     ref = reference.flatten(1)[:, :2].double()
     lo, hi = ref.min(0).values, ref.max(0).values
     pad = 0.15 * (hi - lo)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.7), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False, sharey=True, layout="constrained"
+    )  # fits the figure title above multi-line panel titles
     for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         xy = x.detach().flatten(1)[:max_points, :2].double().cpu().numpy()
         ax.scatter(xy[:, 0], xy[:, 1], s=1.5, alpha=0.5, color="C0" if name == "data" else "C1", rasterized=True)
@@ -53,11 +57,18 @@ def scatter_panels(
 
 
 def image_grid(
-    x: Tensor, path: str | Path, title: str = "", nrow: int | None = None, scaler=None, min_size: int = 512
+    x: Tensor,
+    path: str | Path,
+    title: str = "",
+    nrow: int | None = None,
+    scaler: Scaler | None = None,
+    min_size: int = 512,
+    row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """A grid of images (n, C, H, W), 1 channel in grey, 3 in colour, upscaled by nearest neighbour to at least
-    `min_size` pixels wide with a light separator between cells, under `title`. With the data's `scaler`, pixels map
-    back to raw levels (scaler.to_raw) and are shown on [0, levels − 1]; without, model space [−1, 1] is shown."""
+    """A grid of images (n, C, H, W), `nrow` per row, 1 channel in grey, 3 in colour, upscaled by nearest neighbour to
+    at least `min_size` pixels wide with a light separator between cells, under `title`, each row labelled on its
+    left by `row_labels`. With the data's `scaler`, pixels map back to raw levels (scaler.to_raw) and are shown on
+    [0, levels − 1]; without, model space [−1, 1] is shown."""
     x = x.detach().float().cpu()
     x = scaler.to_raw(x) / (scaler.levels - 1) if scaler is not None else (x + 1) / 2
     n, c, h, w = x.shape
@@ -74,12 +85,15 @@ def image_grid(
     image = grid.permute(1, 2, 0).numpy()
     title = "\n".join(textwrap.fill(line, width=max(40, image.shape[1] // 7)) for line in title.splitlines())
     dpi, title_px = 100, 16 * (1 + title.count("\n")) + 14 if title else 0
+    label_px = 8 + 7 * max(map(len, row_labels)) if row_labels else 0
     height, width = image.shape[:2]
-    fig = plt.figure(figsize=(width / dpi, (height + title_px) / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, height / (height + title_px)))
+    fig = plt.figure(figsize=((width + label_px) / dpi, (height + title_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((label_px / (width + label_px), 0, width / (width + label_px), height / (height + title_px)))
     ax.imshow(image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
               interpolation="nearest")  # fmt: skip
     ax.axis("off")
+    for r, label in enumerate(row_labels or []):
+        ax.text(-4, gap + r * (h * k + gap) + h * k / 2, label, ha="right", va="center", fontsize=8)
     if title:
         fig.text(0.5, 1 - 0.5 * title_px / (height + title_px), title, ha="center", va="center", fontsize=9)
     path = Path(path)
@@ -92,9 +106,9 @@ def image_grid(
 def loss_curve(
     steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "", decay: float | None = None
 ) -> Path:
-    """The logged training loss against the step, raw and as an exponential moving average from the first point
-    (bias-corrected like Adam's moments, so it starts at the first loss); `decay` defaults to an average over about
-    5% of the logged points, so the curve follows the loss instead of lagging a fixed window behind it."""
+    """The logged training loss against the step, raw and smoothed by an exponential average of the plotted points
+    (bias-corrected like Adam's moments, so it starts at the first loss; not the weights' EMA); `decay` defaults to
+    an average over about 5% of the logged points, so the curve follows the loss instead of lagging behind it."""
     steps_a, losses_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
     decay = max(0.0, 1 - 20 / len(losses_a)) if decay is None else decay
     ema, smooth = 0.0, []
@@ -102,8 +116,9 @@ def loss_curve(
         ema = decay * ema + (1 - decay) * value
         smooth.append(ema / (1 - decay**i) if decay > 0 else value)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot(steps_a, losses_a, lw=0.8, alpha=0.4, label="logged")
-    ax.plot(steps_a, smooth, lw=1.6, label=f"EMA (decay {decay:.2f} per logged point)")
+    ax.plot(steps_a, losses_a, lw=0.8, alpha=0.4, label="loss (mean over each logging interval)")
+    span = f"≈ {1 / (1 - decay):.0f} logged points" if decay > 0 else "none"
+    ax.plot(steps_a, smooth, lw=1.6, label=f"smoothed for this plot: running average over {span}")
     if np.all(losses_a > 0):
         ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="DSM loss")
@@ -116,7 +131,8 @@ def loss_curve(
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # two-line titles stay inside the image
     plt.close(fig)
     return path

@@ -113,7 +113,7 @@ class _BetaSDE(SDE):
         super().__init__(T)
         self.schedule = schedule if schedule is not None else LinearBeta()
         self.schedule.validate(self.T)  # on this SDE's [0, T], which may reach past the schedule's own T
-        b_T = float(self.schedule.integral(torch.tensor(self.T, dtype=torch.float64)))
+        b_T = float(self.schedule.integral(torch.tensor(self.T, dtype=torch.float64)).detach())
         if b_T < -math.log(1e-3):
             warnings.warn(
                 f"prior mismatch: x_T keeps s(T) = {math.exp(-b_T / 2):.3g} of x₀, s(T)² = e^(−B(T)) ="

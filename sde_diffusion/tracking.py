@@ -1,6 +1,7 @@
-"""Experiment tracking with Weights & Biases, the only module that imports wandb: `start_run` returns a `Tracker` that
-warns once and turns into a no-op if wandb fails, so the app's local outputs are unaffected. `train/*` and `eval/*`
-are logged against the step metric `trainer/step`, so a resumed run that logs a step again is not dropped.
+"""Experiment tracking with Weights & Biases, reduced to what the apps need and tolerant of wandb failing: a fault
+warns once and the tracker becomes a no-op. Series are logged against `trainer/step`; every logged step is also
+written to `<dir>/wandb/last_step-<id>`, so a run resumed from an earlier checkpoint skips the steps it already
+logged (bitwise the same) instead of logging them twice. The only module that imports wandb.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ MODES = ("offline", "online", "disabled")
 class Tracker:
     """One wandb run (or none). Every method is a no-op once the run is gone; the first failure warns once."""
 
-    def __init__(self, run: Any = None):
-        self._run = run
+    def __init__(self, run: Any = None, step_file: Path | None = None):
+        self._run, self._step_file = run, step_file
+        self._logged = int(step_file.read_text()) if step_file is not None and step_file.is_file() else -1
+        self._fresh = False  # whether this process logged `_logged` itself (then more rows at that step are new)
 
     @property
     def active(self) -> bool:
@@ -51,9 +54,23 @@ class Tracker:
             except Exception:  # noqa: BLE001
                 pass
 
+    def _new_step(self, step: int | None) -> bool:
+        """Whether a row at `step` is new: not at or before the last step this run logged (before a resume too)."""
+        if step is None or self._run is None:
+            return True
+        if step < self._logged or (step == self._logged and not self._fresh):
+            return False
+        if step > self._logged and self._step_file is not None:
+            self._step_file.write_text(str(step))
+        self._logged, self._fresh = step, True
+        return True
+
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log scalars (and media); `step` is recorded as `trainer/step`."""
+        """Log scalars (and media); `step` is recorded as `trainer/step`. A step this run logged before a resume is
+        skipped."""
         row = dict(metrics)
+        if not self._new_step(step):
+            return
         if step is not None:
             row[STEP_METRIC] = step
         self._call("log", lambda run: run.log(row))
@@ -69,7 +86,24 @@ class Tracker:
                 row[STEP_METRIC] = step
             run.log(row)
 
-        self._call("log_images", _log)
+        if self._new_step(step):
+            self._call("log_images", _log)
+
+    def log_artifact(
+        self, paths: str | os.PathLike | Sequence[str | os.PathLike], name: str, type: str, metadata: Mapping = ()
+    ) -> None:
+        """Log files or directories as one wandb artifact `name` of `type` (e.g. "model"): in an offline run it is
+        stored with the run and uploaded by `wandb sync`."""
+
+        def _log(run: Any) -> None:
+            import wandb
+
+            artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
+            for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
+                (artifact.add_dir if Path(path).is_dir() else artifact.add_file)(str(path))
+            run.log_artifact(artifact)
+
+        self._call("log_artifact", _log)
 
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Log a list of dicts as one `wandb.Table` (columns = the union of keys, in first-seen order)."""
@@ -122,12 +156,16 @@ def start_run(
     series: Iterable[str] = ("train/*", "eval/*"),
 ) -> Tracker:
     """`wandb.init` with everything explicit: files under `dir` (wandb's cache and config dirs too, unless set),
-    offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run. On any failure,
-    warn once and return a no-op `Tracker`. A `mode` outside MODES raises checks.ArgumentError."""
+    offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run (skipping the steps it
+    logged). The recorded config's `logger.job_type` is `job_type`, the app's own. On any failure, warn once and
+    return a no-op `Tracker`. A `mode` outside MODES raises checks.ArgumentError."""
     check_choice("mode", mode, MODES)
     if mode == "disabled":
         return Tracker()
     root = Path(dir)
+    config = dict(config)
+    if isinstance(config.get("logger"), Mapping):
+        config["logger"] = {**config["logger"], "job_type": job_type}
     try:
         root.mkdir(parents=True, exist_ok=True)
         for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
@@ -155,4 +193,4 @@ def start_run(
     except Exception as err:  # noqa: BLE001 - wandb must never stop a job
         warnings.warn(f"wandb could not start ({type(err).__name__}: {err}); continuing without wandb", stacklevel=2)
         return Tracker()
-    return Tracker(run)
+    return Tracker(run, root / "wandb" / f"last_step-{run.id}")

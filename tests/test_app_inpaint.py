@@ -3,13 +3,15 @@ with noise_std = 0 the exact draws hold y exactly), TDS lands near the floor whe
 over methods gives one job and one wandb run each; on a trained run it writes the grid; bad values fail up front."""
 
 import json
+import math
 
 import pytest
 import torch
 from apps import run_app, run_job
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion.apps import ConfigError
+from sde_diffusion.apps import ConfigError, RunError
+from sde_diffusion.apps.guard import check_samples, count_bad
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["data=eight_gaussians", "n=128", "truths=2", "steps=20", "logger=none"]
@@ -64,12 +66,12 @@ def test_a_trained_image_run_writes_the_grid_and_its_consistency(tmp_path):
 BAD = {
     "eta=2": "config error: eta=2: must be a number in [0, 1]",
     "steps=0": "config error: steps=0: must be an int >= 1",
-    "eps=1.5": "config error: eps=1.5: must be < the SDE's T = 1",
+    "t_min=1.5": "config error: t_min=1.5: must be < the SDE's T = 1",
     "spacing=karas": "config error: spacing='karas': must be one of",
     "n=1": "config error: n=1: must be an int >= 2",
     "noise_std=-1": "config error: noise_std=-1: must be a number >= 0",
     "data=moons": "config error: data='sde_diffusion.data.Moons': without a checkpoint, a data set with an exact",
-    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': null (the oracle) or the path of an existing",
+    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': not found: /no/such.pt",
     "mask=box mask.size=1.5": "config error: mask.size=1.5: must be a number in (0, 1)",
     "mask=random mask.fraction=0": "config error: mask.fraction=0: must be a number in (0, 1)",
     "mask.side=middle": "config error: mask.side='middle': must be one of ['top', 'bottom', 'left', 'right']",
@@ -78,6 +80,7 @@ BAD = {
     "method=tds noise_std=0": "config error: method (tds): noise_std must be a finite number > 0 for tds",
     "method=tds n=100": "config error: method (tds): particles must be an int >= 1 that divides the batch 100",
     "method=tds eta=0": "config error: method (tds): eta must be a number in (0, 1] for tds",
+    "method=tds method.max_shift=0": "config error: method (tds): max_shift must be a number > 0 (inf: unbounded)",
     "+method.zeta=1": "config error: method (replacement): replacement() got an unexpected keyword argument 'zeta'",
 }
 
@@ -90,6 +93,29 @@ def test_bad_values_fail_up_front_in_one_line(overrides, tmp_path):
     line = str(info.value)
     assert line.startswith(BAD[overrides]) and "\n" not in line, line
     assert not out.exists()
+
+
+def test_diverged_samples_stop_the_app_after_its_outputs_with_their_count(tmp_path):
+    """DPS with a step size far too large (ζ = 10⁶) throws every sample 10⁵ half-ranges off the data: the app writes
+    its outputs, then stops with one line counting them per truth."""
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as info:
+        run_job("inpaint", *SMALL, "method=dps", "method.zeta=1e6", out=out)
+    line = str(info.value)
+    assert "diverged samples" in line and "truth 1: 0 non-finite and 128 beyond" in line and "\n" not in line
+    assert (out / "metrics.json").is_file() and (out / "inpaint.png").is_file()
+
+
+def test_the_guard_counts_non_finite_and_absurd_rows():
+    """Rows with a NaN/inf are non-finite; finite rows with a coordinate beyond `factor` half-ranges of the data's
+    range from its centre are absurd (data in [−1, 3]: centre 1, half-range 2; factor 10: limit 20)."""
+    reference = torch.tensor([[-1.0, 0.0], [3.0, 2.0]])
+    x = torch.tensor([[0.0, 1.0], [math.nan, 0.0], [21.5, 0.0], [-18.9, 0.0], [1.0, -19.5], [math.inf, 99.0]])
+    assert count_bad(x, reference, factor=10) == (2, 2, 20.0)
+    assert count_bad(x * 1000, reference) == (2, 1, 2e4)  # FACTOR = 10⁴: only 21 500 is beyond 1 ± 20 000
+    check_samples({"fine": x[[0, 3]]}, reference, factor=10)
+    with pytest.raises(RunError, match="bad: 2 non-finite and 2 beyond ±20 of its centre, of 6"):
+        check_samples({"fine": x[:1], "bad": x}, reference, factor=10)
 
 
 def test_the_exact_posterior_helper_matches_the_oracle_for_noisy_and_exact_measurements():

@@ -3,6 +3,7 @@ subprocess): the samples are the library's `sample` with the documented seeds, i
 grid (also in compare_samplers.py), class labels with guidance, the export round trip, and bad configs in one line."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion.apps import ConfigError, load_run
+from sde_diffusion.apps.app import check_option_overrides
 from sde_diffusion.checkpoint import load_checkpoint
 from sde_diffusion.guidance import classifier_free
 from sde_diffusion.metrics import sliced_wasserstein
@@ -23,7 +25,7 @@ from sde_diffusion.sampling import sample
 
 PNG = b"\x89PNG\r\n\x1a\n"
 QUIET = ["logger=none", "progress=false"]
-GRID = [1.0, 0.6, 0.3, 0.1, 0.001]  # a hand-made 4-step grid from T to eps, saved as tune_timesteps.py saves one
+GRID = [1.0, 0.6, 0.3, 0.1, 0.001]  # a hand-made 4-step grid from T to t_min, saved as tune_timesteps.py saves one
 
 
 @pytest.fixture(scope="module")
@@ -92,53 +94,62 @@ def test_metrics_against_the_held_out_draw_and_a_wandb_run(runs, tmp_path):
     assert run.summary["sample/sw2"] == pytest.approx(sw2) and run.summary["sample/nfe"] == metrics["nfe"] == 21
 
 
-def write_grid(folder: Path, sampler: str = "dpm_solver") -> Path:
-    """A timesteps_<sampler>.json as tune_timesteps.py writes it, beside a copy of a checkpoint."""
-    path = folder / f"timesteps_{sampler}.json"
-    saved = {"sampler": sampler, "options": {"order": 3}, "eps": 0.001, "sde": "VPSDE", "grids": {"5": GRID}}
-    path.write_text(json.dumps(saved))
-    return path
+def write_grid(run_dir: Path, checkpoint: Path, sampler: str = "dpm_solver") -> Path:
+    """A timesteps.json as tune_timesteps.py writes it into its own run dir, recording the checkpoint it tuned."""
+    run_dir.mkdir(parents=True)
+    saved = {"sampler": sampler, "options": {"order": 3}, "t_min": 0.001, "sde": "VPSDE", "source": str(checkpoint),
+             "checkpoint": str(checkpoint.resolve()), "grids": {"5": GRID}}  # fmt: skip
+    (run_dir / "timesteps.json").write_text(json.dumps(saved))
+    return run_dir / "timesteps.json"
 
 
-def test_a_tuned_grid_is_used_when_asked(runs, tmp_path):
+def test_a_tuned_grid_is_found_by_its_checkpoint_or_path(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # apps find tune_timesteps.py's runs under ./outputs and ./multirun
     checkpoint = tmp_path / "run" / "last.pt"
     checkpoint.parent.mkdir()
     shutil.copy(runs["vector"], checkpoint)
-    grid_file = write_grid(checkpoint.parent)
+    grid_file = write_grid(tmp_path / "outputs" / "tune_timesteps" / "2026-01-01_00-00-00", checkpoint)
+    write_grid(tmp_path / "elsewhere", tmp_path / "another.pt")  # another checkpoint's: never found by `tuned`
     out = tmp_path / "job"
     run_job("sample", f"checkpoint={checkpoint}", "sampler=dpm_solver", "steps=4", "timesteps=tuned", "n=40", *QUIET,
             out=out)  # fmt: skip
     x = torch.from_numpy(np.load(out / "samples.npz")["x"])
     assert json.loads((out / "metrics.json").read_text())["timesteps"] == {
-        "file": str(grid_file), "budget": 5, "timesteps": GRID,
+        "file": str(grid_file.resolve()), "budget": 5, "timesteps": GRID,
     }  # fmt: skip
     torch.testing.assert_close(x, library_samples(checkpoint, 40, "dpm_solver", 4, spacing="custom", timesteps=GRID))
     assert not torch.allclose(x, library_samples(checkpoint, 40, "dpm_solver", 4), atol=1e-3)  # the grid matters
+    run_job("sample", f"checkpoint={checkpoint}", "steps=4", f"timesteps={grid_file.parent}", "n=40", *QUIET,
+            out=tmp_path / "by_path")  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "by_path" / "samples.npz")["x"], x.numpy())
+    assert not (checkpoint.parent / "timesteps.json").exists() and sorted(checkpoint.parent.iterdir()) == [checkpoint]
 
-    with pytest.raises(ConfigError, match=r"has no grid of 9 steps; it has 5 NFE \(steps=4\)$"):
+    with pytest.raises(ConfigError, match=r"timesteps='tuned': .*has no grid of 9 steps; it has 5 NFE \(steps=4\)$"):
         run_job("sample", f"checkpoint={checkpoint}", "steps=9", "timesteps=tuned", *QUIET, out=tmp_path / "bad")
-    with pytest.raises(ConfigError, match="timesteps_ddim.json not found: tune one with"):
+    with pytest.raises(ConfigError, match="timesteps='tuned': no timesteps.json for ddim on "):
         run_job("sample", f"checkpoint={checkpoint}", "sampler=ddim", "timesteps=tuned", *QUIET, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 
-def test_compare_samplers_records_its_model_a_legend_and_the_tuned_grid(runs, tmp_path):
+def test_compare_samplers_records_its_model_a_legend_and_the_tuned_grid(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     checkpoint = tmp_path / "run" / "last.pt"
     checkpoint.parent.mkdir()
     shutil.copy(runs["vector"], checkpoint)
-    write_grid(checkpoint.parent)
+    write_grid(tmp_path / "multirun" / "tune_timesteps" / "2026-01-01_00-00-00" / "0", checkpoint)
     out, oracle_out = tmp_path / "job", tmp_path / "oracle"
     out.mkdir(), oracle_out.mkdir()  # compare_samplers.py writes into the dir Hydra made
     run_job("compare_samplers", f"checkpoint={checkpoint}", "sampler=dpm_solver", "sampler.steps=4", "timesteps=tuned",
-            "n=100", "floor_repeats=2", "logger=none", out=out)  # fmt: skip
+            "eval.n_samples=100", "eval.floor_repeats=2", "logger=none", out=out)  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"]["source"] == str(checkpoint) and metrics["model"]["config"]["train"]["steps"] == 30
-    assert metrics["timesteps"]["timesteps"] == GRID and {"floor", "flow_error", "time_ratio"} <= set(metrics["legend"])
+    assert metrics["timesteps"]["timesteps"] == GRID and {"floor", "time_ratio"} <= set(metrics["legend"])
+    assert "flow_error" not in metrics["legend"]  # a checkpoint's flow is not the oracle's: not measured
     table = (out / "comparison.md").read_text()
     assert f"Model: checkpoint `{checkpoint}`" in table and "| dpm_solver tuned | 4 | 5 |" in table  # ints stay ints
     assert "- time_ratio: wall time / (NFE x one score call" in table
 
-    run_job("compare_samplers", "sampler=ode_euler", "sampler.steps=3", "n=100", "floor_repeats=2",
+    run_job("compare_samplers", "sampler=ode_euler", "sampler.steps=3", "eval.n_samples=100", "eval.floor_repeats=2",
             "oracles=[eight_gaussians]", "logger=none", out=oracle_out)  # fmt: skip
     oracle = json.loads((oracle_out / "metrics.json").read_text())
     assert oracle["model"] == {"source": "oracle: eight_gaussians (exact score)"}
@@ -151,9 +162,13 @@ def test_class_labels_with_guidance(runs, tmp_path):
     arrays = np.load(out / "samples.npz")
     labels = torch.arange(8).repeat_interleave(2)
     assert np.array_equal(arrays["labels"], labels.numpy())
-    model = load_run(runs["cond"])[0]
-    guided = classifier_free(model, labels, 1.5, null_label=8)  # the whole batch at once: the same deterministic ODE
-    expected = library_samples(runs["cond"], 16, "dpm_solver", 3, score=guided)
+    model, sde, _, _ = load_run(runs["cond"])
+    x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0))
+    expected = torch.cat([  # the app's chunks of batch_size=5, each guided with its own labels (equal chunking: float32
+        sample(sde, classifier_free(model, y, 1.5, null_label=8), tuple(x.shape), sampler="dpm_solver", steps=3,
+               x_T=x, **sampler_options("dpm_solver")).x  # matmuls round differently at other batch sizes)
+        for x, y in zip(x_T.split(5), labels.split(5), strict=True)
+    ])  # fmt: skip
     torch.testing.assert_close(torch.from_numpy(arrays["x"]), expected)
 
     for overrides, line in [
@@ -169,16 +184,45 @@ def test_class_labels_with_guidance(runs, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-BAD = {
+BAD = {  # overrides -> the line's start: the key and the value (the library's words after it are its own)
     "sampler.options.order=5": "config error: sampler.options.order=5: ",
-    "+sampler.options.ordr=2": "config error: sampler.options.ordr=2: ",
-    "steps=0": "config error: steps=0: must be an int >= 1",
-    "sampler=ancestral steps=1": "config error: steps=1: ",
-    "n=0": "config error: n=0: must be an int >= 1",
-    "metrics=true eval.floor_repeats=1": "config error: eval.floor_repeats=1: must be an int >= 2",
-    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': the path of a checkpoint file",
-    "timesteps=/no/such.json": "config error: timesteps='/no/such.json': /no/such.json not found",
+    "+sampler.options.ordr=2": "config error: sampler.options.ordr=2: dpm_solver takes options: order, ",
+    "steps=0": "config error: sampler.steps=0: ",
+    "sampler=ancestral steps=1": "config error: sampler.steps=1: ",
+    "n=0": "config error: n=0: ",
+    "metrics=true n=1": "config error: eval.n_samples=1: ",
+    "metrics=true eval.floor_repeats=1": "config error: eval.floor_repeats=1: ",
+    "checkpoint=/no/such.pt": "config error: checkpoint='/no/such.pt': not found: /no/such.pt",
+    "timesteps=/no/such.json": "config error: timesteps='/no/such.json': not found: /no/such.json",
+    "device=tpu": "config error: device='tpu': ",
+    "threads=0": "config error: threads=0: ",
 }
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "line"),
+    [
+        ("sample", ["sampler.options.ordr=2"], "sampler.options.ordr=2: dpm_solver takes options: order, "),
+        ("sample", ["sampler=ddim,dpm_solver", "sampler.options.order=2"], "sampler.options.order=2: ddim takes "),
+        ("train", ["experiment=train/digits_unet", "eval.samplers.dpm_solver.options.ordr=2"],
+         "eval.samplers.dpm_solver.options.ordr=2: dpm_solver takes options: order, "),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_key_gets_the_samplers_options_before_hydra(config, overrides, line):
+    with pytest.raises(ConfigError, match=f"^config error: {re.escape(line)}"):
+        check_option_overrides(overrides, ROOT / "conf", config)
+    for fine in (["sampler.options.order=2", "+sampler.options.ordr=2"], ["--cfg=job", "a=[1,"]):  # Hydra's to judge
+        check_option_overrides(fine, ROOT / "conf", "sample")
+
+
+@pytest.mark.slow
+def test_an_unknown_option_key_on_the_command_line_is_one_line_and_writes_nothing(runs, tmp_path):
+    proc = run_app("sample.py", f"checkpoint={runs['vector']}", "sampler.options.ordr=2", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "config error: sampler.options.ordr=2: dpm_solver takes options: order, method, algorithm, spacing, rho, "
+        "timesteps, lower_order_final"
+    ), proc.stderr  # fmt: skip
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("overrides", list(BAD))

@@ -59,7 +59,8 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert run.run_id == state["wandb_run_id"] and run.job_type == "train" and run.exit_code == 0
-    assert run.group == "train" and run.config["train"]["steps"] == 30
+    assert run.group == "train" and run.config["train"]["steps"] == 30 and run.config["logger"]["job_type"] == "train"
+    assert run.name.startswith("eight_gaussians vp linear-β simple-loss ") and "train.steps=30" in run.name
     history = state["loss_history"]
     assert run.series("train/loss") == pytest.approx(history[:, 1].tolist())
     assert [row["trainer/step"] for row in run.history if "train/loss" in row] == [5, 10, 15, 20, 25, 30]
@@ -68,7 +69,11 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     assert run.summary["eval/euler_maruyama/sw2"] == pytest.approx(em["sw2"])
     assert run.summary["eval/floor/sw2"] == pytest.approx(metrics["floor"]["sw2"])
     assert run.summary["main_metric"] == pytest.approx(em["sw2"])
-    assert run.summary["eval/samplers.nrows"] == 3  # two samplers and the floor
+    assert run.summary["eval/floor_sd/sw2"] == pytest.approx(metrics["floor_sd"]["sw2"])
+    assert run.summary["eval/samplers.nrows"] == 4  # two samplers, the floor and its sd
+    ((artifact),) = [a for a in run.artifacts if a["type"] == "model"]  # the checkpoint (tables are artifacts too)
+    assert (artifact["name"], artifact["type"]) == (f"model-{run.run_id}", "model")
+    assert [f["path"] for f in artifact["manifest"]["contents"]] == ["last.pt"]
 
 
 @pytest.mark.slow

@@ -175,11 +175,12 @@ def test_export_refuses_a_state_without_ema_and_a_non_dict_config(tmp_path):
 def test_a_run_state_round_trips_through_a_file_and_a_bare_trainer_state_is_one(tmp_path):
     trainer = Trainer(ScoreModel(MLP((2,), hidden=8, layers=1), VPSDE()), VPSDE(), EightGaussians(), steps=2,
                       batch_size=4, progress=False)  # fmt: skip
-    run = RunState(trainer.state_dict(), {"train": {"lr": 0.003}}, "abc123", [(5, 0.75), (10, 0.5)])
+    run = RunState(trainer.state_dict(), {"train": {"lr": 0.003}}, "abc123", [(5, 0.75), (10, 0.5)], [0.1, 1 / 3])
     save_checkpoint(tmp_path / "last.pt", run.to_state())
     back = RunState.from_state(load_checkpoint(tmp_path / "last.pt"))
     assert (back.config, back.wandb_run_id, back.loss_history) == (run.config, run.wandb_run_id, run.loss_history)
+    assert back.loss_window == [0.1, 1 / 3]  # float64: the window's losses exactly
     assert back.trainer.keys() == run.trainer.keys()
     assert all(torch.equal(back.trainer["model"][k], v) for k, v in run.trainer["model"].items())
     bare = RunState.from_state(trainer.state_dict())
-    assert (bare.config, bare.wandb_run_id, bare.loss_history) == (None, None, [])
+    assert (bare.config, bare.wandb_run_id, bare.loss_history, bare.loss_window) == (None, None, [], [])

@@ -1,6 +1,9 @@
 """Every config in every group composes and instantiates; every bad value fails up front, in the train app itself
 (run in this process), as one line naming the key, the value and what is allowed, before any output exists."""
 
+import inspect
+import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +11,14 @@ import pytest
 import torch
 from apps import ROOT, TINY, compose_job, run_job
 from hydra.errors import MissingConfigException
+from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from sde_diffusion.apps import ConfigError, build, build_evaluator, start_tracker
+from sde_diffusion.apps import ConfigError, apply_policy, build, build_evaluator, build_sde, start_tracker
+from sde_diffusion.evaluation import Evaluator, SamplerRun
 from sde_diffusion.models import ScoreModel
-from sde_diffusion.sampling import check_sampler
+from sde_diffusion.sampling import SAMPLERS, check_sampler
 from sde_diffusion.sde import SDE, VESDE, VPSDE
 
 CONF = ROOT / "conf"
@@ -85,12 +90,12 @@ def test_every_sampler_file_is_a_valid_eval_sampler():
     for option in options("sampler"):
         cfg = load(f"sampler@eval.samplers.euler_maruyama={option}")
         build_evaluator(cfg, build(cfg).sde)
-        assert set(cfg.eval.samplers.euler_maruyama) == {"name", "steps", "eps", "denoise", "options"}
+        assert set(cfg.eval.samplers.euler_maruyama) == {f.name for f in fields(SamplerRun)}
 
 
 def test_every_experiment_preset_composes_and_builds():
     presets = options("experiment")
-    assert presets == [
+    assert set(presets) >= {
         "compare/beta_search",
         "compare/oracle_study",
         "compare/sde_vs_ode",
@@ -99,7 +104,8 @@ def test_every_experiment_preset_composes_and_builds():
         "train/digits_unet",
         "train/fast_eval",
         "train/schedule_sweep",
-    ]
+        "train/objective_sweep",
+    }
     for option in (p for p in presets if p.startswith("train/")):
         check_builds(load(f"experiment={option}"))
     study = load("experiment=compare/oracle_study", config_name="compare")
@@ -108,11 +114,12 @@ def test_every_experiment_preset_composes_and_builds():
     assert (search.objective, search.sampler.name, search.sampler.options.spacing) == ("energy", "dpm_solver",
                                                                                         "time_uniform")  # fmt: skip
     versus = load("experiment=compare/sde_vs_ode", config_name="compare")
-    assert set(versus.perturbations) == {"bias_small", "bias_large"}
-    for entry in OmegaConf.to_container(versus.grids.sde_vs_ode):  # every sampler and option of the study exists
-        for steps in entry["steps"]:
-            check_sampler(entry["name"], steps=steps, eps=versus.eps, options=entry.get("options", {}), sde_type=VPSDE,
-                          T=1.0)  # fmt: skip
+    assert set(versus.perturbations) == {"bias_small", "bias_large"} and versus.eval.n_samples == 2000
+    for grid in options("grid"):  # every sampler and option of every grid of runs exists
+        for entry in OmegaConf.to_container(load(f"grid={grid}", config_name="compare").grid.runs):
+            for steps in entry["steps"]:
+                check_sampler(entry["name"], steps=steps, t_min=versus.t_min, options=entry.get("options", {}),
+                              sde_type=VPSDE, T=1.0)  # fmt: skip
 
 
 @pytest.mark.parametrize("logger", ["wandb", "none"])
@@ -125,10 +132,101 @@ def test_every_app_shares_the_hydra_defaults_and_records_failures():
     for name in sorted(p.stem for p in CONF.glob("*.yaml")):  # every app's config
         hydra = compose_job(name).hydra
         assert hydra.callbacks.record_failure._target_ == "sde_diffusion.apps.RecordFailure"
+        assert hydra.callbacks.quiet_sweeps._target_ == "sde_diffusion.apps.app.QuietSweeps"
+        assert hydra.hydra_logging.handlers.console.filters == ["setup_lines"]
         assert (
             hydra.run.dir.startswith(f"outputs/{name}/")
             and "train.resume" in hydra.job.config.override_dirname.exclude_keys
         )
+
+
+APPS = ["train", "sample", "compare", "tune_timesteps", "inpaint", "likelihood"]  # export: no seed, device or sampling
+
+
+def test_every_app_has_seed_device_and_threads_at_the_top_and_one_eval_node():
+    for name in APPS:
+        cfg = load(config_name=name)
+        assert {"seed", "device"} <= set(cfg) and ("threads" in cfg or name == "train"), name
+    train = load()
+    assert (train.train.seed, train.train.device) == (train.seed, train.device)  # the Trainer's, from the top
+    nodes = {name: load(config_name=name).eval for name in APPS[:3]}
+    assert {name: sorted(node) for name, node in nodes.items()} == {name: sorted(nodes["train"]) for name in nodes}
+    for node in nodes.values():  # every key is an argument of the one class they build
+        assert set(node) - {"_target_"} <= set(inspect.signature(Evaluator).parameters)
+
+
+def conf_nodes():
+    """(file:key, node) of every config node that builds an object (`_target_`), in every file of conf/."""
+
+    def walk(node, path):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            child = node._get_node(key)
+            if key not in ("defaults", "hydra") and OmegaConf.is_dict(child):
+                yield from walk(child, f"{path}.{key}")
+
+    for path in sorted(CONF.rglob("*.yaml")):
+        if path.parent.name == "loss":
+            continue  # the objective presets: differing from the default objective is their point
+        yield from walk(OmegaConf.load(path), str(path.relative_to(CONF)))
+
+
+# Values a config sets on purpose to something other than the Python default, and why (every other value a config
+# restates must equal the default: one source, conf/ restating Python where a user reads it).
+DIFFERS = {
+    "logger/none.yaml.mode": "the file's whole point: no tracker",
+    "logger/wandb.yaml.job_type": "null: each app records its own job_type",
+    "schedule/constant.yaml.beta": "10 reaches B(T) >= 6.91 (N(0, I) prior) at T = 1; the class keeps 5",
+    "train.yaml.eval.seed": "the evaluation draws apart from training's seed",
+    "train.yaml.eval.mmd_samples": "MMD² is quadratic: 2000 of the 10 000 evaluation samples",
+    "sample.yaml.eval.mmd_samples": "as train.yaml's",
+    "train.yaml.guidance.seed": "guided samples apart from the evaluation's",
+}
+
+
+def test_conf_restates_python_defaults_only_where_equal():
+    differ = {}
+    for where, node in conf_nodes():
+        params = inspect.signature(get_object(node._target_)).parameters
+        for key, value in OmegaConf.to_container(node).items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if default is inspect.Parameter.empty or (isinstance(value, str) and value.startswith("${")):
+                continue  # required, not an argument (the app's own key), or set from elsewhere in the config
+            if value != default and not (isinstance(value, list) and tuple(value) == default):
+                differ[f"{where}.{key}"] = (value, default)
+    for name in options("sampler"):  # a sampler file's options: its spec's defaults (read off the signature)
+        sc = OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / f"{name}.yaml"))
+        defaults = SAMPLERS[sc["name"]].defaults()
+        differ |= {
+            f"sampler/{name}.yaml.options.{k}": (v, defaults[k])
+            for k, v in sc.get("options", {}).items()
+            if v is not None and v != defaults[k]  # null: the spec's default for the run's steps
+        }
+    assert differ.keys() == DIFFERS.keys(), differ
+
+
+def test_a_warning_while_building_names_the_config_node_not_hydra(caplog):
+    cfg = load("schedule=constant", "schedule.beta=1.0")  # B(T) = 1: x_T keeps e^(-1/2) of x₀
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        build_sde(cfg)
+    assert not leaked
+    (record,) = [r for r in caplog.records if r.name == "config"]
+    assert record.getMessage().startswith("sde (sde_diffusion.sde.VPSDE): PriorMismatchWarning: prior mismatch")
+
+
+def test_apps_run_one_torch_thread_by_default():
+    before = torch.get_num_threads()
+    try:
+        apply_policy(None)
+        assert torch.get_num_threads() == before
+        apply_policy(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="^config error: train.threads=0: "):
+            apply_policy(0, "train.threads")
+    finally:
+        torch.set_num_threads(before)
 
 
 class TinyNet(torch.nn.Module):
@@ -166,59 +264,67 @@ def write_data(path: Path, kind: str) -> str:
     return str(path)
 
 
-# overrides -> the error line's start: the key and the value, then what is allowed (texts it must hold)
+# overrides -> the error line's start (the key and the value), then what else it must name (a node's argument, a path);
+# the words after them are the library's own, pinned only by the few ONE_LINE sentences below
 BAD_CONFIGS = {
-    "train.steps=0": ("train.steps=0", "must be an int >= 1"),
-    "train.batch_size=-1": ("train.batch_size=-1", "must be an int >= 1"),
-    "train.lr=0": ("train.lr=0", "must be a number > 0"),
-    "train.lr=abc": ("train.lr='abc'", "must be a number > 0"),
-    "train.ema_decay=1.0": ("train.ema_decay=1.0", "must be a number in [0, 1)"),
-    "loss.weighting=foo": ("loss.weighting='foo'", "must be one of ['simple', 'sigma2', 'likelihood', 'min_snr'"),
-    "train.nan_policy=ignore": ("train.nan_policy='ignore'", "must be one of ['stop', 'skip']"),
-    "train.precision=fp8": ("train.precision='fp8'", "must be one of ['fp32', 'bf16', 'fp16']"),
-    "train.device=tpu": ("train.device='tpu'", "must be 'auto' or a torch device"),
-    "train.resume=/no/such/file.pt": ("train.resume='/no/such/file.pt'", "the path of an existing checkpoint file"),
-    "loss.t_min=0": ("loss.t_min=0", "must be a number in (0, 1)"),
-    "train.keep_last=-1": ("train.keep_last=-1", "must be an int >= 0"),
-    "train.threads=0": ("train.threads=0", "must be an int >= 1 or None"),
-    "train.ckpt_every=-5": ("train.ckpt_every=-5", "must be an int >= 0"),
-    "eval.n_samples=1": ("eval.n_samples=1", "must be an int >= 2"),
-    "eval.floor_repeats=1": ("eval.floor_repeats=1", "must be an int >= 2"),
-    "eval.samplers.euler_maruyama.name=leapfrog": ("eval.samplers.euler_maruyama.name='leapfrog'", "'euler_maruyama'"),
-    "eval.samplers.euler_maruyama.steps=0": ("eval.samplers.euler_maruyama.steps=0", "an int >= 1"),
-    "eval.samplers.dpm_solver.eps=2.0": ("eval.samplers.dpm_solver.eps=2.0", "a number in (0, T=1)"),
-    "sde.T=0.001": ("eval.samplers.euler_maruyama.eps=0.001", "(0, T=0.001)"),
-    "eval.samplers.dpm_solver.options.order=5": ("eval.samplers.dpm_solver.options.order=5", "one of [1, 2, 3]"),
-    "+eval.samplers.dpm_solver.options.ordr=2": ("eval.samplers.dpm_solver.options.ordr=2", "takes options: order"),
-    "sde=ve sampler@eval.samplers.euler_maruyama=ancestral": (
-        "eval.samplers.euler_maruyama.name='ancestral'",
-        "needs a VPSDE, got VESDE",
-    ),
-    "logger.mode=sometimes": ("logger.mode='sometimes'", "must be one of ['offline', 'online', 'disabled']"),
-    "schedule.beta_min=-0.1": ("schedule (sde_diffusion.schedules.LinearBeta)", "beta_min must be > 0, got -0.1"),
-    "schedule.beta_min=5 schedule.beta_max=1": ("schedule (", "beta_max must be >= beta_min"),
-    "schedule=cosine schedule.s=0": ("schedule (sde_diffusion.schedules.CosineBeta)", "s must be > 0, got 0"),
-    "schedule=constant schedule.beta=0": ("schedule (", "beta must be > 0, got 0"),
-    "sde=ve sde.sigma_max=0.001": ("sde (sde_diffusion.sde.VESDE)", "sigma_max must be > sigma_min"),
-    "model.hidden=0": ("model (sde_diffusion.models.MLP)", "hidden and layers must be >= 1"),
-    "data=tensor_file": ("data.path='???'", "a value is required: add data.path=... to the command line"),
-    "data=tensor_file data.path=/no/such.npy": ("data (sde_diffusion.data.TensorFile)", "/no/such.npy: not found"),
-    "data=tensor_file data.path={empty}": ("data (", "{empty}: empty array"),
-    "data=tensor_file data.path={nan}": ("data (", "{nan}: contains NaN or Inf"),
-    "data=tensor_file data.path={rank3}": ("data (", "{rank3}: shape (20, 2, 2) has rank 3; allowed: (N, D) or"),
-    "data._target_=sde_diffusion.data.Nope": ("data (sde_diffusion.data.Nope)", "Error loading"),
+    "train.steps=0": ("train.steps=0",),
+    "train.batch_size=-1": ("train.batch_size=-1",),
+    "train.lr=0": ("train.lr=0",),
+    "train.lr=abc": ("train.lr='abc'",),
+    "train.ema_decay=1.0": ("train.ema_decay=1.0",),
+    "loss.weighting=foo": ("loss.weighting='foo'",),
+    "train.nan_policy=ignore": ("train.nan_policy='ignore'",),
+    "train.precision=fp8": ("train.precision='fp8'",),
+    "train.device=tpu": ("train.device='tpu'",),
+    "device=tpu": ("train.device='tpu'",),  # the top-level key is the Trainer's through ${device}
+    "seed=-1": ("train.seed=-1",),
+    "train.resume=/no/such/file.pt": ("train.resume='/no/such/file.pt'", "not found: /no/such/file.pt"),
+    "loss.t_min=0": ("loss.t_min=0",),
+    "train.keep_last=-1": ("train.keep_last=-1",),
+    "train.threads=0": ("train.threads=0",),
+    "train.ckpt_every=-5": ("train.ckpt_every=-5",),
+    "eval.n_samples=1": ("eval.n_samples=1",),
+    "eval.floor_repeats=1": ("eval.floor_repeats=1",),
+    "eval.samplers.euler_maruyama.name=leapfrog": ("eval.samplers.euler_maruyama.name='leapfrog'",),
+    "eval.samplers.euler_maruyama.steps=0": ("eval.samplers.euler_maruyama.steps=0",),
+    "eval.samplers.dpm_solver.t_min=2.0": ("eval.samplers.dpm_solver.t_min=2.0",),
+    "sde.T=0.001": ("eval.samplers.euler_maruyama.t_min=0.001", "T=0.001"),
+    "eval.samplers.dpm_solver.options.order=5": ("eval.samplers.dpm_solver.options.order=5",),
+    "+eval.samplers.dpm_solver.options.ordr=2": ("eval.samplers.dpm_solver.options.ordr=2",),
+    "sde=ve sampler@eval.samplers.euler_maruyama=ancestral": ("eval.samplers.euler_maruyama.name='ancestral'", "VESDE"),
+    "logger.mode=sometimes": ("logger.mode='sometimes'",),
+    "schedule.beta_min=-0.1": ("schedule (sde_diffusion.schedules.LinearBeta)", "beta_min", "-0.1"),
+    "schedule.beta_min=5 schedule.beta_max=1": ("schedule (", "beta_max"),
+    "schedule=cosine schedule.s=0": ("schedule (sde_diffusion.schedules.CosineBeta)", "s must", "0"),
+    "schedule=constant schedule.beta=0": ("schedule (", "beta", "0"),
+    "sde=ve sde.sigma_max=0.001": ("sde (sde_diffusion.sde.VESDE)", "sigma_max"),
+    "model.hidden=0": ("model (sde_diffusion.models.MLP)", "hidden"),
+    "data=tensor_file": ("data.path='???'",),
+    "data=tensor_file data.path=/no/such.npy": ("data (sde_diffusion.data.TensorFile)", "/no/such.npy"),
+    "data=tensor_file data.path={empty}": ("data (", "{empty}"),
+    "data=tensor_file data.path={nan}": ("data (", "{nan}"),
+    "data=tensor_file data.path={rank3}": ("data (", "{rank3}", "(20, 2, 2)"),
+    "data._target_=sde_diffusion.data.Nope": ("data (sde_diffusion.data.Nope)",),
+}
+# The one-line contract in full, for a few: the key, the value, what is allowed or how to fix it.
+ONE_LINE = {
+    "train.lr=0": "config error: train.lr=0: must be a number > 0",
+    "+eval.samplers.dpm_solver.options.ordr=2": "config error: eval.samplers.dpm_solver.options.ordr=2: dpm_solver "
+    "takes options: order, method, algorithm, lower_order_final, spacing, rho, timesteps",
+    "data=tensor_file": "config error: data.path='???': a value is required: add data.path=... to the command line",
 }
 
 
 @pytest.mark.parametrize("overrides", list(BAD_CONFIGS))
 def test_bad_config_is_one_line_naming_key_value_and_what_is_allowed(overrides, tmp_path):
     files = {kind: write_data(tmp_path / f"{kind}.npy", kind) for kind in ("empty", "nan", "rank3")}
-    start, allowed = (text.format(**files) for text in BAD_CONFIGS[overrides])
+    start, *named = (text.format(**files) for text in BAD_CONFIGS[overrides])
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as info:
         run_job("train", *TINY, *overrides.format(**files).split(), out=out)
     line = str(info.value)
-    assert line.startswith(f"config error: {start}") and allowed in line and "\n" not in line, line
+    assert line.startswith(f"config error: {start}") and all(n in line for n in named) and "\n" not in line, line
+    assert line == ONE_LINE.get(overrides, line)
     assert not out.exists()  # no checkpoint, metrics, plots or wandb run
 
 

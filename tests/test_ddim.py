@@ -60,7 +60,7 @@ def test_one_eta_one_step_has_the_exact_mean_and_the_posterior_variance(sde):
     cov_ts, var_s = a_t * a_s * c2 + a_s / a_t * sg_t**2, a_s**2 * c2 + sg_s**2  # Cov(x_t, x_s), Var(x_s)
     mean = a_t * mu + cov_ts / var_s * (x_s - a_s * mu)
     var = sg_t**2 - a_s**2 * sg_t**4 / (a_t**2 * sg_s**2)
-    x = sample(sde, mix.score_fn(sde), (n, 2), sampler="ddim", steps=1, eps=0.3, denoise=False, eta=1.0,
+    x = sample(sde, mix.score_fn(sde), (n, 2), sampler="ddim", steps=1, t_min=0.3, denoise=False, eta=1.0,
                x_T=torch.full((n, 2), x_s, dtype=torch.float64), dtype=torch.float64,
                generator=torch.Generator().manual_seed(0)).x  # fmt: skip
     assert abs(x.mean().item() - mean) < 4 * math.sqrt(var / (2 * n))

@@ -1,8 +1,11 @@
 """Multi-process training (gloo on the CPU): a 2-process Trainer takes the same steps as a 1-process one with the
-same global batch, up to float summation order; both ranks end with identical weights; the helpers' splits and
-gathers match their definitions; and `torchrun --nproc_per_node=2 experiments/train.py` runs end to end."""
+same global batch, up to float summation order; both ranks end with identical weights; a signal to one rank stops
+both at the same step; the helpers' splits and gathers match their definitions; and
+`torchrun --nproc_per_node=2 experiments/train.py` runs end to end."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -16,7 +19,7 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import distributed
 from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.training import Trainer
+from sde_diffusion.training import Preempted, StopOnSignal, Trainer
 
 STEPS, BATCH = 25, 64
 # Float sums in another order (two half-batch means averaged by DDP vs one mean) differ by ~1e-7 relative per step;
@@ -42,9 +45,23 @@ def _worker(rank: int, world_size: int, store: str, out: str) -> None:
         trainer = _trainer(rank=rank, world_size=world_size, callbacks=[lambda _, logs: losses.append(logs["loss"])])
         trainer.fit()
         gathered = distributed.gather(torch.full((rank + 1, 3), float(rank)))  # unequal sizes: 1 and 2 rows
-        torch.save({"weights": _weights(trainer), "losses": losses, "gathered": gathered}, f"{out}/rank{rank}.pt")
+        result = {"weights": _weights(trainer), "losses": losses, "gathered": gathered, "stopped": _stopped(rank)}
+        torch.save(result, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _stopped(rank: int) -> tuple[int, int]:
+    """(step, signal) at which this rank stopped when rank 1 alone got SIGUSR1 during step 7."""
+    stop = StopOnSignal([signal.SIGUSR1])
+    send = lambda t, logs: os.kill(os.getpid(), signal.SIGUSR1) if rank == 1 and t.step == 7 else None  # noqa: E731
+    trainer = _trainer(rank=rank, world_size=2, callbacks=[send, stop])
+    try:
+        with stop:
+            trainer.fit()
+    except Preempted as err:
+        return err.step, int(err.signum)
+    return trainer.step, 0
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +88,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_ranks):
 def test_both_ranks_end_with_identical_weights(two_ranks):
     for a, b in zip(two_ranks[0]["weights"], two_ranks[1]["weights"], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    assert [r["stopped"] for r in two_ranks] == [(7, signal.SIGUSR1)] * 2
 
 
 @pytest.mark.slow

@@ -87,14 +87,15 @@ def test_a_config_error_is_printed_once(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and output.count("train.lr=-1: must be a number > 0") == 1, output
     assert json.loads((tmp_path / "run" / "failure.json").read_text())["error"] == "ConfigError"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "failure.json", "train.log"]  # only
 
 
 @pytest.mark.slow
 def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
     sweep, n = tmp_path / "sweep", 300
     proc = run_app("compare_samplers.py", "-m", "sampler=euler_maruyama,dpm_solver", "sampler.steps=choice(5)",
-                   f"n={n}", "floor_repeats=2", "oracles=[eight_gaussians]", f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path)  # fmt: skip
+                   f"eval.n_samples={n}", "eval.floor_repeats=2", "oracles=[eight_gaussians]",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
         assert {"comparison.csv", "comparison.md", "quality_vs_nfe.png", "metrics.json"} <= {
@@ -198,8 +199,9 @@ def test_compare_runs_each_oracle_again_with_its_perturbed_score(tmp_path):
     """perturbations: the exact score's rk45 run lands on the exact flow map; the one with ε̂ scaled by 1.25 does
     not, and its flow error is what that error does to the flow of these very samples (independent of the app)."""
     (tmp_path / "job").mkdir()
-    run_job("compare_samplers", "sampler=rk45", "n=200", "floor_repeats=2", "oracles=[eight_gaussians]",
-            "+perturbations.scaled={kind: scale, size: 0.25}", "logger=none", out=tmp_path / "job")  # fmt: skip
+    run_job("compare_samplers", "sampler=rk45", "eval.n_samples=200", "eval.floor_repeats=2",
+            "oracles=[eight_gaussians]", "+perturbations.scaled={kind: scale, size: 0.25}", "logger=none",
+            out=tmp_path / "job")  # fmt: skip
     rows = {r["data"]: r for r in csv.DictReader(open(tmp_path / "job" / "comparison.csv"))}
     assert set(rows) == {"eight_gaussians", "eight_gaussians scaled"}
     exact, scaled = float(rows["eight_gaussians"]["flow_error"]), float(rows["eight_gaussians scaled"]["flow_error"])

@@ -20,15 +20,19 @@ from sde_diffusion.schedules import PolynomialBeta
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402
 
+SMALL = ["eval.n_samples=100", "eval.floor_repeats=2", "oracles=[eight_gaussians]", "logger=none"]
 BOUNDS = {"schedule.beta_min": (0.01, 1.0), "schedule.beta_max": (5.0, 60.0), "schedule.p": (0.5, 4.0)}
 
 
 @pytest.mark.slow
 def test_a_3_trial_optuna_search_gives_3_runs_in_one_group_and_names_its_best_trial(tmp_path):
     sweep, n = tmp_path / "sweep", 200
-    proc = run_app("compare_samplers.py", "-m", "experiment=compare/beta_search", "hydra.sweeper.n_trials=3", f"n={n}",
+    proc = run_app("compare_samplers.py", "-m", "experiment=compare/beta_search", "hydra.sweeper.n_trials=3",
+                   f"eval.n_samples={n}",
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr  # quiet: no colour codes, no plugin-setup lines, warnings without a file path
+    assert not any(s in log for s in ("\x1b[", "setup plugin", "Study name:", "Joblib", "_instantiate2.py"))
     jobs = summarize.summarize(sweep)
     assert [j.label for j in jobs] == ["0", "1", "2"] and {j.status for j in jobs} == {"ok"}
     for j in jobs:
@@ -63,8 +67,8 @@ def test_an_objective_needs_a_run_of_one_row_that_defines_it(tmp_path):
     with pytest.raises(ConfigError, match=r"objective='energy': needs a run of one row: .* \(this run has 2\)"):
         run_job("compare_samplers", "objective=energy", "sampler=dpm_solver", "logger=none", out=tmp_path)
     with pytest.raises(ConfigError, match="objective='flow_error': must be a metric this run defines: sw2, mmd2,"):
-        run_job("compare_samplers", "objective=flow_error", "sampler=euler_maruyama", "sampler.steps=5", "n=100",
-                "floor_repeats=2", "oracles=[eight_gaussians]", "logger=none", out=tmp_path)  # fmt: skip
-    value = run_job("compare_samplers", "objective=sw2", "sampler=euler_maruyama", "sampler.steps=5", "n=100",
-                    "floor_repeats=2", "oracles=[eight_gaussians]", "logger=none", out=tmp_path)  # fmt: skip
+        run_job("compare_samplers", "objective=flow_error", "sampler=euler_maruyama", "sampler.steps=5", *SMALL,
+                out=tmp_path)  # fmt: skip
+    value = run_job("compare_samplers", "objective=sw2", "sampler=euler_maruyama", "sampler.steps=5", *SMALL,
+                    out=tmp_path)  # fmt: skip
     assert value == json.loads((tmp_path / "metrics.json").read_text())["eight_gaussians"]["sw2"]

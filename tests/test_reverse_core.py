@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians
 from sde_diffusion.likelihood import _rhs
 from sde_diffusion.sampling import SAMPLERS, sample, sampler_table
 from sde_diffusion.sampling.common import drift, tweedie_denoise
 from sde_diffusion.sampling.dpm_solver import _Model
+from sde_diffusion.sampling.specs import register
 from sde_diffusion.sampling.torchsde_sdeint import _ReverseInS
 
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -56,11 +58,42 @@ def test_every_caller_gives_the_same_tweedie_step(name):
     torch.testing.assert_close(_Model(sde, score_fn, data_prediction=True)(x, t), closed, rtol=1e-12, atol=1e-12)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_specs_declare_their_options_and_nfe():
     for name, spec in SAMPLERS.items():
         assert spec.name == name and spec.summary()
-        for key, default in spec.defaults().items():  # every default is itself allowed
-            assert spec.options[key].accepts(default), (name, key, default)
+        for steps in (None, *spec.by_steps, *(n + 1 for n in spec.by_steps)):
+            for key, default in spec.defaults(steps).items():  # every default is itself allowed
+                assert key in spec.options and spec.options[key].accepts(default), (name, steps, key, default)
+
+
+def test_by_steps_defaults_cover_steps_up_to_their_bound():
+    @register("_probe", stochastic=False, nfe=lambda s, o: s, nfe_text="steps", spacing="logsnr",
+              by_steps={4: {"spacing": "karras"}, 9: {"spacing": "time_uniform"}})  # fmt: skip
+    def probe(sde, score_fn, x, t, *, generator=None, progress=False):
+        """A probe."""
+
+    spec = SAMPLERS.pop("_probe")
+    spacings = [spec.defaults(n)["spacing"] for n in (1, 4, 5, 9, 10, None)]
+    assert spacings == ["karras", "karras", "time_uniform", "time_uniform", "logsnr", "logsnr"]
+    with pytest.raises(TypeError, match="by_steps"):
+        register("_bad", stochastic=False, nfe=lambda s, o: s, nfe_text="", spacing="logsnr",
+                 by_steps={4: {"spacing": "cosine"}})(probe)  # fmt: skip
+    assert "_bad" not in SAMPLERS
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "sampler").glob("*.yaml")), ids=lambda p: p.stem)
+def test_sampler_configs_carry_only_what_differs_from_the_python_defaults(path):
+    """Every option is listed (so `sampler.options.X=` overrides it), as null unless it differs from the Python
+    default: a restated default would pin it against the defaults by steps, and go stale."""
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    spec = SAMPLERS[cfg["name"]]
+    assert list(cfg["options"]) == list(spec.options), f"{path.name}: list options {list(spec.options)}, as null"
+    same = {k: v for k, v in cfg["options"].items() if v is not None and spec.defaults().get(k) == v}
+    assert not same, f"{path.name}: set {sorted(same)} to null, their Python defaults"
+    assert (cfg["t_min"], cfg["denoise"]) == (1e-3, True), f"{path.name}: t_min and denoise as sample()'s defaults"
 
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.nfe(s.min_steps, s.defaults()) is not None])

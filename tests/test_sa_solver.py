@@ -26,9 +26,10 @@ def gaussian(mean, var) -> GaussianMixture:
     return GaussianMixture(torch.ones(1), mean[None], torch.diag(var)[None])
 
 
-def run(sde, mix, x_T, steps, eps=1e-3, seed=1, **opts):
-    return sample(sde, mix.score_fn(sde), tuple(x_T.shape), sampler="sa_solver", steps=steps, eps=eps, denoise=False,
-                  x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed), **opts)  # fmt: skip
+def run(sde, mix, x_T, steps, t_min=1e-3, seed=1, **opts):
+    return sample(sde, mix.score_fn(sde), tuple(x_T.shape), sampler="sa_solver", steps=steps, t_min=t_min,
+                  denoise=False, x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed),
+                  **opts)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SDES)
@@ -70,7 +71,7 @@ def test_one_step_has_the_mean_and_variance_of_its_exact_transition(name, tau, h
     x_s = torch.tensor([[0.7 * sde.prior_std]], dtype=torch.float64)
     x0_hat = float(sde.tweedie(x_s, T, mix.score_fn(sde)(x_s, T)))
     mean, var = _frozen_transition(sde, sde.T, t, x0_hat, float(x_s), tau)
-    x = run(sde, mix, x_s.expand(n, 1), 1, eps=t, tau=tau, tau_sigma_min=0.0).x
+    x = run(sde, mix, x_s.expand(n, 1), 1, t_min=t, tau=tau, tau_sigma_min=0.0).x
     assert abs(x.mean().item() - mean) < 4 * math.sqrt(var / n)
     assert abs(x.var().item() - var) < 4 * var * math.sqrt(2 / n)
 

@@ -68,18 +68,31 @@ def test_rk45_nfe_is_the_solvers():
     assert r.nfe == len(calls) > 20
 
 
-@pytest.mark.parametrize("name", ["ode_heun", "dpm_solver", "rk45", "euler_maruyama"])
-def test_batch_size_chunks_give_the_same_samples_for_deterministic_solvers(name):
+@pytest.mark.parametrize(
+    ("name", "opts", "atol"),
+    [("ode_heun", {}, 1e-12), ("dpm_solver", {}, 1e-12), ("rk45", {"rtol": 1e-9, "atol": 1e-9}, 1e-6)],
+)
+def test_batch_size_chunks_give_the_same_samples_for_deterministic_solvers(name, opts, atol):
+    """float64: fixed grids agree to rounding; rk45 picks its steps per chunk, so to its tolerance (global error
+    of a 1e-9 local tolerance over one unit of time, with room)."""
+    x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    run = dict(sampler=name, steps=10, x_T=x_T, dtype=torch.float64, **opts)
+    whole = sample(SDE, MIX.score_fn(SDE), (10, 2), **run)
+    chunked = sample(SDE, MIX.score_fn(SDE), (10, 2), batch_size=3, **run)
+    torch.testing.assert_close(chunked.x, whole.x, rtol=0, atol=atol)
+
+
+def test_chunks_draw_their_noise_from_the_one_generator_in_chunk_order():
+    """batch_size=3 is the chunks 3, 3, 3, 1 sampled one after the other from the same generator, bit for bit."""
     x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
-    score = MIX.score_fn(SDE)
-    whole = sample(SDE, score, (10, 2), sampler=name, steps=10, x_T=x_T, generator=torch.Generator().manual_seed(1))
-    chunked = sample(SDE, score, (10, 2), sampler=name, steps=10, x_T=x_T, batch_size=3,
-                     generator=torch.Generator().manual_seed(1))  # fmt: skip
-    assert chunked.x.shape == (10, 2)
-    if name == "euler_maruyama":  # noise is drawn per chunk: a different but valid draw
-        assert torch.isfinite(chunked.x).all() and chunked.nfe == whole.nfe
-    else:
-        torch.testing.assert_close(chunked.x, whole.x, rtol=1e-4, atol=1e-4)
+    run = dict(sampler="euler_maruyama", steps=10)
+    chunked = sample(SDE, MIX.score_fn(SDE), (10, 2), x_T=x_T, batch_size=3, generator=torch.Generator().manual_seed(1),
+                     **run).x  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    parts = [sample(SDE, MIX.score_fn(SDE), tuple(c.shape), x_T=c, generator=g, **run).x for c in x_T.split(3)]
+    torch.testing.assert_close(chunked, torch.cat(parts), rtol=0, atol=0)
+    once = sample(SDE, MIX.score_fn(SDE), (10, 2), x_T=x_T, generator=torch.Generator().manual_seed(1), **run).x
+    assert not torch.equal(chunked, once)  # the noise of a chunk is not the whole batch's rows
 
 
 def test_rk45_failure_names_the_time_reached():
@@ -110,54 +123,62 @@ def test_cuda_samples_stay_on_cuda(name):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"sampler": "heun"}, r"sample: name='heun': one of \[.*'ancestral'"),
-        ({"sampler": "ode_euler", "order": 2}, r"ode_euler: options.order=2: ode_euler takes options: spacing, rho"),
-        ({"sampler": "dpm_solver", "order": 4}, r"dpm_solver: options.order=4: one of \[1, 2, 3\]"),
-        ({"sampler": "dpm_solver", "method": "adaptive"}, r"options.method='adaptive': one of \['multistep', 'single"),
-        ({"sampler": "dpm_solver", "algorithm": "unipc"}, r"options.algorithm='unipc': one of"),
-        (
-            {"sampler": "dpm_solver", "spacing": "cosine"},
-            r"options.spacing='cosine': one of \['time_uniform', 'logsnr'",
-        ),
-        ({"sampler": "dpm_solver", "lower_order_final": 1}, r"options.lower_order_final=1: one of \[True, False\]"),
-        ({"sampler": "ode_heun", "rho": 0}, r"options.rho=0: a number > 0"),
-        ({"sampler": "pc", "predictor": "ancestral"}, r"options.predictor='ancestral': one of"),
-        ({"sampler": "pc", "snr": -1.0}, r"options.snr=-1.0: a number > 0"),
-        ({"sampler": "pc", "corrector_steps": -1}, r"options.corrector_steps=-1: an int >= 0"),
-        ({"sampler": "pc", "corrector_steps": 1.5}, r"options.corrector_steps=1.5: an int >= 0"),
-        (
-            {"sampler": "ancestral", "variance": "learned"},
-            r"options.variance='learned': one of \['beta', 'beta_tilde'\]",
-        ),
-        ({"sampler": "rk45", "rtol": 0.0}, r"options.rtol=0.0: a number > 0"),
-        ({"sampler": "torchsde", "method": "heun"}, r"options.method='heun': one of \['euler', 'milstein', 'srk'\]"),
+        ({"sampler": "heun"}, r"name='heun': one of \[.*'ancestral'"),
+        ({"sampler": "ode_euler", "order": 2}, r"options\.order=2: .*takes options: spacing"),
+        ({"sampler": "dpm_solver", "order": 4}, r"options\.order=4: one of \[1, 2, 3\]"),
+        ({"sampler": "dpm_solver", "method": "adaptive"}, r"options\.method='adaptive': one of \['multistep'"),
+        ({"sampler": "dpm_solver", "algorithm": "unipc"}, r"options\.algorithm='unipc': one of"),
+        ({"sampler": "dpm_solver", "spacing": "cosine"}, r"options\.spacing='cosine': one of \['time_uniform'"),
+        ({"sampler": "dpm_solver", "lower_order_final": 1}, r"options\.lower_order_final=1: one of \[True, False\]"),
+        ({"sampler": "ode_heun", "rho": 0}, r"options\.rho=0: a number > 0"),
+        ({"sampler": "pc", "predictor": "ancestral"}, r"options\.predictor='ancestral': one of"),
+        ({"sampler": "pc", "snr": -1.0}, r"options\.snr=-1\.0: a number > 0"),
+        ({"sampler": "pc", "corrector_steps": -1}, r"options\.corrector_steps=-1: an int >= 0"),
+        ({"sampler": "pc", "corrector_steps": 1.5}, r"options\.corrector_steps=1\.5: an int >= 0"),
+        ({"sampler": "ancestral", "variance": "learned"}, r"options\.variance='learned': one of \['beta'"),
+        ({"sampler": "rk45", "rtol": 0.0}, r"options\.rtol=0\.0: a number > 0"),
+        ({"sampler": "torchsde", "method": "heun"}, r"options\.method='heun': one of \['euler'"),
         ({"steps": 0}, r"steps=0: an int >= 1"),
-        ({"steps": 2.5}, r"steps=2.5: an int >= 1"),
-        ({"sampler": "ancestral", "steps": 1}, r"ancestral: steps=1: an int >= 2"),
-        ({"eps": 0.0}, r"eps=0.0: a number in \(0, T=1\)"),
-        ({"batch_size": 0}, r"batch_size must be None or an int >= 1"),
-        ({"x_T": torch.zeros(3, 2)}, r"x_T has shape \(3, 2\), expected shape=\(4, 2\)"),
+        ({"steps": 2.5}, r"steps=2\.5: an int >= 1"),
+        ({"sampler": "ancestral", "steps": 1}, r"steps=1: an int >= 2"),
+        ({"t_min": 0.0}, r"t_min=0\.0: a number in \(0, T=1\)"),
+        ({"batch_size": 0}, r"batch_size=0"),
+        ({"x_T": torch.zeros(3, 2)}, r"x_T .*\(3, 2\).*shape=\(4, 2\)"),
     ],
 )
-def test_bad_input_raises_value_error_naming_what_is_allowed(kwargs, match):
+def test_bad_input_raises_value_error_naming_key_and_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample(SDE, MIX.score_fn(SDE), (4, 2), **{"steps": 10, **kwargs})
 
 
 def test_ancestral_needs_a_vp_sde():
-    with pytest.raises(ValueError, match="ancestral: name='ancestral': needs a VPSDE, got VESDE"):
+    with pytest.raises(ValueError, match="name='ancestral': needs a VPSDE, got VESDE"):
         sample(VESDE(), lambda x, t: -x, (4, 2), sampler="ancestral", steps=10)
 
 
-@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if "timesteps" in s.options])
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.spacing])
 def test_a_custom_grid_is_the_grid_it_names(name):
-    """spacing="custom" with timesteps = the logSNR grid is the logSNR run, sample for sample."""
+    """timesteps = the logSNR grid (with or without spacing="custom") is the logSNR run, sample for sample."""
     grid = timesteps(SDE, 6, 1e-3, "logsnr").tolist()
     runs = [
         sample(SDE, MIX.score_fn(SDE), (5, 2), sampler=name, steps=6, generator=torch.Generator().manual_seed(0), **o)
-        for o in ({"spacing": "logsnr"}, {"spacing": "custom", "timesteps": grid})
+        for o in ({"spacing": "logsnr"}, {"spacing": "custom", "timesteps": grid}, {"timesteps": grid})
     ]
-    torch.testing.assert_close(runs[0].x, runs[1].x, rtol=0, atol=0)
+    for run in runs[1:]:
+        torch.testing.assert_close(run.x, runs[0].x, rtol=0, atol=0)
+
+
+def test_the_sampler_walks_the_grid_sample_builds():
+    """A grid sampler gets the grid of its spacing at `steps` and nothing else: ode_euler's result is Euler's
+    recursion on `timesteps(sde, steps, t_min, spacing)` written out here."""
+    score, x_T = MIX.score_fn(SDE), torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = timesteps(SDE, 4, 0.01, "time_quadratic")
+    x = x_T
+    for s, u in zip(t[:-1], t[1:], strict=True):
+        x = x + (u - s) * SDE.reverse_drift(x, s, score(x, s.expand(5)), True)
+    out = sample(SDE, score, (5, 2), "ode_euler", 4, 0.01, denoise=False, x_T=x_T, dtype=torch.float64,
+                 spacing="time_quadratic").x  # fmt: skip
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -168,3 +189,19 @@ def test_a_custom_grid_is_the_grid_it_names(name):
 def test_a_bad_custom_grid_is_named(grid, spacing):
     with pytest.raises(ValueError, match="timesteps"):
         sample(SDE, MIX.score_fn(SDE), (4, 2), sampler="ode_euler", steps=3, spacing=spacing, timesteps=grid)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.by_steps])
+def test_options_not_given_or_none_are_the_defaults_for_these_steps(name):
+    """`sample` runs `defaults(steps)` of the spec (README's last column) when no option or None is given."""
+    spec = SAMPLERS[name]
+    for steps in sorted({*spec.by_steps, max(spec.by_steps) + 1}):
+        x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
+        run = dict(sampler=name, steps=steps, x_T=x_T, dtype=torch.float64)
+        given = spec.defaults(steps)
+        plain = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run).x
+        nulls = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run,
+                       **dict.fromkeys(given)).x  # fmt: skip
+        full = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run, **given).x
+        torch.testing.assert_close(plain, full, rtol=0, atol=0)
+        torch.testing.assert_close(nulls, full, rtol=0, atol=0)

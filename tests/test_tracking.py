@@ -1,6 +1,7 @@
 """The wandb tracker: an offline run read back from its .wandb file holds what was logged; failures degrade to a
 no-op with one warning."""
 
+import json
 import warnings
 
 import pytest
@@ -40,6 +41,33 @@ def test_resume_continues_the_same_run(tmp_path):
     second = start_run(dir=tmp_path, config={}, resume_id=run_id)
     assert second.run_id == run_id
     second.finish()
+
+
+def test_a_resumed_run_skips_the_steps_it_logged_and_records_its_job_type_and_artifacts(tmp_path):
+    """A run killed after logging step 30 but resumed from a checkpoint at step 10 logs 20 and 30 again (bitwise the
+    same): they are skipped, step 40 is not; rows sharing a new step all land. The recorded config's
+    logger.job_type is the app's; a file is an offline artifact with its metadata."""
+    checkpoint = tmp_path / "ck.pt"
+    checkpoint.write_bytes(b"weights")
+    first = start_run(dir=tmp_path, config={"logger": {"job_type": None}}, job_type="sample")
+    for step in (10, 20, 30):
+        first.log({"train/loss": float(step)}, step=step)
+    run_id = first.run_id
+    first.log_artifact(checkpoint, f"model-{run_id}", "model", {"step": 30})
+    first.finish()
+    second = start_run(dir=tmp_path, config={}, resume_id=run_id)
+    for step in (20, 30, 40):
+        second.log({"train/loss": step + 0.5}, step=step)
+    second.log({"eval/sw2": 0.1}, step=40)
+    second.finish()
+    a, b = (read_run(p) for p in find_run_files(tmp_path))
+    assert a.series("train/loss") == [10.0, 20.0, 30.0] and b.series("train/loss") == [40.5]
+    assert b.series(STEP_METRIC) == [40, 40] and b.series("eval/sw2") == [0.1]
+    assert a.config["logger"] == {"job_type": "sample"} and a.job_type == "sample"
+    ((artifact),) = a.artifacts
+    assert artifact["name"] == f"model-{a.run_id}" and artifact["type"] == "model"
+    assert json.loads(artifact["metadata"]) == {"step": 30}
+    assert [f["path"] for f in artifact["manifest"]["contents"]] == ["ck.pt"]
 
 
 def test_unstartable_wandb_warns_once_and_is_a_noop(tmp_path):

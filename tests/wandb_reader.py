@@ -18,7 +18,8 @@ from typing import Any
 
 @dataclass
 class OfflineRun:
-    """What a run file holds: run id, group, name, job type, tags, config, history rows and the final summary."""
+    """What a run file holds: run id, group, name, job type, tags, config, history rows, the final summary and the
+    artifacts logged (name, type, metadata, manifest)."""
 
     run_id: str = ""
     group: str = ""
@@ -28,6 +29,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
     exit_code: int | None = None
 
     def series(self, key: str) -> list[Any]:
@@ -61,6 +63,8 @@ def read_run(path: str | Path) -> OfflineRun:
             run.history.append(body.get("item", {}))
         elif kind == "summary":
             run.summary.update(body.get("update", {}))
+        elif kind == "artifact":
+            run.artifacts.append(body)
         elif kind == "exit":
             run.exit_code = body.get("exit_code", 0)
     run.config.pop("_wandb", None)

@@ -1,11 +1,12 @@
-"""The apps' side: the Hydra glue that experiments/ shares. It checks the keys only apps read, builds library
-objects from config nodes (naming the key of a bad value), reloads trained runs (and their tuned time grids),
-starts the tracker and records failed jobs. The library never imports this package, and nothing else in it
-imports hydra or omegaconf."""
+"""The apps' side: the Hydra glue that experiments/ shares. It runs each app under one policy (threads, warnings,
+quiet sweeps), surfaces the library's argument errors as one config-error line naming the key, checks the keys only
+apps read, builds library objects from config nodes, reloads trained runs (and finds their tuned time grids), starts
+the tracker and records failed jobs. The library never imports this package, and nothing else in it imports hydra or
+omegaconf."""
 
+from .app import apply_policy, hydra_app
 from .build import (
     Built,
-    argument_error,
     build,
     build_evaluator,
     build_sde,
@@ -15,7 +16,7 @@ from .build import (
     load_score,
     run_weights,
 )
-from .errors import ConfigError, RunError, config_error
+from .errors import ConfigError, RunError, argument_error, config_error, config_errors
 from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker, sweep_run_name
 from .tuned import tuned_run
 from .validation import require_choice, require_file, require_number, require_run, require_values
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "RecordFailure",
     "RunError",
+    "apply_policy",
     "argument_error",
     "build",
     "build_evaluator",
@@ -32,6 +34,8 @@ __all__ = [
     "check_run",
     "config_diff",
     "config_error",
+    "config_errors",
+    "hydra_app",
     "instantiate_node",
     "load_run",
     "load_score",

@@ -1,10 +1,13 @@
 """Objects from config nodes with `_target_` (hydra.utils.instantiate), and a trained run rebuilt from its
-checkpoint or its export (experiments/export.py). A constructor's `checks.ArgumentError` becomes
-`config error: <node>.<argument>=<value>: ...`, any other failure `config error: <node> (<target>): <message>`,
-so each value is checked once, by its object."""
+checkpoint or its export (experiments/export.py). A constructor's argument error becomes
+`config error: <node>.<argument>=<value>: ...` (errors.argument_error), any other failure
+`config error: <node> (<target>): <message>`, and a warning it raises one log line naming the node, so each value is
+checked once, by its object."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,9 @@ from ..evaluation import Evaluator, SamplerRun
 from ..runtime import resolve_device
 from ..sampling import SamplerArgError
 from ..sde import SDE, ScoreFn
-from .errors import ConfigError, RunError, config_error
+from .errors import ConfigError, RunError, argument_error, config_error, config_errors
+
+log = logging.getLogger("config")
 
 
 @dataclass
@@ -32,25 +37,25 @@ class Built:
     model: torch.nn.Module
 
 
-def argument_error(node: str, err: ArgumentError) -> ConfigError:
-    """The one-line ConfigError for argument `err.name` of the object built from config node `node` ("": the
-    root)."""
-    return config_error(f"{node}.{err.name}" if node else err.name, err.value, f"must be {err.allowed}")
-
-
 def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate(cfg[key], **kwargs)`; a failing constructor becomes a ConfigError naming `key`."""
+    """`hydra.utils.instantiate(cfg[key], **kwargs)`; a failing constructor becomes a ConfigError naming `key`, and
+    each warning it raises is logged once as `<key> (<target>): <Category>: <message>` (not at Hydra's own line)."""
+    target = OmegaConf.select(cfg, f"{key}._target_")
     try:
-        return instantiate(OmegaConf.select(cfg, key), **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obj = instantiate(OmegaConf.select(cfg, key), **kwargs)
     except InstantiationException as err:
         cause = err
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if isinstance(cause, ArgumentError):
+        if isinstance(cause, ArgumentError | SamplerArgError):
             raise argument_error(key, cause) from err
         message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        target = OmegaConf.select(cfg, f"{key}._target_")
         raise ConfigError(f"config error: {key} ({target}): {message}") from err
+    for w in dict.fromkeys((w.category.__name__, str(w.message)) for w in caught):
+        log.warning("%s (%s): %s: %s", key, target, *w)
+    return obj
 
 
 def build_sde(cfg: DictConfig, **kwargs: Any) -> SDE:
@@ -84,12 +89,8 @@ def build_evaluator(cfg: DictConfig, sde: SDE, key: str = "eval") -> Evaluator:
 
 def check_run(run: SamplerRun, sde: SDE, key: str) -> None:
     """`run` against its sampler's spec and `sde`; a bad value is a ConfigError naming `<key>.<argument>`."""
-    try:
+    with config_errors(key):
         run.check(sde)
-    except SamplerArgError as err:
-        raise config_error(f"{key}.{err.key}", err.value, err.allowed) from None
-    except ArgumentError as err:
-        raise argument_error(key, err) from None
 
 
 def run_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

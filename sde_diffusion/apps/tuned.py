@@ -1,7 +1,8 @@
-"""A time grid tuned by experiments/tune_timesteps.py, used by another app's sampler run: `timesteps=tuned` reads
-timesteps_<sampler>.json beside the checkpoint or in its export folder (where tune_timesteps.py writes it),
-`timesteps=PATH` any timesteps.json it wrote. The file holds one grid per NFE budget; the grid with as many steps as
-the run replaces the run's spacing (spacing="custom", timesteps=[T, …, eps]), so `steps` picks the budget."""
+"""A time grid tuned by experiments/tune_timesteps.py, used by another app's sampler run. Tuning writes
+timesteps.json into its own run dir only, recording the checkpoint it was tuned for; `timesteps=tuned` finds the
+newest such file for this checkpoint and sampler under TUNED_RUNS, `timesteps=PATH` takes a timesteps.json or a
+tune_timesteps run dir. The file holds one grid per NFE budget; the grid with as many steps as the run replaces the
+run's spacing (spacing="custom", timesteps=[T, …, t_min]), so `steps` picks the budget."""
 
 from __future__ import annotations
 
@@ -20,22 +21,48 @@ from .errors import config_error
 log = logging.getLogger(__name__)
 
 
-def tuned_path(checkpoint: str | Path, sampler: str) -> Path:
-    """Where a checkpoint's grids for `sampler` lie: timesteps_<sampler>.json beside the checkpoint file, or inside
-    the folder of an export (experiments/export.py)."""
-    checkpoint = Path(checkpoint)
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"timesteps_{sampler}.json"
+TUNED_RUNS = ("outputs/tune_timesteps", "multirun/tune_timesteps")  # its run and sweep dirs (conf/hydra/)
+
+
+def tuned_record(checkpoint: str | Path | None) -> str | None:
+    """How timesteps.json names the checkpoint it was tuned for (`find_tuned` matches it): its absolute path."""
+    return None if checkpoint is None else str(Path(checkpoint).resolve())
+
+
+def find_tuned(checkpoint: str | Path, sampler: str, roots: tuple[str, ...] = TUNED_RUNS) -> Path | None:
+    """The newest timesteps.json under `roots` (relative to the working dir) tuned for `checkpoint` and `sampler`."""
+    found = []
+    for path in (p for root in roots for p in Path(root).rglob("timesteps.json")):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and (saved.get("checkpoint"), saved.get("sampler")) == (
+            tuned_record(checkpoint), sampler,
+        ):  # fmt: skip
+            found.append(path.resolve())
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def tuned_file(value: str, sampler: str, checkpoint: str | Path | None, key: str = "timesteps") -> Path:
-    """The file `value` names: tuned -> `tuned_path(checkpoint, sampler)`, else the path itself; a ConfigError
-    naming `key` if there is none."""
-    if value == "tuned" and checkpoint is None:
-        raise config_error(key, value, "needs checkpoint=PATH (its grids lie beside it), else a timesteps.json's path")
-    path = tuned_path(str(checkpoint), sampler) if value == "tuned" else Path(str(value))
+    """The file `value` names: tuned -> `find_tuned(checkpoint, sampler)`, a run dir -> its timesteps.json, else
+    the path itself; a ConfigError naming `key` if there is none."""
+    if value == "tuned":
+        if checkpoint is None:
+            raise config_error(key, value, "needs checkpoint=PATH (the run it was tuned for), else a timesteps.json")
+        path = find_tuned(checkpoint, sampler)
+        if path is None:
+            how = f"tune one with experiments/tune_timesteps.py checkpoint={checkpoint} sampler={sampler}"
+            where = f"{sampler} on {tuned_record(checkpoint)} under {' or '.join(TUNED_RUNS)}"
+            raise config_error(
+                key, value, f"no timesteps.json for {where}: {how}, give a timesteps.json's path, or null"
+            )
+        return path
+    path = Path(str(value))
+    path = path / "timesteps.json" if path.is_dir() else path
     if not path.is_file():
-        how = f"tune one with experiments/tune_timesteps.py checkpoint={checkpoint} sampler={sampler}"
-        raise config_error(key, value, f"{path} not found: {how}, or give null (the sampler's own spacing)")
+        allowed = "a timesteps.json of tune_timesteps.py or its run dir"
+        raise config_error(key, value, f"not found: {path.resolve()}; {allowed}")
     return path
 
 
@@ -43,13 +70,13 @@ def tuned_run(
     run: SamplerRun, sde: SDE, value: str, checkpoint: str | Path | None, key: str = "timesteps"
 ) -> tuple[SamplerRun, dict[str, Any]]:
     """`run` on the grid of `value` (module docstring) and what was used: {file, budget, timesteps}. A missing file
-    or budget, another sampler's or eps's grid, or one that does not fit `sde` is a one-line ConfigError naming
+    or budget, another sampler's or t_min's grid, or one that does not fit `sde` is a one-line ConfigError naming
     `key`, the file and the budgets it has."""
     path = tuned_file(value, run.name, checkpoint, key)
     try:
         saved = json.loads(path.read_text())
         grids = {int(budget): [float(t) for t in grid] for budget, grid in saved["grids"].items()}
-        name, eps, options = saved["sampler"], float(saved["eps"]), dict(saved.get("options", {}))
+        name, t_min, options = saved["sampler"], float(saved["t_min"]), dict(saved.get("options", {}))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise config_error(key, value, f"{path}: not a timesteps.json of tune_timesteps.py ({err!r})") from None
     if name != run.name:
@@ -58,8 +85,8 @@ def tuned_run(
     budget = next((b for b, grid in sorted(grids.items()) if len(grid) - 1 == run.steps), None)
     if budget is None:
         raise config_error(key, value, f"{path} has no grid of {run.steps} steps; it has {have}")
-    if abs(run.t_min - eps) > 1e-12:
-        raise config_error(key, value, f"{path}'s grids end at eps={eps:g}, this run's sampler.eps is {run.t_min:g}")
+    if abs(run.t_min - t_min) > 1e-12:
+        raise config_error(key, value, f"{path}'s grids end at t_min={t_min:g}, this run's is {run.t_min:g}")
     try:
         timesteps(sde, run.steps, run.t_min, "custom", custom=grids[budget])
     except ValueError as err:

@@ -21,7 +21,7 @@ class MLP(nn.Module):
     def __init__(
         self,
         shape: tuple[int, ...],
-        hidden: int = 256,
+        hidden: int = 128,
         layers: int = 3,
         time_features: str = "fourier",
         time_dim: int = 64,

@@ -41,6 +41,8 @@ class ScoreModel(nn.Module):
         check_choice("parameterization", parameterization, PARAMETERIZATIONS)
         check_number("sigma_data", sigma_data, gt=0)
         self.net, self.sde, self.parameterization, self.sigma_data = net, sde, parameterization, float(sigma_data)
+        if isinstance(getattr(sde, "schedule", None), nn.Module):  # a learned β(t): its parameters join the state dict
+            self.schedule = sde.schedule
         self.num_classes: int | None = getattr(net, "num_classes", None)
 
     def _net(self, x_in: Tensor, noise_label: Tensor, y: Tensor | None) -> Tensor:

@@ -1,21 +1,8 @@
 """Adaptive-step reverse SDE of Jolicoeur-Martineau et al. (2021, "Gotta Go Fast…", Alg. 1).
 
-One tried step from t draws z and forms, on the same z,
-  x′ = x − h·a(x, t) + g(t)√h z                                  (Euler–Maruyama),
-  x″ = x − ½h·[a(x, t) + a(x′, t − h)] + ½[g(t) + g(t − h)]√h z   (stochastic improved Euler),
-a = f x − g²∇log p the reverse drift (dx/dt, solved from T down). Its error is the paper's scaled ℓ2 norm
-E = ‖(x′ − x″)/δ‖₂/√D with δ = max(ε_abs, ε_rel·max(|x′|, |x′_prev|)) entrywise, x′_prev the last accepted x′.
-The step is accepted when E ≤ 1 (then x ← x″ with `extrapolation`, else x′; without it x′ and x″ swap roles in δ
-and x′_prev, as in the authors' code), and h ← min(t − eps, θ h E^{−r}) either way, with the paper's θ = 0.9,
-r = 0.9 and h₀ = 0.01·T.
-
-`per_sample=True` is the authors' code: every sample has its own t and h, E is taken over its own D entries, and
-the batch runs (evaluating every sample) until its slowest sample reaches eps. That needs D large (their images:
-D = 3072+): on 2-D data one sample's E is the size of one or two Gaussian draws, a near-zero draw multiplies h by
-hundreds, and the samples come out too spread (a 1-D Gaussian of variance 0.30 came out at 0.70 with ε_rel =
-0.05, ε_abs = 1e-3).
-`per_sample=False` (the default) takes one t and h for the batch and E over all its entries — the same norm with
-D → batch·D — which is stable at any D; a sample's path then depends on the rest of its batch.
+A tried step from t forms, on the same z, Euler–Maruyama x′ = x − h·a(x, t) + g(t)√h z and the stochastic improved
+Euler x″ = x − ½h·[a(x, t) + a(x′, t − h)] + ½[g(t) + g(t − h)]√h z (a = f x − g²∇log p), accepts it when the scaled
+error E = ‖(x′ − x″)/δ‖₂/√D ≤ 1, δ = max(ε_abs, ε_rel·max(|x′|, |x′_prev|)), and sets h ← min(t − t_min, θ h E^{−r}).
 """
 
 from __future__ import annotations
@@ -52,7 +39,7 @@ def adaptive_sde(
     score_fn: ScoreFn,
     x: Tensor,
     steps: int,
-    eps: float,
+    t_min: float,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -63,15 +50,18 @@ def adaptive_sde(
 ) -> tuple[Tensor, Tensor]:
     """EM / stochastic improved Euler with adaptive steps to `rtol`/`atol` (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
-    Two NFE per tried step, rejected ones included; `steps` is unused.
-
-    A non-finite error estimate raises `SolverError` naming the time reached.
+    Two NFE per tried step, rejected ones included; `steps` is unused. With `extrapolation` an accepted step keeps
+    x″, else x′ (x′ and x″ then swap roles in δ, as in the authors' code). `per_sample=True` is the authors' code:
+    every sample has its own t, h and E over its own D entries, which needs D large (on 2-D data one sample's E is
+    one or two Gaussian draws; docs/samplers.md); `per_sample=False` takes one t and h for the batch and E over all
+    its entries (D → batch·D), stable at any D, so a sample's path depends on the rest of its batch. A non-finite
+    error estimate raises `SolverError` naming the time reached.
     """
     t = torch.full((x.shape[0],), sde.T, dtype=torch.float64, device=x.device)
     h = torch.full_like(t, H_INIT * sde.T)
     x_prev = x
     bar = tqdm(disable=not progress, desc="adaptive_sde", unit="tried step")
-    while bool((t > eps).any()):
+    while bool((t > t_min).any()):
         z = randn_like(x, generator)
         g, g_next = (expand_as(sde.g(u).to(x.dtype), x) for u in (t, t - h))
         dt = expand_as(h.to(x.dtype), x)
@@ -87,8 +77,8 @@ def adaptive_sde(
         accept = err <= 1
         keep = expand_as(accept, x)
         x, x_prev = torch.where(keep, x_new, x), torch.where(keep, x_check, x_prev)
-        t = torch.where(accept, torch.where(h >= t - eps, eps, t - h), t)
-        h = torch.minimum(t - eps, torch.where(h > 0, SAFETY * h * err.pow(-EXPONENT), 0.0))
+        t = torch.where(accept, torch.where(h >= t - t_min, t_min, t - h), t)
+        h = torch.minimum(t - t_min, torch.where(h > 0, SAFETY * h * err.pow(-EXPONENT), 0.0))
         bar.update()
     bar.close()
-    return x, torch.tensor(eps, dtype=torch.float64, device=x.device)
+    return x, torch.tensor(t_min, dtype=torch.float64, device=x.device)

@@ -42,7 +42,7 @@ def ancestral(
     score_fn: ScoreFn,
     x: Tensor,
     steps: int,
-    eps: float,
+    t_min: float,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -52,7 +52,7 @@ def ancestral(
 
     Runs i = N−1, …, 1 to x at index 0; the score is evaluated at the continuous time with the chain's ᾱ_i. The
     Tweedie step at index 0 that `denoise=True` adds, (x + (1−ᾱ_0)∇log p)/√ᾱ_0, is exactly Alg. 2's last,
-    noise-free step (ᾱ_0 = α_0), so denoise=True with N = 1000 and LinearBeta() is DDPM. `eps` is not used.
+    noise-free step (ᾱ_0 = α_0), so denoise=True with N = 1000 and LinearBeta() is DDPM. `t_min` is not used.
     """
     chain = sde.discretize(steps)
     t = chain_times(sde, chain).to(x.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ def at(t: Tensor, x: Tensor) -> Tensor:
     return t.to(device=x.device, dtype=x.dtype).expand(x.shape[0]).contiguous()
 
 
-def coef(fn, t: Tensor, x: Tensor) -> Tensor:
+def coef(fn: Callable[[Tensor], Tensor], t: Tensor, x: Tensor) -> Tensor:
     """A scalar SDE coefficient fn(t) (computed in t's float64) as a 0-d tensor in x's dtype."""
     return fn(t.reshape(1)).to(x.dtype).reshape(())
 

@@ -1,17 +1,11 @@
-"""DDIM with noise η (Song, Meng & Ermon 2021, eq. 12 and 16) in continuous time, written in λ(t) for any linear SDE.
+"""DDIM with noise η (Song, Meng & Ermon 2021, eq. 12 and 16) in continuous time, in λ(t) for any linear SDE.
 
-In EDM's variables x̃ = x/α, σ̃ = σ/α = e^{−λ} (α_t = s(t), σ_t = σ(t)), DDIM's σ_η(t|s)/α_t is exactly the noise of
-k-diffusion's ancestral step (`get_ancestral_step`): from s to t, with x̂₀ Tweedie's estimate at s,
-  σ̃_up = η σ̃_t √(1 − σ̃_t²/σ̃_s²),  σ̃_down = √(σ̃_t² − σ̃_up²),  x̃_t = x̂₀ + (σ̃_down/σ̃_s)(x̃_s − x̂₀) + σ̃_up z.
-With h = λ_t − λ_s and x = α x̃ this is x_t = (α_t/α_s) r x_s + α_t (1 − r) x̂₀ + σ_t η √(1 − e^{−2h}) z, where
-r = σ̃_down/σ̃_s = e^{−h} √(1 − η²(1 − e^{−2h})): η = 0 is DPM-Solver++(1) (deterministic DDIM); η = 1 draws from the
-forward posterior q(x_t | x_s, x₀ = x̂₀), DDPM's ancestral step on the continuous grid (k-diffusion's
-`sample_euler_ancestral`).
+With h = λ_t − λ_s, x̂₀ Tweedie's estimate at s and r = e^{−h} √(1 − η²(1 − e^{−2h})) one step is
+x_t = (α_t/α_s) r x_s + α_t (1 − r) x̂₀ + σ_t η √(1 − e^{−2h}) z: k-diffusion's ancestral step in x̃ = x/α; η = 0 is
+DPM-Solver++(1), η = 1 draws from the forward posterior q(x_t | x_s, x₀ = x̂₀) (DDPM's ancestral step).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -19,37 +13,38 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import randn_like, tweedie_denoise
-from .specs import GRID, Option, register
-from .timesteps import timesteps as make_grid
+from .specs import Option, register
 
 
-@register("ddim", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", eta=Option(low=0.0, high=1.0), **GRID)
+@register(
+    "ddim",
+    stochastic=True,
+    nfe=lambda steps, o: steps,
+    nfe_text="steps",
+    spacing="logsnr",
+    eta=Option(low=0.0, high=1.0),
+)
 def ddim(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
     eta: float = 1.0,
-    spacing: str = "logsnr",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> Tensor:
     """DDIM-η (Song et al. 2021a, eq. 12): x_t = (α_t/α_s) r x_s + α_t(1 − r) x̂₀ + σ_t η √(1 − e^{−2h}) z, any steps.
 
-    One NFE per step on the `spacing` grid; η = 0 draws no noise.
+    One NFE per step on the grid t; η = 0 draws no noise.
     """
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
     alpha, sigma, lam = sde.scale(t), sde.sigma(t), sde.log_snr(t)
-    for i in trange(steps, disable=not progress, desc="ddim"):
+    for i in trange(len(t) - 1, disable=not progress, desc="ddim"):
         x0 = tweedie_denoise(sde, score_fn, x, t[i])
         x, std = ddim_step(x, x0, alpha[i], alpha[i + 1], sigma[i + 1], lam[i + 1] - lam[i], eta)
         if eta > 0:
             x = x + std * randn_like(x, generator)
-    return x, t[-1]
+    return x
 
 
 def ddim_step(

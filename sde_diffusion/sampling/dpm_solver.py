@@ -1,17 +1,15 @@
 """DPM-Solver (Lu et al. 2022a) and DPM-Solver++ (Lu et al. 2022b): exponential integrators of the PF-ODE in λ.
 
-Written in the half-log-SNR λ(t) = log(s(t)/σ(t)) with α_t = s(t), σ_t = σ(t), so it holds for any linear
-SDE here (VP, sub-VP, VE), the intermediate times coming from `sde.log_snr_inverse`. With h = λ_t − λ_s:
-  noise prediction ε̂ = −σ ∇log p:   x_t = (α_t/α_s) x_s − σ_t (e^h − 1) ε̂_s + higher-order terms,
-  data prediction x̂₀ = (x + σ²∇log p)/α:  x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x̂₀_s + …,
-both exactly DDIM (η = 0) at order 1. The update formulas follow the authors' reference `dpm_solver_pytorch.py`
-(solver_type "dpmsolver"): singlestep orders 2/3 are Alg. 1/2 of Lu et al. 2022a (r₁ = ½; r₁ = ⅓, r₂ = ⅔),
-multistep 2/3 are Alg. 2 of Lu et al. 2022b and its third-order extension.
+In λ(t) = log(α_t/σ_t), α_t = s(t), σ_t = σ(t), of any linear SDE here and with h = λ_t − λ_s, the first-order steps
+x_t = (α_t/α_s) x_s − σ_t (e^h − 1) ε̂_s (ε̂ = −σ∇log p) and x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x̂₀_s (Tweedie's x̂₀)
+are DDIM; the higher orders follow the authors' `dpm_solver_pytorch.py`: singlestep Alg. 1/2 of Lu et al. 2022a
+(r₁ = ½; r₁ = ⅓, r₂ = ⅔), multistep Alg. 2 of Lu et al. 2022b and its third-order extension.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -19,8 +17,7 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at
-from .specs import GRID, Option, register
-from .timesteps import timesteps as make_grid
+from .specs import Option, register
 
 
 class _Model:
@@ -111,6 +108,27 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     return [1] * steps
 
 
+def singlestep(
+    step: Callable[[Tensor, int, int, int], Tensor], x: Tensor, steps: int, order: int, progress: bool, desc: str
+) -> Tensor:
+    """The singlestep driver: x ← step(x, i, j, k) over grid intervals i → j of k = 1–3 NFE (`singlestep_orders`),
+    so every NFE covers the same stretch of the `steps`-interval grid."""
+    orders = singlestep_orders(steps, order)
+    idx = [0, *accumulate(orders)]
+    for n in trange(len(orders), disable=not progress, desc=desc):
+        x = step(x, idx[n], idx[n + 1], orders[n])
+    return x
+
+
+# {largest steps: options}: the minimax settings of `experiments/bench_samplers.py defaults` (docs/samplers.md)
+SINGLESTEP_3_QUADRATIC = {"order": 3, "method": "singlestep", "algorithm": "dpmsolver++", "spacing": "time_quadratic"}
+BY_STEPS = {
+    6: SINGLESTEP_3_QUADRATIC,
+    13: {"order": 3, "method": "multistep", "algorithm": "dpmsolver", "spacing": "logsnr"},
+    30: SINGLESTEP_3_QUADRATIC,
+}
+
+
 @register(
     "dpm_solver",
     stochastic=False,
@@ -119,46 +137,37 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     order=Option(choices=(1, 2, 3)),
     method=Option(choices=("multistep", "singlestep")),
     algorithm=Option(choices=("dpmsolver", "dpmsolver++")),
-    **GRID,
     lower_order_final=Option(choices=(True, False)),
+    spacing="logsnr",
+    by_steps=BY_STEPS,
 )
 def dpm_solver(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
     order: int = 3,
     method: str = "multistep",
     algorithm: str = "dpmsolver++",
-    spacing: str = "logsnr",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
     lower_order_final: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """DPM-Solver / DPM-Solver++ of `order` 1–3 from T to eps with exactly `steps` NFE (Lu et al. 2022a, 2022b).
+) -> Tensor:
+    """DPM-Solver / DPM-Solver++ of `order` 1–3 on the grid t, one NFE per grid interval (Lu et al. 2022a, 2022b).
 
-    multistep: one NFE per step on a `steps`-interval grid, warming up with orders 1, 2, …; with
-    `lower_order_final` the last steps drop to order 1, 2 (the reference's default, stabler below ~15 NFE).
-    singlestep: intervals of 1–3 NFE each (`singlestep_orders`), taken from the same grid at the cumulative
-    order, so every NFE covers the same stretch of the `spacing`.
+    multistep: warms up with orders 1, 2, …; with `lower_order_final` the last steps drop to order 1, 2 (the
+    reference's default). singlestep: intervals of 1–3 NFE each (`singlestep`).
     """
     model = _Model(sde, score_fn, data_prediction=algorithm == "dpmsolver++")
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
+    steps = len(t) - 1
     if method == "singlestep":
-        orders = singlestep_orders(steps, order)
-        idx = torch.cumsum(torch.tensor([0, *orders]), 0)
-        for i in trange(len(orders), disable=not progress, desc="dpm_solver"):
-            s, t_next = t[idx[i]], t[idx[i + 1]]
-            x = _singlestep_update(model, x, model(x, s), s, t_next, orders[i])
-        return x, t[-1]
+        return singlestep(lambda x, i, j, k: _singlestep_update(model, x, model(x, t[i]), t[i], t[j], k), x, steps,
+                          order, progress, "dpm_solver")  # fmt: skip
     ms, ts = [model(x, t[0])], [t[0]]
     for i in trange(1, steps + 1, disable=not progress, desc="dpm_solver"):
         k = min(order, i, steps + 1 - i) if lower_order_final else min(order, i)
         x = _multistep_update(model, x, ms[-k:], ts[-k:], t[i])
         if i < steps:
             ms, ts = [*ms[-2:], model(x, t[i])], [*ts[-2:], t[i]]
-    return x, t[-1]
+    return x

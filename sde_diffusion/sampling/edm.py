@@ -1,17 +1,13 @@
-"""EDM's stochastic sampler (Karras et al. 2022, Alg. 2): Heun steps with "churn", in σ̃ = σ/s of any linear SDE.
+"""EDM's stochastic sampler (Karras et al. 2022, Alg. 2): churn, then a Heun step of dx̃/dσ̃ = (x̃ − D(x̃, σ̃))/σ̃.
 
-In x̃ = x/s(t) and σ̃ = σ(t)/s(t) = e^{−λ(t)} every SDE here is EDM's x̃ = x₀ + σ̃ε, whose probability-flow ODE is
-dx̃/dσ̃ = (x̃ − D(x̃, σ̃))/σ̃ with the denoiser D = E[x₀ | x̃] (Tweedie's formula at t = λ⁻¹(−log σ̃)). Each step
-from σ̃_i first raises the noise to σ̂ = (1 + γ_i)σ̃_i by adding √(σ̂² − σ̃_i²)·s_noise·z (γ_i = min(s_churn/N, √2 − 1)
-for σ̃_i in [s_tmin, s_tmax], else 0; capped so that σ̂ stays within the SDE's σ̃(T)), then takes a Heun step of
-that ODE from σ̂ to σ̃_{i+1}. The grid ends at eps > 0; Alg. 2's last, plain Euler step to σ̃ = 0 is exactly the
-Tweedie step that `sample(denoise=True)` adds (x̃ + (0 − σ̃)(x̃ − D)/σ̃ = D).
+Written in x̃ = x/s(t), σ̃ = σ(t)/s(t) = e^{−λ(t)}, where every linear SDE here is EDM's x̃ = x₀ + σ̃ε and D is
+Tweedie's E[x₀ | x̃] at t = λ⁻¹(−log σ̃). Alg. 2's last, plain Euler step to σ̃ = 0 is the Tweedie step that
+`sample(denoise=True)` adds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -19,8 +15,7 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, randn_like
-from .specs import GRID, Option, register
-from .timesteps import timesteps as make_grid
+from .specs import Option, register
 
 NONNEGATIVE = Option(low=0.0)
 
@@ -41,14 +36,13 @@ def _denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, sigma: Tensor) -> Tensor:
     s_tmin=NONNEGATIVE,
     s_tmax=NONNEGATIVE,
     s_noise=NONNEGATIVE,
-    **GRID,
+    spacing="karras",
 )
 def edm(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -56,13 +50,11 @@ def edm(
     s_tmin: float = 0.05,
     s_tmax: float = 50.0,
     s_noise: float = 1.0,
-    spacing: str = "karras",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """EDM's Alg. 2 (Karras et al. 2022) on the `spacing` grid in σ̃ = σ/s: churn, then a Heun step; s_churn = 0 is
-    the deterministic Heun sampler of Alg. 1."""
-    t = make_grid(sde, steps, eps, spacing, rho, None, timesteps)  # on the CPU: the churn decisions are host-side
+) -> Tensor:
+    """EDM's Alg. 2 (Karras et al. 2022) on the grid t in σ̃ = σ/s: from σ̃_i raise the noise to σ̂ = (1 + γ)σ̃_i
+    (γ = min(s_churn/N, √2 − 1) for σ̃_i in [s_tmin, s_tmax], else 0; σ̂ ≤ σ̃(T)), then a Heun step to σ̃_{i+1};
+    s_churn = 0 is the deterministic Heun sampler of Alg. 1."""
+    steps = len(t) - 1
     sigma = torch.exp(-sde.log_snr(t))
     gamma_max = min(s_churn / steps, math.sqrt(2) - 1)
     x = x / sde.scale(t[:1])[0].to(x.dtype)
@@ -76,4 +68,4 @@ def edm(
         x_next = x + h * d
         d_next = (x_next - _denoise(sde, score_fn, x_next, sigma[i + 1])) / sigma[i + 1].to(x.dtype)
         x = x + h * 0.5 * (d + d_next)
-    return sde.scale(t[-1:])[0].to(x.dtype) * x, t[-1]
+    return sde.scale(t[-1:])[0].to(x.dtype) * x

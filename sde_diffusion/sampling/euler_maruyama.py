@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import coef, drift, randn_like
-from .specs import GRID, register
-from .timesteps import timesteps as make_grid
+from .specs import register
 
 
-@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", **GRID)
+@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_uniform")
 def euler_maruyama(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    spacing: str = "time_uniform",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """x ← x − [f x − g² ∇log p] h + g √h z, h = t_i − t_{i+1} > 0, on the `spacing` grid (Song et al. 2021, eq. 6)."""
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
-    for i in trange(steps, disable=not progress, desc="euler_maruyama"):
+) -> Tensor:
+    """x ← x − [f x − g² ∇log p] h + g √h z, h = t_i − t_{i+1} > 0, on the grid t (Song et al. 2021, eq. 6)."""
+    for i in trange(len(t) - 1, disable=not progress, desc="euler_maruyama"):
         h = (t[i] - t[i + 1]).to(x.dtype)
         x = x - drift(sde, score_fn, x, t[i], False) * h + coef(sde.g, t[i], x) * h.sqrt() * randn_like(x, generator)
-    return x, t[-1]
+    return x

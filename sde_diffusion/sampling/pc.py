@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, coef, randn_like
-from .specs import GRID, POSITIVE, Option, register
-from .timesteps import timesteps as make_grid
+from .specs import POSITIVE, Option, register
 
 
 def transition(sde: SDE, t: Tensor, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -28,32 +25,27 @@ def transition(sde: SDE, t: Tensor, u: Tensor, x: Tensor) -> tuple[Tensor, Tenso
     predictor=Option(choices=("reverse_diffusion", "euler_maruyama")),
     corrector_steps=Option(low=0, integer=True),
     snr=POSITIVE,
-    **GRID,
+    spacing="time_uniform",
 )
 def pc(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    spacing: str = "time_uniform",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
     predictor: str = "reverse_diffusion",
     corrector_steps: int = 1,
     snr: float = 0.16,
-) -> tuple[Tensor, Tensor]:
-    """Predictor–corrector sampling (Song et al. 2021, Alg. 2/3) on the `spacing` grid.
+) -> Tensor:
+    """Predictor–corrector sampling (Song et al. 2021, Alg. 2/3) on the grid t.
 
     `reverse_diffusion` inverts the exact forward kernel x_t = a x_u + G z (eq. 46: x_u = (2 − a)x_t + G² ∇log p
     + G z; a = √(1−β_i), G² = β_i for VP; a = 1, G² = σ_t² − σ_u² for VE); `euler_maruyama` is the EM step.
     The corrector runs at the new time with step ε = 2α(snr·‖z‖/‖∇log p‖)², α = a² (score_sde's LangevinCorrector).
     """
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
-    for i in trange(steps, disable=not progress, desc="pc"):
+    for i in trange(len(t) - 1, disable=not progress, desc="pc"):
         score = score_fn(x, at(t[i], x))
         a, G2 = transition(sde, t[i], t[i + 1], x)
         if predictor == "reverse_diffusion":
@@ -67,4 +59,4 @@ def pc(
             ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
             step = 2 * a**2 * (snr * ratio) ** 2
             x = x + step * grad + (2 * step).sqrt() * z
-    return x, t[-1]
+    return x

@@ -24,14 +24,14 @@ def rk45(
     score_fn: ScoreFn,
     x: Tensor,
     steps: int,
-    eps: float,
+    t_min: float,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> tuple[Tensor, Tensor]:
-    """Adaptive RK45 from T to eps to `rtol`/`atol` (scipy, through `scipy_ode.solve`); `steps` is unused.
+    """Adaptive RK45 from T to t_min to `rtol`/`atol` (scipy, through `scipy_ode.solve`); `steps` is unused.
 
     A non-finite drift or a failed step raises `SolverError` naming the time reached.
     """
@@ -39,5 +39,5 @@ def rk45(
     def dxdt(y: Tensor, t: float) -> Tensor:
         return drift(sde, score_fn, y, torch.tensor(t, dtype=torch.float64, device=y.device), True)
 
-    x, _ = solve(dxdt, x, sde.T, eps, "RK45", rtol, atol, progress=progress, desc="rk45")
-    return x, torch.tensor(eps, dtype=torch.float64, device=x.device)
+    x, _ = solve(dxdt, x, sde.T, t_min, "RK45", rtol, atol, progress=progress, desc="rk45")
+    return x, torch.tensor(t_min, dtype=torch.float64, device=x.device)

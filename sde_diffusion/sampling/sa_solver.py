@@ -1,18 +1,9 @@
-"""SA-Solver (Xue et al. 2023): a stochastic Adams predictor–corrector for the τ-family of reverse SDEs, in λ.
+"""SA-Solver (Xue et al. 2023, eqs. 15 and 18): a stochastic Adams predictor–corrector for the τ-family of reverse SDEs.
 
-The SDEs dx = [f(t)x − ½(1 + τ²) g(t)² ∇log p_t(x)] dt + τ g(t) dw̄ share the marginals p_t for every τ ≥ 0
-(τ = 0: the probability-flow ODE; τ = 1: the reverse SDE). In λ(t) = log(α_t/σ_t), α_t = s(t), σ_t = σ(t), with
-the data prediction x̂₀ = E[x₀ | x_t] (Tweedie), one step from s to t (h = λ_t − λ_s > 0) is exactly
-  x_t = (σ_t/σ_s) e^{−τ²h} x_s + α_t (1 + τ²) ∫_{−h}^0 e^{(1+τ²)u} x̂₀(λ_t + u) du + σ_t √(1 − e^{−2τ²h}) ξ,
-so the linear part and the noise are integrated exactly for any linear SDE (VP, sub-VP, VE, any β(t)). The
-SA-Predictor replaces x̂₀ by its Lagrange interpolant through the last `predictor_order` outputs, the SA-Corrector
-by the one through the new output and the last `corrector_order` − 1 (Xue et al. 2023, eqs. 15 and 18), both with
-the same ξ; each step costs one NFE (PEC: the corrected x is not re-evaluated). The interpolant's weights are
-integrated in closed form. Order 1 with τ = 0 is DDIM, with τ = 1 the DDPM posterior step with x̂₀ plugged in.
-
-Chosen over ER-SDE-Solver (Cui et al. 2023): its weights are closed forms for every τ (ER-SDE's higher orders take a
-numerical quadrature of its noise function), its corrector adds an order at no NFE, and τ moves continuously from
-the ODE (τ = 0) to the reverse SDE (τ = 1) on one code path, which is the knob the SDE-versus-ODE study needs.
+The SDEs dx = [f(t)x − ½(1 + τ²) g(t)² ∇log p_t(x)] dt + τ g(t) dw̄ share the marginals p_t for every τ ≥ 0 (τ = 0:
+the probability-flow ODE). In λ = log(α_t/σ_t), with x̂₀ = E[x₀ | x_t] and h = λ_t − λ_s, one step is exactly
+  x_t = (σ_t/σ_s) e^{−τ²h} x_s + α_t (1 + τ²) ∫_{−h}^0 e^{(1+τ²)u} x̂₀(λ_t + u) du + σ_t √(1 − e^{−2τ²h}) ξ;
+the predictor and the corrector replace x̂₀ by Lagrange interpolants whose weights are integrated in closed form.
 """
 
 from __future__ import annotations
@@ -25,8 +16,7 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, randn_like
-from .specs import GRID, Option, register
-from .timesteps import timesteps as make_grid
+from .specs import Option, register
 
 
 def _exp_moments(z: Tensor, n: int) -> Tensor:
@@ -74,14 +64,13 @@ def _adams_step(
     tau_sigma_min=Option(low=0.0),
     predictor_order=Option(choices=(1, 2, 3, 4)),
     corrector_order=Option(choices=(0, 1, 2, 3, 4)),
-    **GRID,
+    spacing="logsnr",
 )
 def sa_solver(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -89,18 +78,15 @@ def sa_solver(
     tau_sigma_min: float = 0.5,
     predictor_order: int = 2,
     corrector_order: int = 2,
-    spacing: str = "logsnr",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> Tensor:
     """SA-Solver (Xue et al. 2023): stochastic Adams predictor–corrector in λ, one NFE per step, noise level τ.
 
     τ applies to the steps that end at σ/s ≥ `tau_sigma_min` and the steps below are noise-free: the paper's τ(t)
     is > 0 only on a middle stretch of t; its lower edge, here in EDM's σ̃ = σ/s so that it means the same noise
-    level on every SDE, is what mattered on the oracle (noise on the last steps costs the most). Warms up with
-    orders 1, 2, …; the last step is the predictor alone (its output would only feed a corrector).
+    level on every SDE (docs/samplers.md). Warms up with orders 1, 2, …; one NFE per step (PEC: the corrected x is
+    not re-evaluated); the last step is the predictor alone (its output would only feed a corrector).
     """
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
+    steps = len(t) - 1
     grid = sde.log_snr(t), sde.scale(t), sde.sigma(t)
     taus = tau * (grid[2] / grid[1] >= tau_sigma_min).to(t.dtype)  # τ of the step to each time
     ms = [sde.tweedie(x, t[0], score_fn(x, at(t[0], x)))]
@@ -109,9 +95,9 @@ def sa_solver(
         p = min(predictor_order, i)
         x_p = _adams_step(x, ms[-p:], grid[0][i - p : i], grid, i - 1, i, taus[i], z)
         if i == steps:
-            return x_p, t[-1]
+            return x_p
         m = sde.tweedie(x_p, t[i], score_fn(x_p, at(t[i], x_p)))
         k = min(corrector_order, i + 1)
         x = _adams_step(x, [*ms, m][-k:], grid[0][i + 1 - k : i + 1], grid, i - 1, i, taus[i], z) if k else x_p
         ms = [*ms[-3:], m]
-    return x, t[-1]
+    return x

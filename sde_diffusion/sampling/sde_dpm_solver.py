@@ -1,31 +1,14 @@
-"""SDE-DPM-Solver++ (Lu et al. 2022b, its data-prediction SDE solvers): exponential integrators of the reverse SDE.
+"""SDE-DPM-Solver++ (Lu et al. 2022b): exponential integrators of the reverse SDEs that keep the marginals, in λ.
 
-In x̃ = x/α, σ̃ = σ/α = e^{−λ} (α_t = s(t), σ_t = σ(t)) and with D = x̂₀ = E[x₀ | x_t] the reverse SDEs that keep
-the marginals of any linear SDE here form the family dx̃ = −(1 + η)(x̃ − D) dλ + √(2η) σ̃ dW_λ (λ increasing; the
-probability-flow ODE at η = 0, the reverse SDE of Anderson 1982 at η = 1; k-diffusion's `eta` of
-`sample_dpmpp_2m_sde`). Its linear part is solved exactly: with h = λ_t − λ_s and H = (1 + η)h,
-  x̃_t = e^{−H} x̃_s + (1 − e^{−H}) D_s + (higher-order terms in D) + σ̃_t √(1 − e^{−2ηh}) z,
-i.e. x_t = (σ_t/σ_s) e^{−ηh} x_s + α_t(1 − e^{−H}) x̂₀ + σ_t √(1 − e^{−2ηh}) z (Lu et al. 2022b, SDE-DPM-Solver-1 at
-η = 1). The deterministic part is DPM-Solver++ in μ = (1 + η)λ, so the higher-order terms are those of `dpm_solver`
-with H for h: multistep 2M the midpoint form of Lu et al. 2022b (k-diffusion's `solver_type="midpoint"`); 3M as
-k-diffusion's `sample_dpmpp_3m_sde` (whose warm-up 2nd step takes 3M's φ₂ form where this takes 2M's); singlestep
-2 and 3 with stages at r = ½ and r = ⅓, ⅔ of the step.
-
-Noise. Each step (and stage) (λ_a, λ_b] adds σ̃_b √(1 − e^{−2η(λ_b − λ_a)}) z, the exact law of the Itô integral
-√(2η) ∫ e^{−(1+η)(λ_b − λ)} σ̃ dW_λ; a stage's noise is carried into the full step's by e^{−(1+η)(λ_t − λ_u)}, as the
-SDE carries it. z comes from `generator`, or from one Brownian path `bm` (a `torchsde.BrownianInterval` on [0, 1]) as
-z = (W(u_b) − W(u_a))/√(u_b − u_a) in the log-SNR clock u = (λ − λ_T)/(λ_eps − λ_T), like k-diffusion's
-`BrownianTreeNoiseSampler` in σ̃. The clock is λ because every spacing here steps evenly in λ (logsnr exactly),
-while in σ̃ (or in e^{2ηλ}, where z would be exact pathwise too) the steps shrink to ~1e-9 of the range, which
-BrownianInterval's adaptive tree does not survive; and a path in λ serves every η. Reused across step counts, the
-path couples the noise of coarse and fine grids up to the e^{ηλ} weight inside a step (O(h) per step), so the
-samples at N and 2N steps converge to the same sample.
+In x̃ = x/α, σ̃ = σ/α = e^{−λ} and with D = x̂₀ = E[x₀ | x_t] the family is dx̃ = −(1 + η)(x̃ − D) dλ + √(2η) σ̃ dW_λ
+(η = 0: the probability-flow ODE, η = 1: Anderson's reverse SDE; k-diffusion's `eta`). Its linear part is solved
+exactly, x̃_t = e^{−H} x̃_s + (1 − e^{−H}) D_s + … + σ̃_t √(1 − e^{−2ηh}) z with h = λ_t − λ_s, H = (1 + η)h, and the
+higher orders are DPM-Solver++'s in μ = (1 + η)λ; a stage's noise is carried into the step's as the SDE carries it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torchsde
@@ -34,9 +17,8 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, randn_like
-from .dpm_solver import singlestep_orders
-from .specs import GRID, Option, register
-from .timesteps import timesteps as make_grid
+from .dpm_solver import singlestep
+from .specs import Option, register
 
 
 class _Integrator:
@@ -45,7 +27,7 @@ class _Integrator:
     def __init__(self, sde: SDE, score_fn: ScoreFn, x: Tensor, eta: float, lam: Tensor, generator, bm):
         self.sde, self.score_fn, self.x, self.eta, self.k = sde, score_fn, x, eta, 1 + eta
         self.generator, self.bm = generator, bm
-        if bm is not None:  # the path's clock u = (λ − λ_T)/(λ_eps − λ_T), in floats
+        if bm is not None:  # the path's clock u = (λ − λ_T)/(λ_min − λ_T), in floats
             self.l_T, self.l_range = float(lam[0]), float(lam[-1] - lam[0])
 
     def c(self, v: Tensor) -> Tensor:
@@ -54,7 +36,7 @@ class _Integrator:
 
     def data(self, xt: Tensor, t: Tensor) -> Tensor:
         """D(x̃, t) = E[x₀ | x_t = α_t x̃] by Tweedie's formula."""
-        x = self.c(self.sde.scale(t.reshape(1))) * xt
+        x = self.c(self.sde.scale(t.reshape(1))[0]) * xt
         return self.sde.tweedie(x, t, self.score_fn(x, at(t, x)))
 
     def time(self, lam: Tensor) -> Tensor:
@@ -129,45 +111,39 @@ def _singlestep(m: _Integrator, xt: Tensor, s: Tensor, l_s: Tensor, l_t: Tensor,
     order=Option(choices=(1, 2, 3)),
     method=Option(choices=("multistep", "singlestep")),
     eta=Option(low=0.0, high=1.0),
-    **GRID,
     bm=Option(types=(torchsde.BrownianInterval, type(None))),
     lower_order_final=Option(choices=(True, False)),
+    spacing="time_quadratic",
 )
 def sde_dpm_solver(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    steps: int,
-    eps: float,
+    t: Tensor,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
     order: int = 3,
     method: str = "multistep",
     eta: float = 0.5,
-    spacing: str = "time_quadratic",
-    rho: float = 7.0,
-    timesteps: Sequence[float] | None = None,
     bm: torchsde.BrownianInterval | None = None,
     lower_order_final: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """SDE-DPM-Solver++ of `order` 1–3 (Lu et al. 2022b) with noise `eta` from T to eps in exactly `steps` NFE.
+) -> Tensor:
+    """SDE-DPM-Solver++ of `order` 1–3 (Lu et al. 2022b) with noise `eta` on the grid t, one NFE per grid interval.
 
-    multistep: one NFE per step, warming up with orders 1, 2, …, and with `lower_order_final` dropping to orders 2, 1
-    on the last steps (as `dpm_solver`; at 10 NFE it cuts 3M's energy distance on 8 Gaussians 3–5×); singlestep:
-    intervals of 1–3 NFE each taken from the `steps`-interval grid (`dpm_solver.singlestep_orders`). η = 0 is
-    `dpm_solver`'s DPM-Solver++ with the same options. `bm`: a torchsde.BrownianInterval(t0=0, t1=1, size=x's shape
-    or (batch, D)), reused across step counts for the same sample path (module doc).
+    multistep: warms up with orders 1, 2, …, and with `lower_order_final` drops to orders 2, 1 on the last steps
+    (as `dpm_solver`); singlestep: intervals of 1–3 NFE each (`dpm_solver.singlestep`). η = 0 is `dpm_solver`'s
+    DPM-Solver++. `bm`: a torchsde.BrownianInterval(t0=0, t1=1, size=x's shape or (batch, D)) whose increments in
+    the clock u = (λ − λ_T)/(λ_min − λ_T) are the noise (k-diffusion's `BrownianTreeNoiseSampler`, in λ rather
+    than σ̃ so that the tree resolves every step), reused across step counts for the same sample path.
     """
-    t = make_grid(sde, steps, eps, spacing, rho, x.device, timesteps)
+    steps = len(t) - 1
     lam = sde.log_snr(t)
     m = _Integrator(sde, score_fn, x, eta, lam, generator, bm)
-    xt = x / m.c(sde.scale(t[:1]))
+    xt = x / m.c(sde.scale(t[:1])[0])
     if method == "singlestep":
-        orders = singlestep_orders(steps, order)
-        idx = torch.cumsum(torch.tensor([0, *orders]), 0)
-        for i in trange(len(orders), disable=not progress, desc="sde_dpm_solver"):
-            xt = _singlestep(m, xt, t[idx[i]], lam[idx[i]], lam[idx[i + 1]], orders[i])
+        xt = singlestep(lambda xt, i, j, k: _singlestep(m, xt, t[i], lam[i], lam[j], k), xt, steps, order, progress,
+                        "sde_dpm_solver")  # fmt: skip
     else:
         ds: list[Tensor] = []
         for i in trange(steps, disable=not progress, desc="sde_dpm_solver"):
@@ -175,4 +151,4 @@ def sde_dpm_solver(
             k = min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1)
             xt = _multistep(m, xt, ds[-k:], list(lam[max(i + 1 - k, 0) : i + 1]), lam[i + 1])
             xt = xt + m.noise(lam[i], lam[i + 1])
-    return m.c(sde.scale(t[-1:]))[0] * xt, t[-1]
+    return m.c(sde.scale(t[-1:]))[0] * xt

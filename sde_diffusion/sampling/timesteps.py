@@ -1,4 +1,4 @@
-"""Time grids T = t_0 > … > t_M = eps for the deterministic solvers, spaced in t, in λ, or in EDM's σ.
+"""Time grids T = t_0 > … > t_M = t_min that the grid samplers walk, spaced in t, in λ, or in EDM's σ̃ (eq. 5).
 
 λ(t) = log(s(t)/σ(t)) is the half-log-SNR of Lu et al. (2022); σ̃ = e^{−λ} = σ/s is the noise level of the
 equivalent VE process that EDM's (Karras et al. 2022) grid is written in. Every grid is computed in float64.
@@ -19,45 +19,45 @@ SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras", "custom")
 def timesteps(
     sde: SDE,
     steps: int,
-    eps: float,
+    t_min: float,
     spacing: str = "time_uniform",
     rho: float = 7.0,
-    device=None,
+    device: torch.device | str | None = None,
     custom: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
-    """steps + 1 decreasing times from T to eps (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
+    """steps + 1 decreasing times from T to t_min (DPM-Solver's `get_time_steps`; EDM eq. 5 for `karras`), on `device`.
 
-    time_uniform: linspace(T, eps); time_quadratic: linspace(√T, √eps)²; logsnr: uniform in λ;
+    time_uniform: linspace(T, t_min); time_quadratic: linspace(√T, √t_min)²; logsnr: uniform in λ;
     karras: σ̃_i = (σ̃_max^{1/ρ} + i/M (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ, t_i = λ⁻¹(−log σ̃_i); custom: the grid
-    `custom` itself (e.g. tuned by `optimize_timesteps`), which must run strictly down from T to eps in steps + 1
+    `custom` itself (e.g. tuned by `optimize_timesteps`), which must run strictly down from T to t_min in steps + 1
     times; a Tensor keeps its autograd graph, so a solver can be differentiated in its times.
     """
     if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+        raise ValueError(f"spacing={spacing!r}: one of {list(SPACINGS)}")
     if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+        raise ValueError(f"rho={rho}: a number > 0")
     if (spacing == "custom") != (custom is not None):
-        raise ValueError("a custom time grid needs spacing='custom' and timesteps=[T, …, eps], and only then")
+        raise ValueError(f"timesteps={custom!r} with spacing={spacing!r}: give both spacing='custom' and timesteps")
     f64 = dict(dtype=torch.float64)
     if spacing == "custom":
         t = custom.to(**f64) if isinstance(custom, Tensor) else torch.as_tensor(list(custom), **f64)
-        ends = len(t) == steps + 1 and abs(t[0] - sde.T) < 1e-9 and abs(t[-1] - eps) < 1e-9
+        ends = len(t) == steps + 1 and abs(t[0] - sde.T) < 1e-9 and abs(t[-1] - t_min) < 1e-9
         if not (ends and bool((t[1:] < t[:-1]).all())):
             raise ValueError(
-                f"timesteps must be {steps + 1} strictly decreasing times from T={sde.T:g} to eps={eps:g} "
-                f"(steps={steps}), got {t.tolist()}"
+                f"timesteps={t.tolist()}: {steps + 1} strictly decreasing times from T={sde.T:g} to "
+                f"t_min={t_min:g} (steps={steps})"
             )
     elif spacing == "time_uniform":
-        t = torch.linspace(sde.T, eps, steps + 1, **f64)
+        t = torch.linspace(sde.T, t_min, steps + 1, **f64)
     elif spacing == "time_quadratic":
-        t = torch.linspace(sde.T**0.5, eps**0.5, steps + 1, **f64) ** 2
+        t = torch.linspace(sde.T**0.5, t_min**0.5, steps + 1, **f64) ** 2
     else:
-        ends = sde.log_snr(torch.tensor([sde.T, eps], **f64))
+        ends = sde.log_snr(torch.tensor([sde.T, t_min], **f64))
         if spacing == "logsnr":
             lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, **f64)
         else:
             lo, hi = torch.exp(-ends / rho)
             lam = -rho * torch.log(torch.linspace(float(lo), float(hi), steps + 1, **f64))
         t = sde.log_snr_inverse(lam)
-        t[0], t[-1] = sde.T, eps  # the inverse is exact only to rounding; pin the ends
+        t[0], t[-1] = sde.T, t_min  # the inverse is exact only to rounding; pin the ends
     return t.to(device)

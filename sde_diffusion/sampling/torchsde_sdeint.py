@@ -43,20 +43,20 @@ def torchsde_sampler(
     score_fn: ScoreFn,
     x: Tensor,
     steps: int,
-    eps: float,
+    t_min: float,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
     method: str = "euler",
     bm: torchsde.BrownianInterval | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`torchsde.sdeint` (Li et al. 2020) on the reverse SDE in s = T − t ∈ [0, T − eps], fixed step (T − eps)/steps.
+    """`torchsde.sdeint` (Li et al. 2020) on the reverse SDE in s = T − t ∈ [0, T − t_min], step (T − t_min)/steps.
 
-    `bm` reuses one Brownian path (a torchsde.BrownianInterval on [0, T − eps] of size (batch, D)) across step
+    `bm` reuses one Brownian path (a torchsde.BrownianInterval on [0, T − t_min] of size (batch, D)) across step
     counts; without it one is made with entropy drawn from `generator`. torchsde makes one extra drift call to
     check shapes. `progress` is not shown (torchsde has none).
     """
-    s1 = sde.T - eps
+    s1 = sde.T - t_min
     y = x.flatten(1)
     if bm is None:
         entropy = int(torch.randint(2**62, (1,), generator=generator))
@@ -72,4 +72,4 @@ def torchsde_sampler(
     ts = torch.tensor([0.0, s1], dtype=torch.float64, device=x.device)
     dt = s1 / steps * (1 + 1e-9)  # so that rounding in torchsde's t += dt cannot add a sliver of a step at the end
     ys = torchsde.sdeint(_ReverseInS(sde, score_fn, x.shape), y, ts, bm=bm, method=method, dt=dt)
-    return ys[-1].view(x.shape), torch.tensor(eps, dtype=torch.float64, device=x.device)
+    return ys[-1].view(x.shape), torch.tensor(t_min, dtype=torch.float64, device=x.device)

@@ -28,11 +28,11 @@ class TrainOptions:
 
     steps: int = _number(integer=True, ge=1)
     batch_size: int = _number(integer=True, ge=1)
-    lr: float = _number(2e-3, gt=0)
+    lr: float = _number(3e-3, gt=0)
     weight_decay: float = _number(0.0, ge=0)
     warmup: int = _number(100, integer=True, ge=0)
     grad_clip: float | None = _number(1.0, gt=0, optional=True)
-    ema_decay: float = _number(0.999, ge=0, lt=1)
+    ema_decay: float = _number(0.998, ge=0, lt=1)
     cond_drop: float = _number(0.0, ge=0, le=1)
     seed: int = _number(0, integer=True, ge=0)
     nan_policy: str = _choice("stop", NAN_POLICIES)
@@ -45,5 +45,5 @@ class TrainOptions:
             value = getattr(self, f.name)
             if "number" in f.metadata:
                 check_number(f.name, value, **f.metadata["number"])
-            else:
+            elif "choices" in f.metadata:
                 check_choice(f.name, value, f.metadata["choices"])

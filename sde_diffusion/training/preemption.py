@@ -1,10 +1,7 @@
-"""Stopping for a cluster at a step boundary. SLURM preempts a job with SIGTERM (its end time then comes GraceTime
-later) and, asked with --signal, warns of the time limit with SIGUSR1; torchrun's agent passes SIGTERM on to its
-workers; submitit signals its jobs with SIGUSR2 ($SUBMITIT_PREEMPT_SIGNAL) and requeues them from its handler.
-While a StopOnSignal is active such a signal only records the request; as a Trainer callback it raises Preempted
-after the step in which the signal arrived, at the same step on every rank, so that the caller saves the state;
-`Preempted.resend()` then hands the signal to whatever handled it before (submitit's requeues the job), or ends the
-process by it (the default action), as it would have ended without this module."""
+"""Stopping at a step boundary when a cluster signals: SLURM's SIGTERM (preemption) or --signal=USR1 (time limit),
+torchrun's forwarded SIGTERM, submitit's SIGUSR2. While a StopOnSignal is active a signal only records the request;
+as a Trainer callback it raises Preempted after that step, on all ranks alike, and `Preempted.resend()` hands the
+signal to the handler it had before (submitit's requeues the job) or to its default action (docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ class Trainer:
         return self.ema.model
 
     def fit(self) -> None:
-        """Train from `step` to `steps`, calling every callback with the step's logs after each step."""
+        """Train from `step` to `steps` (options.steps unless set lower: the LR schedule always spans options.steps),
+        calling every callback with the step's logs after each step."""
         self.train_model.train()
         with tqdm(total=self.steps, initial=self.step, disable=not self.options.progress, desc="train") as bar:
             while self.step < self.steps:
@@ -166,6 +167,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything the next step depends on, as plain tensors and containers (torch.load(weights_only=True))."""
+        generators = {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state()}
         state = {
             "model": self.model.state_dict(),
             "ema": self.ema_model.state_dict(),
@@ -173,8 +175,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
-            "rng": {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state()}
-            | rng.get_state(),
+            "rng": generators | rng.get_state(),
             "objective": self.objective.state_dict(),  # an adaptive p(λ)'s state; {} for the others
         }
         return state | ({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})
