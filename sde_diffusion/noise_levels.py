@@ -110,15 +110,22 @@ class PiecewiseLevels(NoiseLevels):
         self.masses = masses / masses.sum()
         self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), self.masses.cumsum(0)])
         self._cdf[-1] = 1.0
+        self._cast: dict = {}  # (device, dtype) -> (cdf, masses) in the draws' dtype, made once per set_masses
+
+    def _in(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self._cdf.to(like.device, like.dtype), self.masses.to(like.device, like.dtype)
+        return self._cast[key]
 
     def lam(self, u: Tensor) -> Tensor:
         k, width = len(self.masses), (self.lam_max - self.lam_min) / len(self.masses)
-        cdf, masses = self._cdf.to(u.device, u.dtype), self.masses.to(u.device, u.dtype)
-        cell = torch.searchsorted(cdf[1:-1].contiguous(), u, right=True).clamp(max=k - 1)
+        cdf, masses = self._in(u)
+        cell = torch.searchsorted(cdf[1:-1], u, right=True).clamp(max=k - 1)
         within = ((u - cdf[cell]) / masses[cell]).clamp(0, 1)
         return self.lam_min + width * (cell + within)
 
     def pdf(self, t: Tensor, lam: Tensor) -> Tensor:
         k, width = len(self.masses), (self.lam_max - self.lam_min) / len(self.masses)
         cell = ((lam - self.lam_min) / width).floor().long().clamp(0, k - 1)
-        return self.masses.to(lam.device, lam.dtype)[cell] / width
+        return self._in(lam)[1][cell] / width

@@ -12,6 +12,8 @@ p_base); drawn from p_base the loss is c·‖ε̂ − ε‖², from any other p 
   min_snr     p_schedule · min(1, γ/SNR), mean        min-SNR-γ (Hang et al. 2023), SNR = e^{2λ}
   edm         p_lognormal · (σ̃² + σ_d²)/σ_d², mean     EDM's λ(σ) on ‖D − x₀‖² (Karras et al. 2022, Table 1)
   sigmoid     p_schedule · g²/σ² · sigmoid(b − 2λ)    = ELBO · sigmoid(b − log SNR) (Kingma & Gao 2023, App. D)
+  flow        p_schedule · (1 + σ̃)², mean              ‖û − u‖² of the velocity u = ε − x₀ (û = ε̂ − x̂₀): flow matching
+                                                      (Lipman et al. 2023) on the rectified-flow path (s + σ = 1)
 
 p_schedule(λ) = 2σ²/(g²(T − t_min)) is today's t ~ U(t_min, T) under the SDE's β(t) (noise_levels), so the
 first three with density "schedule" are today's `losses.dsm_loss`; the β(t)-free weightings (likelihood, edm,
@@ -40,6 +42,7 @@ WEIGHTINGS = {  # name: (base density, reduction over dimensions)
     "min_snr": ("schedule", "mean"),
     "edm": ("lognormal", "mean"),
     "sigmoid": ("schedule", "mean"),
+    "flow": ("schedule", "mean"),
 }
 DENSITIES = ("schedule", "lognormal", "logit_normal", "uniform", "importance", "adaptive")
 
@@ -149,13 +152,19 @@ class Objective:
             return torch.clamp(self.gamma * (sde.sigma(t) / sde.scale(t)) ** 2, max=1.0)
         if name == "edm":
             return 1 + (sde.sigma(t) / sde.scale(t)) ** 2 / self.sigma_data**2
+        if name == "flow":
+            return (1 + sde.sigma(t) / sde.scale(t)) ** 2
         elbo = (sde.g(t) / sde.sigma(t)) ** 2
         if name == "likelihood":
             return elbo
         return elbo * torch.sigmoid(self.bias - 2 * (sde.log_snr(t) if lam is None else lam))
 
     def w(self, t: Tensor, lam: Tensor) -> Tensor:
-        """The weighting w(λ) = p_base(λ)·c(λ) at (t, λ(t))."""
+        """The weighting w(λ) = p_base(λ)·c(λ) at (t, λ(t)); for the ELBO-type ones p_schedule·g²/σ² = 2/(T − t_min)
+        is used in closed form (no σ or g evaluated)."""
+        if self.weighting in ("likelihood", "sigmoid"):
+            w = torch.full_like(lam, 2 / (self.sde.T - self.t_min))
+            return w if self.weighting == "likelihood" else w * torch.sigmoid(self.bias - 2 * lam)
         c = self.factor(t, lam)
         return self.base.pdf(t, lam) * (1 if c is None else c)
 

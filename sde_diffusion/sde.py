@@ -232,8 +232,8 @@ class RectifiedFlowSDE(SDE):
     σ = t, so f = d log s/dt = −1/(1 − t) and g² = dσ²/dt − 2fσ² = 2t/(1 − t) (Song et al. 2021, eq. 29 inverted).
 
     f and g blow up at t = 1 where s = 0, so T < 1: the prior is N(0, T²I), which misses x_T's mean (1 − T)x₀ by
-    a KL of ½((1 − T)/T)²‖x₀‖² (1e-6‖x₀‖² at T = 0.999). Flow matching is this SDE with parameterization "v"
-    and t ~ U: its v-target (1 − t)ε − tx₀ over √(s² + σ²) is the velocity ε − x₀ rescaled.
+    a KL of ½((1 − T)/T)²‖x₀‖² (1e-6‖x₀‖² at T = 0.999). Flow matching is this SDE with t ~ U and the loss
+    ‖û − u‖² on the velocity u = ε − x₀ = dx_t/dt, which is the ε-MSE times 1/(1 − t)² (objectives' "flow").
     """
 
     def __init__(self, T: float = 0.999):

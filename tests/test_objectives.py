@@ -62,6 +62,7 @@ def test_each_weighting_is_its_formula(name):
         "min_snr": p_sched * torch.clamp(5.0 / snr, max=1.0),
         "edm": torch.as_tensor(lognormal) * (sigma_t**2 + 0.5**2) / 0.5**2,
         "sigmoid": 2 / (sde.T - t_min) / (1 + torch.exp(2 * lam - 1.5)),
+        "flow": p_sched * (1 + sigma_t) ** 2,
     }
     for weighting in WEIGHTINGS:
         obj = Objective(sde, weighting, t_min=t_min, gamma=5.0, sigma_data=0.5, bias=1.5)
@@ -200,3 +201,18 @@ def test_adaptive_density_state_resumes_bitwise():
 def test_bad_arguments_name_the_key_and_value(kw, key):
     with pytest.raises(ValueError, match=key):
         Objective(VPSDE(), **kw)
+
+
+def test_flow_weighting_is_flow_matchings_velocity_mse_on_the_rf_path():
+    """‖û − u‖² with u = ε − x₀ = dx_t/dt and û = ε̂ − x̂₀ from the model's score (Tweedie), per dimension."""
+    sde = RectifiedFlowSDE()
+    exact = GM.score_fn(sde)
+    score = lambda x, t: 1.1 * exact(x, t)  # noqa: E731
+    x0 = GM.sample(256, torch.Generator().manual_seed(0))
+    obj = Objective(sde, "flow", t_min=1e-3)
+    t, noise = obj.draw(x0.shape, torch.Generator().manual_seed(1), torch.float64)
+    x = (1 - t[:, None]) * x0 + t[:, None] * noise
+    s = score(x, t)
+    u_hat = -t[:, None] * s - (x + t[:, None] ** 2 * s) / (1 - t[:, None])
+    expected = (u_hat - (noise - x0)).square().mean(1)
+    torch.testing.assert_close(obj(score, x0, t=t, noise=noise), expected, rtol=1e-9, atol=1e-12)
