@@ -18,7 +18,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -32,6 +31,7 @@ from sde_diffusion.apps import (
     argument_error,
     build_sde,
     config_error,
+    hydra_app,
     instantiate_node,
     load_score,
     output_dir,
@@ -182,7 +182,7 @@ def summary_line(name: str, metrics: dict) -> str:
     return line + f", energy distance {metrics['energy']:.2g} (floor {metrics['floor_energy']:.2g})"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="inpaint")
+@hydra_app("inpaint")
 def main(cfg: DictConfig) -> float:
     """Check, build (mask, method: dry run), sample per truth, measure, write and log."""
     check(cfg)
