@@ -25,7 +25,16 @@ class LabelEmbedding(nn.Embedding):
         return super().forward(y)
 
 
-def check_unconditional(y: Tensor | None, net: nn.Module) -> None:
-    """Refuse a label passed to a network built without `num_classes`."""
-    if y is not None:
-        raise ValueError(f"{type(net).__name__} was built without num_classes (unconditional); got labels y")
+def label_embedding(num_classes: int | None, dim: int) -> LabelEmbedding | None:
+    """A network's class embedding of width `dim`, None for an unconditional network (num_classes None)."""
+    return None if num_classes is None else LabelEmbedding(num_classes, dim)
+
+
+def add_label(net: nn.Module, emb: Tensor, y: Tensor | None, n: int) -> Tensor:
+    """The time embedding emb plus the class embedding of labels y (∅ for y = None) in a conditional `net`; a network
+    built without `num_classes` refuses labels."""
+    if net.label_emb is None:
+        if y is not None:
+            raise ValueError(f"{type(net).__name__} was built without num_classes (unconditional); got labels y")
+        return emb
+    return emb + net.label_emb(y, n)

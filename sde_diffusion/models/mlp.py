@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .label_embedding import LabelEmbedding, check_unconditional
+from .label_embedding import add_label, label_embedding
 from .time_embedding import time_features as make_time_features
 
 
@@ -38,16 +38,10 @@ class MLP(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             blocks += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*blocks, nn.Linear(hidden, d))
-        self.num_classes = num_classes
-        if num_classes is not None:
-            self.label_emb = LabelEmbedding(num_classes, time_dim)
+        self.num_classes, self.label_emb = num_classes, label_embedding(num_classes, time_dim)
 
     def forward(self, x: Tensor, tau: Tensor, y: Tensor | None = None) -> Tensor:
         """ε̂ for x at times τ; a conditional network reads labels y (batch,), y = None meaning ∅."""
-        emb = self.time(tau)
-        if self.num_classes is None:
-            check_unconditional(y, self)
-        else:
-            emb = emb + self.label_emb(y, x.shape[0])
+        emb = add_label(self, self.time(tau), y, x.shape[0])
         h = torch.cat([x.flatten(1), emb], 1)
         return self.net(h).view_as(x)

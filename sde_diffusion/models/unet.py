@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .label_embedding import LabelEmbedding, check_unconditional
+from .label_embedding import add_label, label_embedding
 from .time_embedding import time_features as make_time_features
 
 
@@ -105,17 +105,11 @@ class UNet(nn.Module):
         self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, shape[0], 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self.num_classes = num_classes
-        if num_classes is not None:
-            self.label_emb = LabelEmbedding(num_classes, emb)
+        self.num_classes, self.label_emb = num_classes, label_embedding(num_classes, emb)
 
     def forward(self, x: Tensor, tau: Tensor, y: Tensor | None = None) -> Tensor:
         """ε̂ for x at times τ; a conditional network reads labels y (batch,), y = None meaning ∅."""
-        emb = self.time(tau)
-        if self.num_classes is None:
-            check_unconditional(y, self)
-        else:
-            emb = emb + self.label_emb(y, x.shape[0])
+        emb = add_label(self, self.time(tau), y, x.shape[0])
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

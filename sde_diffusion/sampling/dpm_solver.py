@@ -108,6 +108,12 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     return [1] * steps
 
 
+def multistep_order(order: int, n: int, steps: int, lower_order_final: bool) -> int:
+    """The order of multistep step n = 0 … steps − 1: warm-up orders 1, 2, … up to `order`, and with
+    `lower_order_final` orders 2, 1 on the last steps (Lu et al. 2022b, the reference's default)."""
+    return min(order, n + 1, steps - n) if lower_order_final else min(order, n + 1)
+
+
 def singlestep(
     step: Callable[[Tensor, int, int, int], Tensor], x: Tensor, steps: int, order: int, progress: bool, desc: str
 ) -> Tensor:
@@ -166,7 +172,7 @@ def dpm_solver(
                           order, progress, "dpm_solver")  # fmt: skip
     ms, ts = [model(x, t[0])], [t[0]]
     for i in trange(1, steps + 1, disable=not progress, desc="dpm_solver"):
-        k = min(order, i, steps + 1 - i) if lower_order_final else min(order, i)
+        k = multistep_order(order, i - 1, steps, lower_order_final)
         x = _multistep_update(model, x, ms[-k:], ts[-k:], t[i])
         if i < steps:
             ms, ts = [*ms[-2:], model(x, t[i])], [*ts[-2:], t[i]]

@@ -7,8 +7,14 @@ from torch import Tensor
 from tqdm import trange
 
 from ..sde import SDE, ScoreFn
-from .common import coef, drift, randn_like
+from .common import at, coef, randn_like
 from .specs import register
+
+
+def em_step(sde: SDE, x: Tensor, score: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One Euler–Maruyama step of the reverse SDE from t down to t_next, given the score at (x, t) (eq. 6)."""
+    h = (t - t_next).to(x.dtype)
+    return x - sde.reverse_drift(x, t, score) * h + coef(sde.g, t, x) * h.sqrt() * randn_like(x, generator)
 
 
 @register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_uniform")
@@ -23,6 +29,5 @@ def euler_maruyama(
 ) -> Tensor:
     """x ← x − [f x − g² ∇log p] h + g √h z, h = t_i − t_{i+1} > 0, on the grid t (Song et al. 2021, eq. 6)."""
     for i in trange(len(t) - 1, disable=not progress, desc="euler_maruyama"):
-        h = (t[i] - t[i + 1]).to(x.dtype)
-        x = x - drift(sde, score_fn, x, t[i], False) * h + coef(sde.g, t[i], x) * h.sqrt() * randn_like(x, generator)
+        x = em_step(sde, x, score_fn(x, at(t[i], x)), t[i], t[i + 1], generator)
     return x

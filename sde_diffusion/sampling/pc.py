@@ -8,6 +8,7 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, coef, randn_like
+from .euler_maruyama import em_step
 from .specs import POSITIVE, Option, register
 
 
@@ -51,8 +52,7 @@ def pc(
         if predictor == "reverse_diffusion":
             x = (2 - a) * x + G2 * score + G2.sqrt() * randn_like(x, generator)
         else:
-            h = (t[i] - t[i + 1]).to(x.dtype)
-            x = x - sde.reverse_drift(x, t[i], score) * h + coef(sde.g, t[i], x) * h.sqrt() * randn_like(x, generator)
+            x = em_step(sde, x, score, t[i], t[i + 1], generator)
         for _ in range(corrector_steps):
             grad = score_fn(x, at(t[i + 1], x))
             z = randn_like(x, generator)

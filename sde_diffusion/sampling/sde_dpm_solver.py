@@ -17,7 +17,7 @@ from tqdm import trange
 
 from ..sde import SDE, ScoreFn
 from .common import at, randn_like
-from .dpm_solver import singlestep
+from .dpm_solver import multistep_order, singlestep
 from .specs import Option, register
 
 
@@ -148,7 +148,7 @@ def sde_dpm_solver(
         ds: list[Tensor] = []
         for i in trange(steps, disable=not progress, desc="sde_dpm_solver"):
             ds = [*ds[-2:], m.data(xt, t[i])]
-            k = min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1)
+            k = multistep_order(order, i, steps, lower_order_final)
             xt = _multistep(m, xt, ds[-k:], list(lam[max(i + 1 - k, 0) : i + 1]), lam[i + 1])
             xt = xt + m.noise(lam[i], lam[i + 1])
     return m.c(sde.scale(t[-1:]))[0] * xt
