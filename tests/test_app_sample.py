@@ -219,8 +219,8 @@ def test_an_unknown_option_key_gets_the_samplers_options_before_hydra(config, ov
 def test_an_unknown_option_key_on_the_command_line_is_one_line_and_writes_nothing(runs, tmp_path):
     proc = run_app("sample.py", f"checkpoint={runs['vector']}", "sampler.options.ordr=2", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        "config error: sampler.options.ordr=2: dpm_solver takes options: order, method, algorithm, spacing, rho, "
-        "timesteps, lower_order_final"
+        "config error: sampler.options.ordr=2: dpm_solver takes options: order, method, algorithm, "
+        "lower_order_final, spacing, rho, timesteps"
     ), proc.stderr  # fmt: skip
     assert not (tmp_path / "outputs").exists()
 

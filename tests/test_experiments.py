@@ -109,7 +109,7 @@ def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
     reference = oracle.sample(n, torch.Generator().manual_seed(500)).float()
     for job, name in (("0", "euler_maruyama"), ("1", "dpm_solver")):
         sc = OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml")
-        res = sample(sde, oracle.score_fn(sde), (n, 2), sampler=name, steps=5, eps=sc.eps, denoise=sc.denoise,
+        res = sample(sde, oracle.score_fn(sde), (n, 2), sampler=name, steps=5, t_min=sc.t_min, denoise=sc.denoise,
                      x_T=x_T, generator=torch.Generator().manual_seed(1), **sc.options)  # fmt: skip
         x = res.x.double()
         with open(sweep / job / "comparison.csv") as f:
@@ -119,7 +119,7 @@ def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
         assert float(row["mmd2"]) == pytest.approx(mmd2(x, reference), rel=1e-9)
         assert float(row["mode_weight_error"]) == pytest.approx(mode_weight_error(oracle, x), abs=1e-12)
         if name == "dpm_solver":
-            exact = exact_flow_map(sde, oracle, x_T, sc.eps, denoise=sc.denoise)
+            exact = exact_flow_map(sde, oracle, x_T, sc.t_min, denoise=sc.denoise)
             assert float(row["flow_error"]) == pytest.approx(flow_error(x, exact), rel=1e-6)
         assert "| eight_gaussians | LinearBeta | " + name in (sweep / job / "comparison.md").read_text()
 

@@ -53,7 +53,7 @@ def test_a_3_trial_optuna_search_gives_3_runs_in_one_group_and_names_its_best_tr
     sde = VPSDE(PolynomialBeta(**{k.split(".")[1]: v for k, v in result.best_params.items()}))
     oracle, sc = eight_gaussians(), OmegaConf.load(ROOT / "conf" / "sampler" / "dpm_solver.yaml")
     x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0))
-    res = sample(sde, oracle.score_fn(sde), (n, 2), sampler="dpm_solver", steps=10, eps=sc.eps, denoise=sc.denoise,
+    res = sample(sde, oracle.score_fn(sde), (n, 2), sampler="dpm_solver", steps=10, t_min=sc.t_min, denoise=sc.denoise,
                  x_T=x_T, **{**sc.options, "spacing": "time_uniform"})  # fmt: skip
     reference = oracle.sample(n, torch.Generator().manual_seed(500)).float()
     assert result.best_value == pytest.approx(energy_distance(res.x.float(), reference), rel=1e-6)

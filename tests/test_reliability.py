@@ -47,7 +47,7 @@ def test_bad_config_exits_with_one_line_and_does_no_work(tmp_path):
     proc = run_app("train.py", *TINY, "+eval.samplers.dpm_solver.options.ordr=2", f"hydra.run.dir={out}", cwd=tmp_path)
     assert error_line(proc) == (
         "config error: eval.samplers.dpm_solver.options.ordr=2: dpm_solver takes options: order, method, algorithm, "
-        "spacing, rho, timesteps, lower_order_final"
+        "lower_order_final, spacing, rho, timesteps"
     )
     assert not (out / "checkpoints").exists() and not (out / "metrics.json").exists() and not (out / "wandb").exists()
 
