@@ -39,14 +39,15 @@ class DiscreteELBO:
         return self.nll / (self.dim * math.log(2))
 
 
-def _levels(x: Tensor, scaler: Scaler) -> tuple[Tensor, Tensor, Tensor]:
+def quantised_levels(x: Tensor, scaler: Scaler) -> tuple[Tensor, Tensor, Tensor]:
     """The integer levels k = scaler.to_raw(x) (checked) and the affine map's a, b with to_model(y) = a·y + b."""
     raw = scaler.to_raw(x)
     k = raw.round()
     if (raw - k).abs().max() > 1e-3 or k.min() < 0 or k.max() > scaler.levels - 1:
         raise ValueError(
             f"x must be quantised data: scaler.to_raw(x) must be integer levels in 0..{scaler.levels - 1}, "
-            f"got values in [{float(raw.min()):.4g}, {float(raw.max()):.4g}]"
+            f"got values in [{float(raw.min()):.4g}, {float(raw.max()):.4g}] up to {float((raw - k).abs().max()):.3g} "
+            "off a level"
         )
     b = scaler.to_model(torch.zeros_like(k))
     return k, scaler.to_model(torch.ones_like(k)) - b, b
@@ -82,7 +83,7 @@ def _draw(
     sde: SDE, score_fn: ScoreFn, x: Tensor, scaler: Scaler, method: str, opts: dict, generator: torch.Generator | None
 ) -> Tensor:
     """One draw of the bound per sample: one dequantisation (or decoder noise) and n_t stratified (t, ε) draws."""
-    k, a, b = _levels(x, scaler)
+    k, a, b = quantised_levels(x, scaler)
     log_a = a.abs().log().flatten(1).sum(1)
     if method == "discretised":
         diff, _ = diffusion_term(sde, score_fn, x, opts["t_min"], opts["n_t"], opts["importance"], generator)

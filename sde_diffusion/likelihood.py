@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .analytic import GaussianMixture
 from .data import Scaler
-from .dequantise import discrete_elbo
+from .dequantise import discrete_elbo, quantised_levels
 from .elbo import elbo
 from .scipy_ode import solve
 from .sde import SDE, ScoreFn
@@ -186,16 +186,7 @@ def bits_per_dim(
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
-    raw = scaler.to_raw(x)
-    k = raw.round()
-    if (raw - k).abs().max() > 1e-3 or k.min() < 0 or k.max() > scaler.levels - 1:
-        raise ValueError(
-            f"x must be quantised data: scaler.to_raw(x) must be integer levels in 0..{scaler.levels - 1}, "
-            f"got values in [{float(raw.min()):.4g}, {float(raw.max()):.4g}] up to {float((raw - k).abs().max()):.3g} "
-            "off a level"
-        )
-    b = scaler.to_model(torch.zeros_like(k))
-    a = scaler.to_model(torch.ones_like(k)) - b
+    k, a, b = quantised_levels(x, scaler)
     log_det = a.abs().log().flatten(1).sum(1)  # log |∂x/∂y| per sample
     d = x[0].numel()
     draws, nfe = [], 0
