@@ -139,9 +139,9 @@ def tune(
     """A grid per budget (sampling.optimize_timesteps on noise["train"], scored on noise["held_out"]; `targets`:
     {id(noise): its reference}): ({budget: grid}, {budget: flow errors before and after}), each logged as it ends."""
     name, options = cfg.sampler.name, tuned_options(cfg)
-    default = default_spacing(cfg)
     grids, results = {}, {}
     for budget, n in steps.items():
+        default = default_spacing(cfg, n)
         passes = cfg.iters + 2 * (len(BUILT_IN) + 1)
         counted = Progress(score_fn, passes * budget, f"{budget} NFE", cfg.progress)
         r = optimize_timesteps(sde, counted, name, n, noise["train"], lambda z: targets[id(z)], t_min=cfg.sampler.t_min,
@@ -164,10 +164,11 @@ def tuned_options(cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(cfg.sampler.options).items() if k not in GRID}
 
 
-def default_spacing(cfg: DictConfig) -> str:
-    """The "default" grid the tuned one is compared with: the sampler config's spacing, else the sampler's own."""
+def default_spacing(cfg: DictConfig, steps: int) -> str:
+    """The "default" grid the tuned one is compared with: the sampler config's spacing, else the sampler's own at
+    `steps` (its defaults depend on the budget)."""
     given = cfg.sampler.options.get("spacing")
-    return given if given in BUILT_IN else SAMPLERS[cfg.sampler.name].defaults()["spacing"]
+    return given if given in BUILT_IN else SAMPLERS[cfg.sampler.name].defaults(steps)["spacing"]
 
 
 @hydra_app("tune_timesteps")
