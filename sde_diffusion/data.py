@@ -151,9 +151,17 @@ class _FiniteSet:
     oracle = None
 
     def __init__(
-        self, data: Tensor, holdout: int, split_seed: int, scaler: Scaler | None, labels: Tensor | None = None
+        self,
+        data: Tensor,
+        holdout: int,
+        split_seed: int,
+        scaler: Scaler | None,
+        labels: Tensor | None = None,
+        dequantise: bool = False,
     ):
         n = data.shape[0]
+        if dequantise and scaler is None:
+            raise ValueError("dequantise=true needs integer data (levels); this data set is already continuous")
         if not 0 <= holdout < n:
             raise ValueError(f"holdout must be in [0, {n - 1}] for {n} examples, got {holdout}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
@@ -165,7 +173,7 @@ class _FiniteSet:
             self._train_labels = labels[perm[holdout:]]
             self._held_out_labels = labels[perm[:holdout]] if holdout else self._train_labels
             self.num_classes = int(labels.max()) + 1
-        self.scaler = scaler
+        self.scaler, self.dequantise = scaler, bool(dequantise)
         self.shape = tuple(data.shape[1:])
 
     def _draw(
@@ -182,13 +190,21 @@ class _FiniteSet:
             )
         return drawn
 
+    def _train_draw(self, labels: Tensor | None, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Training examples; with `dequantise`, level k becomes k + u − ½, u ~ U[0, 1) per dimension (Theis et al.
+        2016; Song et al. 2021b train so): the density that the uniformly dequantised bits/dim score."""
+        x, y = self._draw(self._train, labels, n, generator)
+        if self.dequantise:
+            x = x + self.scaler.slope * (torch.rand(x.shape, generator=generator) - 0.5)
+        return x, y
+
     def batch(self, n: int, generator: torch.Generator) -> Tensor:
-        """n examples drawn with replacement from the training split, in model space."""
-        return self._draw(self._train, None, n, generator)[0]
+        """n examples drawn with replacement from the training split, in model space (dequantised if asked)."""
+        return self._train_draw(None, n, generator)[0]
 
     def batch_with_labels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`batch` and the examples' labels."""
-        return self._labelled(self._draw(self._train, self._train_labels, n, generator))
+        return self._labelled(self._train_draw(self._train_labels, n, generator))
 
     def reference(self, n: int, generator: torch.Generator) -> Tensor:
         """n examples drawn with replacement from the held-out split (the training split if holdout = 0)."""
@@ -209,15 +225,17 @@ class Digits(_FiniteSet):
     with their digit (10 classes).
 
     A fixed seeded permutation holds out `holdout` images (default 297, leaving 1 500 for training) for
-    `reference`. Pixels map to [−1, 1] with Scaler(levels=17).
+    `reference`. Pixels map to [−1, 1] with Scaler(levels=17); `dequantise` spreads training pixels uniformly over
+    their level's bin (held-out ones stay on the levels).
     """
 
-    def __init__(self, holdout: int = 297, split_seed: int = 0):
+    def __init__(self, holdout: int = 297, split_seed: int = 0, dequantise: bool = False):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = torch.as_tensor(digits.images, dtype=torch.uint8).unsqueeze(1)
-        super().__init__(images, holdout, split_seed, Scaler(17), torch.as_tensor(digits.target, dtype=torch.long))
+        labels = torch.as_tensor(digits.target, dtype=torch.long)
+        super().__init__(images, holdout, split_seed, Scaler(17), labels, dequantise)
 
 
 class TensorFile(_FiniteSet):
@@ -237,6 +255,7 @@ class TensorFile(_FiniteSet):
         holdout: float = 0.1,
         split_seed: int = 0,
         labels: str | None = None,
+        dequantise: bool = False,
     ):
         data = _load_array(Path(path))
         if data.dtype == torch.uint8 and levels is None:
@@ -245,7 +264,7 @@ class TensorFile(_FiniteSet):
             raise ValueError(f"data file {path}: integer dtype {data.dtype} needs `levels` (e.g. 256 for 8-bit)")
         y = _load_labels(Path(labels), data.shape[0]) if labels is not None else None
         n_held = _held_out_count(holdout, data.shape[0], f"data file {path}")
-        super().__init__(data, n_held, split_seed, Scaler(levels) if levels is not None else None, y)
+        super().__init__(data, n_held, split_seed, Scaler(levels) if levels is not None else None, y, dequantise)
 
 
 def _held_out_count(holdout: float, n: int, what: str) -> int:

@@ -109,6 +109,22 @@ def test_digits_split_partitions_the_images_and_lies_on_17_levels():
     assert all(tuple(r) in held for r in ref.reshape(2000, -1).tolist())
 
 
+def test_dequantised_digits_are_uniform_within_their_level_bins_and_held_out_ones_stay_on_the_levels(tmp_path):
+    """Each training pixel is k + u − ½ with u ~ U[0, 1) (KS test against the uniform), with the same images as the
+    undequantised set draws from the same generator; reference draws are untouched."""
+    from scipy import stats
+
+    plain, deq = Digits(), Digits(dequantise=True)
+    x, x_plain = deq.batch(256, _gen(3)), plain.batch(256, _gen(3))
+    raw, k = deq.scaler.to_raw(x), plain.scaler.to_raw(x_plain).round()
+    assert torch.equal(raw.sub(k).add(0.5).floor(), torch.zeros_like(raw))  # inside [k − ½, k + ½)
+    assert stats.kstest(raw.sub(k).add(0.5).flatten().double().numpy(), "uniform").pvalue > 1e-3
+    assert torch.equal(deq.reference(64, _gen(4)), plain.reference(64, _gen(4)))
+    np.save(tmp_path / "x.npy", np.zeros((10, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="dequantise=true needs integer data"):
+        TensorFile(str(tmp_path / "x.npy"), dequantise=True)
+
+
 def test_tensor_file_reads_npy_and_pt(tmp_path):
     images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=_gen())
     np.save(tmp_path / "img.npy", images.numpy())
