@@ -76,8 +76,8 @@ def main(cfg: DictConfig) -> float:
     check(cfg)
     try:
         device = resolve_device(cfg.train.device)
-    except ArgumentError as err:
-        raise argument_error("train", err) from None
+    except ArgumentError as err:  # a dotted name is a whole key already (loss.density)
+        raise argument_error("" if "." in err.name else "train", err) from None
     ctx = distributed.init(device)
     try:
         return train(cfg, ctx)
@@ -131,7 +131,7 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
                 level_report(hooks.level_errors, out, hooks.tracker, title)
             samples = dict(evaluation.samples)
             if built.model.num_classes is not None:
-                ev = guided(built.sde, trainer.ema_model, built.data, trainer.device)
+                ev = guided(trainer.ema_model.sde, trainer.ema_model, built.data, trainer.device)
                 guided_report(ev, built, out, hooks.tracker, title, trainer.step)
                 samples |= {f"guided w={w:g}": x for w, x in ev.samples.items()}
             check_samples(samples, evaluation.reference)
@@ -162,8 +162,8 @@ def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callb
             device=ctx.device, callbacks=callbacks,
             progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
         )  # fmt: skip
-    except ArgumentError as err:
-        raise argument_error("train", err) from None
+    except ArgumentError as err:  # a dotted name is a whole key already (loss.density)
+        raise argument_error("" if "." in err.name else "train", err) from None
 
 
 def resume_state(cfg: DictConfig, last: Path) -> tuple[Path | None, RunState]:
@@ -219,16 +219,16 @@ class StepHooks:
     def evaluate(self, trainer: Trainer) -> Evaluation:
         """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
         a RunError naming its slot."""
-        b = self.built
+        b, sde = self.built, trainer.ema_model.sde  # the EMA's own copy: a trained schedule=learned is averaged too
         if b.data.oracle is not None and trainer.rank == 0:
             gen = torch.Generator().manual_seed(self.cfg.eval.seed)
-            c = excess_loss_by_level(b.sde, trainer.ema_model, b.data.oracle, trainer.objective.t_min, generator=gen,
+            c = excess_loss_by_level(sde, trainer.ema_model, b.data.oracle, trainer.objective.t_min, generator=gen,
                                      device=trainer.device)  # fmt: skip
             self.level_errors[trainer.step] = c
             row = {f"score_error/lam{lam:+.2f}": v for lam, v in zip(c.lam, c.excess, strict=True)}
             self.tracker.log(row, step=trainer.step)
         try:
-            return self.evaluator(b.sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
+            return self.evaluator(sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
                                   trainer.device, progress=self.cfg.train.progress and trainer.rank == 0)  # fmt: skip
         except SamplerFailed as err:
             raise RunError(

@@ -73,3 +73,93 @@ def test_a_score_model_carries_the_schedule_in_its_state_dict():
 def test_bad_arguments_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         LearnedBeta(**kwargs)
+
+
+class _ExactEps(torch.nn.Module):
+    """The ε-network of the exact score (ScoreModel's eps inputs x/√(s² + σ²), t/T), plus one unused weight: the
+    network the Trainer's joint schedule training would converge to."""
+
+    def __init__(self, mix, sde):
+        super().__init__()
+        self.mix, self.sde, self.unused = mix, sde, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_in, label):
+        t = (label * self.sde.T).double()
+        s, sigma = self.sde.scale(t)[:, None], self.sde.sigma(t)[:, None]
+        x = x_in.double() * torch.sqrt(s**2 + sigma**2)
+        return (-sigma * self.mix.score_fn(self.sde)(x, t)).to(x_in.dtype) + 0 * self.unused
+
+
+def _joint_trainer(mix, seed=0, steps=300):
+    from sde_diffusion.objectives import Objective
+    from sde_diffusion.training import Trainer
+
+    sde = VPSDE(LearnedBeta(trainable=True, seed=seed))
+    model = ScoreModel(_ExactEps(mix, sde), sde)
+    objective = Objective(sde, "likelihood", "schedule", stratified=True)
+    return Trainer(model, sde, _MixData(mix), objective=objective, steps=steps, batch_size=256, lr=2e-2, warmup=1,
+                   ema_decay=0.0, grad_clip=None, progress=False)  # fmt: skip
+
+
+class _MixData:
+    def __init__(self, mix):
+        self.mix, self.shape, self.oracle = mix, (mix.dim,), mix
+
+    def batch(self, n, generator):
+        return self.mix.sample(n, generator).float()
+
+
+def test_joint_training_loss_is_the_elbo_estimator_in_nats():
+    """The Trainer's per-example loss with a trainable schedule is VDM's L̂ (prior + (T − t_min)w‖ε̂ − ε‖² +
+    reconstruction): its mean over draws equals elbo()'s importance-sampled −ELBO of the same points within 4 SE."""
+    mix = mixture(dim=4, k=3)
+    trainer = _joint_trainer(mix)
+    x = mix.sample(256, torch.Generator().manual_seed(5)).float()
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        draws = torch.stack([trainer._loss(x, None) for _ in range(64)])  # noqa: SLF001
+        sde = trainer.sde
+        ref = elbo(sde, mix.score_fn(sde), x.double(), t_min=trainer.objective.t_min, n_t=64, generator=gen)
+    diff = draws.mean(0).double() - ref.nll
+    se = math.sqrt(float(draws.var(0).mean()) / 64 / len(x) + float(ref.sem.pow(2).mean()) / len(x))
+    assert abs(float(diff.mean())) < 4 * se, (float(diff.mean()), se)
+
+
+@pytest.mark.slow
+def test_joint_training_cuts_the_estimators_variance_and_keeps_the_elbo():
+    """VDM §5.3 through the Trainer, with the exact score: 800 steps cut Var L̂ ≥ 3× (uniform t) and E[L̂] does not
+    get worse beyond 4 SE (the 16-D mixture of docs/likelihood.md's figure)."""
+    mix = mixture(dim=16, k=10)
+    trainer = _joint_trainer(mix, steps=800)
+    x = mix.sample(256, torch.Generator().manual_seed(7)).float()
+
+    def moments():
+        with torch.no_grad():
+            loss = torch.cat([trainer._loss(x, None) for _ in range(32)]).double()  # noqa: SLF001
+        return float(loss.var()), float(loss.mean()), float(loss.std()) / math.sqrt(len(loss))
+
+    var0, mean0, se0 = moments()
+    trainer.fit()
+    var1, mean1, se1 = moments()
+    assert var0 / var1 >= 3, (var0, var1)
+    assert mean1 < mean0 + 4 * math.hypot(se0, se1), (mean0, mean1)
+
+
+def test_joint_training_needs_the_elbo_weighting_with_uniform_t():
+    from sde_diffusion.checks import ArgumentError
+    from sde_diffusion.objectives import Objective
+    from sde_diffusion.training import Trainer
+
+    mix = mixture(dim=4, k=3)
+    sde = VPSDE(LearnedBeta(trainable=True))
+    for kw, key in (({"weighting": "simple"}, "loss.weighting"), ({"weighting": "likelihood", "density": "importance"},
+                                                                  "loss.density")):  # fmt: skip
+        with pytest.raises(ArgumentError, match=key):
+            Trainer(
+                ScoreModel(_ExactEps(mix, sde), sde),
+                sde,
+                _MixData(mix),
+                objective=Objective(sde, **kw),
+                steps=1,
+                batch_size=8,
+            )

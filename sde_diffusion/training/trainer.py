@@ -26,6 +26,7 @@ from .amp import autocast, grad_scaler
 from .ema import EMA
 from .guard import NonFiniteLossError, diagnose
 from .options import TrainOptions
+from .schedule import ScheduleTraining
 
 Callback = Callable[["Trainer", dict], None]
 
@@ -70,6 +71,9 @@ class Trainer:
         if objective is not None and objective.sde is not sde:
             raise ValueError("objective was built for another SDE: build it with the Trainer's sde")
         self.objective = objective if objective is not None else Objective(sde)  # default: today's DSM loss
+        self.learned = ScheduleTraining.of(sde, self.objective)  # a trainable schedule=learned, else None
+        if self.learned is not None and world_size > 1:
+            raise ValueError("a trainable schedule=learned trains in one process (its variance gradient is not synced)")
         self.num_classes = _check_labels(model, data, o.cond_drop)
         distributed.check_ranks(rank, world_size)
         self.sde, self.data, self.steps, self.callbacks = sde, data, o.steps, list(callbacks)
@@ -83,7 +87,7 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self.scaler = grad_scaler(self.device, o.precision)
         self.ema = EMA(self.model, o.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o.lr, weight_decay=o.weight_decay)
         schedule = lambda s: warmup_cosine(s, o.warmup, o.steps)  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         data_seed, noise_seed = np.random.SeedSequence(o.seed).generate_state(2)
@@ -116,11 +120,16 @@ class Trainer:
         before = self.data_generator.get_state(), self.noise_generator.get_state(), torch.get_rng_state()
         x0, y = self._batch()
         with autocast(self.device, self.options.precision):
-            loss = self._loss(x0, y)
+            per_sample = self._loss(x0, y)
+        loss = per_sample.mean()
         self.optimizer.zero_grad(set_to_none=True)
+        shape_grads = self.learned.shape_grads(per_sample, self.scaler.scale) if self.learned else None
         self.scaler.scale(loss).backward()
+        if shape_grads is not None:
+            self.learned.set_shape_grads(shape_grads)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip or math.inf)
+        clipped = self.optimizer.param_groups[0]["params"]  # the network's: a trained schedule's are not clipped
+        grad_norm = nn.utils.clip_grad_norm_(clipped, self.options.grad_clip or math.inf)
         loss_value, grad_value = distributed.mean(loss, self.world_size).item(), grad_norm.item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(loss_value) and math.isfinite(grad_value):
@@ -143,15 +152,27 @@ class Trainer:
                 "skipped_steps": self.skipped_steps}  # fmt: skip
 
     def _loss(self, x0: Tensor, y: Tensor | None) -> Tensor:
-        """The mean objective of this rank's slice of the global batch x₀ (labels y); t (λ ~ p) and ε are drawn for
-        the whole batch from the noise generator, so every rank draws the same."""
+        """The objective per example of this rank's slice of the global batch x₀ (labels y; with a trained schedule,
+        the ELBO estimator L̂); t (λ ~ p) and ε are drawn for the whole batch from the noise generator, so every rank
+        draws the same."""
         s = self.shard
         t, noise = self.objective.draw(x0.shape, self.noise_generator, x0.dtype, self.device)
         x0 = x0[s].to(self.device, non_blocking=True)
         y = y[s].to(self.device, non_blocking=True) if y is not None else None
         per_sample = self.objective(self.train_model, x0, y, t[s], noise[s])
+        if self.learned is not None:
+            per_sample = self.learned.loss(x0, per_sample)
         self._drawn = t[s], per_sample.detach()
-        return per_sample.mean()
+        return per_sample
+
+    def _param_groups(self) -> list[dict]:
+        """The optimiser's groups: the network's parameters, and a trained schedule's in a group without weight
+        decay (decay would pull its shape towards γ̃'s initial curve)."""
+        if self.learned is None:
+            return [{"params": list(self.model.parameters())}]
+        learned = {id(p) for p in self.learned.parameters()}
+        network = [p for p in self.model.parameters() if id(p) not in learned]
+        return [{"params": network}, {"params": self.learned.parameters(), "weight_decay": 0.0}]
 
     def _batch(self) -> tuple[Tensor, Tensor | None]:
         """The global batch x₀ and, for a conditional model, its labels with each replaced by ∅ (the index
