@@ -108,11 +108,13 @@ class PiecewiseLevels(NoiseLevels):
     """A density constant on each of `cells` equal λ-cells of the range, with masses `masses` (any positive numbers,
     normalised here; `set_masses` replaces them). Exact inverse CDF: the cell by the cumulative masses, then
     uniform within it; a draw's density is its cell's mass / width. The masses are host-side float64 bookkeeping in
-    numpy (a few tiny vector operations per change, far below torch's per-operation cost); the draws read them as
-    one table, cast to their device and dtype once per set of masses."""
+    numpy (on arrays this small a numpy call costs less than a torch one); the draws read them as one table, cast to
+    their device and dtype once per set of masses."""
 
     def __init__(self, sde: SDE, t_min: float, masses: Tensor):
         super().__init__(sde, t_min)
+        self.width = (self.lam_max - self.lam_min) / len(masses)
+        self._lowest = self.lam_min + self.width * np.arange(len(masses))  # each cell's lowest λ
         self.set_masses(masses)
 
     def centres(self) -> Tensor:
@@ -122,20 +124,17 @@ class PiecewiseLevels(NoiseLevels):
 
     def set_masses(self, masses: Tensor) -> None:
         masses = masses.detach().to(torch.float64).cpu().numpy()
-        if not (np.isfinite(masses).all() and (masses > 0).all()):
-            raise ValueError("the piecewise density's masses must be finite and > 0")
-        self._store(masses)
+        if masses.shape != self._lowest.shape or not (np.isfinite(masses).all() and (masses > 0).all()):
+            raise ValueError(f"the piecewise density needs {len(self._lowest)} masses, finite and > 0")
+        self._store(masses / masses.sum())
 
     def _store(self, masses: np.ndarray) -> None:
-        """Masses known to be finite and > 0 (float64), normalised; the draws' table has one column per cell: the
-        cumulative mass below it, its mass, its lowest λ and its density mass / width."""
-        k = len(masses)
-        self.masses, self.width = masses / masses.sum(), (self.lam_max - self.lam_min) / k
-        cdf = np.concatenate([[0.0], np.cumsum(self.masses)])
-        cdf[-1] = 1.0
-        self._edges = cdf[1:-1]  # the cells' inner boundaries in u
-        lowest = self.lam_min + self.width * np.arange(k)
-        self._table = np.stack([cdf[:-1], self.masses, lowest, self.masses / self.width])
+        """Normalised masses (float64, > 0); the draws' table has one column per cell: the cumulative mass below it,
+        its mass, its lowest λ and its density mass / width."""
+        self.masses = masses
+        below = np.concatenate([[0.0], np.cumsum(masses[:-1])])
+        self._edges = below[1:]  # the cells' inner boundaries in u
+        self._table = np.stack([below, masses, self._lowest, masses / self.width])
         self._cast: dict = {}  # (device, dtype) -> (edges, table) in the draws' dtype, made once per set of masses
 
     def _in(self, like: Tensor) -> tuple[Tensor, Tensor]:

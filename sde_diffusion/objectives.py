@@ -63,7 +63,7 @@ class AdaptiveLevels(PiecewiseLevels):
 
     def _masses(self) -> np.ndarray:
         root = np.sqrt(self.ema)
-        return (1 - self.mix) * root / root.sum() + self.mix / len(root)
+        return (1 - self.mix) / root.sum() * root + self.mix / len(root)
 
     @torch.no_grad()
     def update(self, lam: Tensor, loss: Tensor) -> None:
@@ -71,17 +71,17 @@ class AdaptiveLevels(PiecewiseLevels):
         host in float64 (one transfer), like the masses, where the per-bin sums are deterministic: resume is bitwise."""
         k = len(self.ema)
         lam, loss = torch.stack([lam, loss]).double().cpu().numpy()
-        cell = np.clip(((lam - self.lam_min) / self.width).astype(np.intp), 0, k - 1)  # as in `pdf`
-        sums = torch.from_numpy(np.stack([np.bincount(cell, (loss * self._table[3][cell]) ** 2, k),
-                                          np.bincount(cell, minlength=k)]))  # fmt: skip
+        cell = np.minimum(((lam - self.lam_min) / self.width).astype(np.intp), k - 1)  # λ >= lam_min: as in `pdf`
+        total, count = np.bincount(cell, (loss * self._table[3][cell]) ** 2, k), np.bincount(cell, minlength=k)
         if dist.is_available() and dist.is_initialized():
+            sums = torch.from_numpy(np.stack([total, count]))
             dist.all_reduce(sums)
-        total, count = sums.numpy()
-        if not np.isfinite(total).all():
+            total, count = sums.numpy()
+        if not np.isfinite(total.sum()):  # terms >= 0: finite iff each one is
             return
         mean = np.maximum(total / np.maximum(count, 1), 1e-30)
         np.copyto(self.ema, self.decay * self.ema + (1 - self.decay) * mean, where=count > 0)  # unseen bins keep theirs
-        self._store(self._masses())  # finite and > 0: the EMA is, and mix > 0
+        self._store(self._masses())  # > 0 (mix > 0) and normalised
 
     def state_dict(self) -> dict:
         return {"ema": torch.from_numpy(self.ema.copy())}
