@@ -20,8 +20,9 @@ first three with density "schedule" are today's `losses.dsm_loss`; the β(t)-fre
 sigmoid with any density but "schedule") give the same expected loss under every β(t). Densities: schedule,
 lognormal (log σ̃ ~ N(p_mean, p_std²)), logit_normal (the same family: logit of the rectified-flow t is log σ̃),
 uniform (λ on [lam_min, lam_max]), importance (∝ w(λ) on `cells` λ-cells: constant w/p, the variance-reducing
-choice; for the likelihood weighting it is λ uniform = Song et al. 2021b's importance sampling for any β(t)) and
-adaptive (`AdaptiveLevels`). `stratified` draws one u per batch stratum.
+choice; for the likelihood weighting, constant in λ, it is exactly λ uniform, drawn as such: Song et al. 2021b's
+importance sampling for any β(t)) and adaptive (`AdaptiveLevels`). `stratified` draws one u per batch stratum.
+A draw (`Draws`) keeps the λ and p(λ) its density computed on the way to t, so w/p costs no second λ(t).
 """
 
 from __future__ import annotations
