@@ -8,9 +8,11 @@ reported, so the drift of a shared CPU hits all three alike.
 
 A second table prices each training objective (conf/loss presets, sde_diffusion.objectives) against today's default
 (`simple`: ε-prediction, t ~ U) on the study's setting, the MLP 3x128 on the 16-D mixture at batch 1024, the same
-way: one step of each in turn, median, ratio to `simple` (goal <= 1.05).
+way: one step of each in turn, median, ratio to `simple` (goal <= 1.05). It does so `--repeats` times in a row and
+reports the median step time over all of them, the median of the repeats' ratios and their range (min-max), so that
+one noisy stretch of a shared machine shows as a wide range instead of moving the ratio.
 
-    OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--steps 200] [--device cpu]
+    OMP_NUM_THREADS=1 python experiments/bench_train_step.py [--steps 200] [--repeats 3] [--device cpu] [--objectives]
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ OBJECTIVES = {  # preset: (parameterization, Objective arguments), as in conf/lo
 }
 
 
-def bench_objectives(steps: int, device) -> None:
-    """Each objective's Trainer.train_step against the default's, interleaved; median ms and the ratio."""
+def bench_objectives(steps: int, repeats: int, device) -> None:
+    """Each objective's Trainer.train_step against the default's, interleaved, `repeats` times: median ms (all steps),
+    the median and range of the repeats' ratios of medians."""
     data, sde, trainers = MixtureData(), VPSDE(), {}
     for name, (param, kw) in OBJECTIVES.items():
         seed_everything(0)
@@ -116,32 +119,43 @@ def bench_objectives(steps: int, device) -> None:
         trainers[name] = Trainer(model, sde, data, steps=10_000, batch_size=1024, objective=Objective(sde, **kw),
                                  device=device, progress=False)  # fmt: skip
     times = {k: [] for k in trainers}
-    for i in range(steps + 3):
-        for k, trainer in trainers.items():
-            t = time_step(trainer.train_step, device)
-            if i >= 3:
-                times[k].append(t)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    print("\n| objective (MLP 3x128, 16-D mixture, batch 1024) | ms/step | / simple |")
-    print("|---|---|---|")
-    for k, v in ms.items():
-        print(f"| {k:<20} | {v:7.2f} | {v / ms['simple']:6.3f} |")
+    ratios = {k: [] for k in trainers}
+    for _ in range(repeats):
+        block = {k: [] for k in trainers}
+        for i in range(steps + 3):
+            for k, trainer in trainers.items():
+                t = time_step(trainer.train_step, device)
+                if i >= 3:
+                    block[k].append(t)
+        for k, v in block.items():
+            times[k] += v
+            ratios[k].append(statistics.median(v) / statistics.median(block["simple"]))
+    print(f"\n| objective (MLP 3x128, 16-D mixture, batch 1024) | ms/step | / simple | range ({repeats} repeats) |")
+    print("|---|---|---|---|")
+    for k, v in times.items():
+        ms, r = 1e3 * statistics.median(v), ratios[k]
+        print(f"| {k:<20} | {ms:7.2f} | {statistics.median(r):6.3f} | {min(r):.3f}-{max(r):.3f} |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (U-Net: a tenth)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the objectives table, one after another")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--objectives", action="store_true", help="only the objectives table")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} torch threads; median ms per step")
+    if args.objectives:
+        bench_objectives(args.steps, args.repeats, device)
+        return
     print("| network                  | batch | minimal  |   bare   | library  | lib/bare | lib/min |")
     print("|--------------------------|-------|----------|----------|----------|---------|---------|")
     eight, digits = EightGaussians(), Digits()
     bench("MLP 3x256, 8 gaussians", lambda: MLP((2,)), eight, 512, args.steps, device)
     bench("MLP 3x128, 8 gaussians", lambda: MLP((2,), hidden=128), eight, 256, args.steps, device)
     bench("UNet 32ch, digits 8x8", lambda: UNet((1, 8, 8)), digits, 128, max(1, args.steps // 10), device)
-    bench_objectives(args.steps, device)
+    bench_objectives(args.steps, args.repeats, device)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .noise_levels import UniformLevels
 from .sde import SDE, ScoreFn, expand_as
 
 
@@ -65,11 +66,10 @@ def time_draws(
     λ uniform on [λ(T), λ(t_min)] with ω = Δλ (importance), or t uniform on [t_min, T] with ω = (T − t_min) w(t)."""
     u = torch.rand(n_t, n, generator=generator, dtype=like.dtype, device=like.device)
     u = (torch.arange(n_t, dtype=like.dtype, device=like.device)[:, None] + u) / n_t
-    ends = torch.tensor([t_min, sde.T], dtype=like.dtype, device=like.device)
     if importance:
-        lam_hi, lam_lo = sde.log_snr(ends).tolist()
-        t = sde.log_snr_inverse(lam_hi - u * (lam_hi - lam_lo)).clamp(t_min, sde.T)
-        return t, torch.full_like(t, lam_hi - lam_lo)
+        levels = UniformLevels(sde, t_min)
+        t = levels.t(1 - u)  # draw j in the j-th stratum down from λ(t_min)
+        return t, torch.full_like(t, levels.hi - levels.lo)  # ω = 1/p(λ) = Δλ
     t = t_min + u * (sde.T - t_min)
     return t, (sde.T - t_min) * sde.g(t) ** 2 / (2 * sde.sigma(t) ** 2)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,8 +20,8 @@ from .sde import SDE
 
 
 class NoiseLevels(ABC):
-    """A density of λ on [lam_min, lam_max] = [λ(T), λ(t_min)]: `t(u)` maps uniforms to times, `pdf(t, lam)` is the
-    density of λ at the drawn (t, λ) pairs."""
+    """A density of λ on [lam_min, lam_max] = [λ(T), λ(t_min)]: `t(u)` maps uniforms to times, `draw(u)` gives the
+    draws' λ and density as well, `pdf(t, lam)` is the density of λ at any (t, λ) pairs."""
 
     def __init__(self, sde: SDE, t_min: float):
         self.sde, self.t_min = sde, float(t_min)
@@ -29,7 +30,17 @@ class NoiseLevels(ABC):
 
     def t(self, u: Tensor) -> Tensor:
         """Times whose λ has this density, from uniforms u on [0, 1)."""
-        return self.sde.log_snr_inverse(self.lam(u)).clamp(self.t_min, self.sde.T)
+        return self.draw(u)[0]
+
+    def draw(self, u: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(t, λ, p(λ)) from uniforms u on [0, 1): λ by the inverse CDF, t = λ⁻¹(λ) in [t_min, T]; λ and p are None
+        where the draw does not give them for free (then λ = λ(t) and `pdf` are the caller's to compute)."""
+        lam = self.lam(u)
+        return self.times(lam), lam, None
+
+    def times(self, lam: Tensor) -> Tensor:
+        """t with λ(t) = lam, clamped to [t_min, T] (SDE.log_snr_inverse: closed form or bisection)."""
+        return self.sde.log_snr_inverse(lam).clamp(self.t_min, self.sde.T)
 
     @abstractmethod
     def lam(self, u: Tensor) -> Tensor:
@@ -45,6 +56,10 @@ class ScheduleLevels(NoiseLevels):
 
     def t(self, u: Tensor) -> Tensor:
         return self.t_min + (self.sde.T - self.t_min) * u
+
+    def draw(self, u: Tensor) -> tuple[Tensor, None, None]:
+        """Today's draws are t itself: λ(t) and p are left to the weightings that need them."""
+        return self.t(u), None, None
 
     def lam(self, u: Tensor) -> Tensor:
         return self.sde.log_snr(self.t(u))
@@ -92,10 +107,14 @@ class UniformLevels(NoiseLevels):
 class PiecewiseLevels(NoiseLevels):
     """A density constant on each of `cells` equal λ-cells of the range, with masses `masses` (any positive numbers,
     normalised here; `set_masses` replaces them). Exact inverse CDF: the cell by the cumulative masses, then
-    uniform within it."""
+    uniform within it; a draw's density is its cell's mass / width. The masses are host-side float64 bookkeeping in
+    numpy (on arrays this small a numpy call costs less than a torch one); the draws read them as one table, cast to
+    their device and dtype once per set of masses."""
 
     def __init__(self, sde: SDE, t_min: float, masses: Tensor):
         super().__init__(sde, t_min)
+        self.width = (self.lam_max - self.lam_min) / len(masses)
+        self._lowest = self.lam_min + self.width * np.arange(len(masses))  # each cell's lowest λ
         self.set_masses(masses)
 
     def centres(self) -> Tensor:
@@ -104,28 +123,41 @@ class PiecewiseLevels(NoiseLevels):
         return self.lam_min + (self.lam_max - self.lam_min) * (torch.arange(k, dtype=torch.float64) + 0.5) / k
 
     def set_masses(self, masses: Tensor) -> None:
-        masses = masses.to(torch.float64)
-        if not bool(torch.isfinite(masses).all() & (masses > 0).all()):
-            raise ValueError("the piecewise density's masses must be finite and > 0")
-        self.masses = masses / masses.sum()
-        self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), self.masses.cumsum(0)])
-        self._cdf[-1] = 1.0
-        self._cast: dict = {}  # (device, dtype) -> (cdf, masses) in the draws' dtype, made once per set_masses
+        masses = masses.detach().to(torch.float64).cpu().numpy()
+        if masses.shape != self._lowest.shape or not (np.isfinite(masses).all() and (masses > 0).all()):
+            raise ValueError(f"the piecewise density needs {len(self._lowest)} masses, finite and > 0")
+        self._store(masses / masses.sum())
+
+    def _store(self, masses: np.ndarray) -> None:
+        """Normalised masses (float64, > 0); the draws' table has one column per cell: the cumulative mass below it,
+        its mass, its lowest λ and its density mass / width."""
+        self.masses = masses
+        below = np.concatenate([[0.0], np.cumsum(masses[:-1])])
+        self._edges = below[1:]  # the cells' inner boundaries in u
+        self._table = np.stack([below, masses, self._lowest, masses / self.width])
+        self._cast: dict = {}  # (device, dtype) -> (edges, table) in the draws' dtype, made once per set of masses
 
     def _in(self, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)
         if key not in self._cast:
-            self._cast[key] = self._cdf.to(like.device, like.dtype), self.masses.to(like.device, like.dtype)
+            self._cast[key] = tuple(torch.from_numpy(a).to(like.device, like.dtype) for a in (self._edges, self._table))
         return self._cast[key]
 
     def lam(self, u: Tensor) -> Tensor:
-        k, width = len(self.masses), (self.lam_max - self.lam_min) / len(self.masses)
-        cdf, masses = self._in(u)
-        cell = torch.searchsorted(cdf[1:-1], u, right=True).clamp(max=k - 1)
-        within = ((u - cdf[cell]) / masses[cell]).clamp(0, 1)
-        return self.lam_min + width * (cell + within)
+        return self._invert(u)[0]
+
+    def draw(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """λ by `lam`, and p(λ) = mass / width of the cell it was drawn in."""
+        lam, pdf = self._invert(u)
+        return self.times(lam), lam, pdf
+
+    def _invert(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """λ of u: the cell c with cdf[c] <= u < cdf[c + 1], then uniform within it; and the cell's density."""
+        edges, table = self._in(u)
+        cell = torch.searchsorted(edges, u, right=True)  # in 0 .. cells − 1 for any u
+        below, mass, lowest, pdf = table.index_select(1, cell)
+        return torch.add(lowest, ((u - below) / mass).clamp_(0, 1), alpha=self.width), pdf
 
     def pdf(self, t: Tensor, lam: Tensor) -> Tensor:
-        k, width = len(self.masses), (self.lam_max - self.lam_min) / len(self.masses)
-        cell = ((lam - self.lam_min) / width).floor().long().clamp(0, k - 1)
-        return self._in(lam)[1][cell] / width
+        cell = ((lam - self.lam_min) / self.width).long().clamp(0, len(self.masses) - 1)  # truncation: the floor here
+        return self._in(lam)[1][3].index_select(0, cell)

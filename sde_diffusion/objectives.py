@@ -20,12 +20,16 @@ first three with density "schedule" are today's `losses.dsm_loss`; the β(t)-fre
 sigmoid with any density but "schedule") give the same expected loss under every β(t). Densities: schedule,
 lognormal (log σ̃ ~ N(p_mean, p_std²)), logit_normal (the same family: logit of the rectified-flow t is log σ̃),
 uniform (λ on [lam_min, lam_max]), importance (∝ w(λ) on `cells` λ-cells: constant w/p, the variance-reducing
-choice; for the likelihood weighting it is λ uniform = Song et al. 2021b's importance sampling for any β(t)) and
-adaptive (`AdaptiveLevels`). `stratified` draws one u per batch stratum.
+choice; for the likelihood weighting, constant in λ, it is exactly λ uniform, drawn as such: Song et al. 2021b's
+importance sampling for any β(t)) and adaptive (`AdaptiveLevels`). `stratified` draws one u per batch stratum.
+A draw (`Draws`) keeps the λ and p(λ) its density computed on the way to t, so w/p costs no second λ(t).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -55,40 +59,58 @@ class AdaptiveLevels(PiecewiseLevels):
 
     def __init__(self, sde: SDE, t_min: float, w_centres: Tensor, decay: float, mix: float):
         self.decay, self.mix = float(decay), float(mix)
-        self.ema = w_centres.to(torch.float64).square()
-        super().__init__(sde, t_min, self._masses())
+        self.ema = w_centres.detach().to(torch.float64).square().cpu().numpy()
+        super().__init__(sde, t_min, torch.from_numpy(self._masses()))
 
-    def _masses(self) -> Tensor:
-        root = self.ema.sqrt()
-        return (1 - self.mix) * root / root.sum() + self.mix / len(root)
+    def _masses(self) -> np.ndarray:
+        root = np.sqrt(self.ema)
+        return (1 - self.mix) / root.sum() * root + self.mix / len(root)
 
     @torch.no_grad()
-    def update(self, lam: Tensor, weighted_loss: Tensor) -> None:
-        """Fold in w(λ)·ℓ of the drawn λ (the effective-weighted loss: the per-sample loss times p(λ))."""
-        k, width = len(self.ema), (self.lam_max - self.lam_min) / len(self.ema)
-        cell = ((lam.double().cpu() - self.lam_min) / width).floor().long().clamp(0, k - 1)
-        value = weighted_loss.double().cpu().square()
-        sums = torch.stack([torch.bincount(cell, value, k), torch.bincount(cell, minlength=k).double()])
+    def update(self, lam: Tensor, loss: Tensor) -> None:
+        """Fold in one step's per-sample losses w/p·ℓ drawn at λ, as w(λ)·ℓ = loss·p(λ) with p of λ's bin. On the
+        host in float64 (one transfer), like the masses, where the per-bin sums are deterministic: resume is bitwise."""
+        k = len(self.ema)
+        lam, loss = torch.stack([lam, loss]).double().cpu().numpy()
+        cell = np.minimum(((lam - self.lam_min) / self.width).astype(np.intp), k - 1)  # λ >= lam_min: as in `pdf`
+        total, count = np.bincount(cell, (loss * self._table[3][cell]) ** 2, k), np.bincount(cell, minlength=k)
         if dist.is_available() and dist.is_initialized():
+            sums = torch.from_numpy(np.stack([total, count]))
             dist.all_reduce(sums)
-        if not bool(torch.isfinite(sums).all()):
+            total, count = sums.numpy()
+        if not np.isfinite(total.sum()):  # terms >= 0: finite iff each one is
             return
-        seen = sums[1] > 0
-        mean = sums[0][seen] / sums[1][seen]
-        self.ema[seen] = self.decay * self.ema[seen] + (1 - self.decay) * mean.clamp_min(1e-30)
-        self.set_masses(self._masses())
+        mean = np.maximum(total / np.maximum(count, 1), 1e-30)
+        np.copyto(self.ema, self.decay * self.ema + (1 - self.decay) * mean, where=count > 0)  # unseen bins keep theirs
+        self._store(self._masses())  # > 0 (mix > 0) and normalised
 
     def state_dict(self) -> dict:
-        return {"ema": self.ema.clone()}
+        return {"ema": torch.from_numpy(self.ema.copy())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.ema = state["ema"].to(torch.float64).clone()
-        self.set_masses(self._masses())
+        self.ema = state["ema"].to(torch.float64).cpu().numpy().copy()
+        self.set_masses(torch.from_numpy(self._masses()))
+
+
+@dataclass
+class Draws:
+    """One batch's draws: times t (batch,), noise ε, λ(t) where the density drew it (else None) and the weight
+    w(λ)/p(λ) of each sample (None: 1). `draws[s]` are those of the slice s of the batch (one process's shard)."""
+
+    t: Tensor
+    noise: Tensor
+    lam: Tensor | None = None
+    ratio: Tensor | None = None
+
+    def __getitem__(self, s: slice) -> Draws:
+        lam, ratio = (None if v is None else v[s] for v in (self.lam, self.ratio))
+        return Draws(self.t[s], self.noise[s], lam, ratio)
 
 
 class Objective:
-    """The per-sample loss w(λ)/p(λ)·‖ε̂ − ε‖² of one SDE (the module docstring's table); `draw` gives (t, ε) from a
-    generator, calling the objective gives the (batch,) loss. Its defaults are today's training loss exactly."""
+    """The per-sample loss w(λ)/p(λ)·‖ε̂ − ε‖² of one SDE (the module docstring's table); `draws` gives t, ε and the
+    weights from a generator, calling the objective gives the (batch,) loss. Its defaults are today's training loss
+    exactly."""
 
     def __init__(
         self,
@@ -136,6 +158,8 @@ class Objective:
             return ScheduleLevels(self.sde, self.t_min)
         if name == "uniform":
             return UniformLevels(self.sde, self.t_min, lam_min, lam_max)
+        if name == "importance" and self.weighting == "likelihood":
+            return UniformLevels(self.sde, self.t_min)  # ∝ w, a constant: λ uniform on the range, exactly
         grid = PiecewiseLevels(self.sde, self.t_min, torch.ones(cells))
         lam = grid.centres()
         w = self.w(self.sde.log_snr_inverse(lam), lam)
@@ -144,36 +168,57 @@ class Objective:
         return AdaptiveLevels(self.sde, self.t_min, w, self._adaptive[0], self._adaptive[1])
 
     def factor(self, t: Tensor, lam: Tensor | None = None) -> Tensor | None:
-        """c(λ) of the table (None: 1), on the ε-MSE of draws from the base density."""
+        """c(λ) of the table (None: 1), on the ε-MSE of draws from the base density; σ̃ = e^{−λ} where λ is given,
+        else σ(t)/s(t)."""
         name, sde = self.weighting, self.sde
         if name in ("simple", "sigma2"):
             return None
+        if name in ("likelihood", "sigmoid"):
+            elbo = (sde.g(t) / sde.sigma(t)) ** 2
+            if name == "likelihood":
+                return elbo
+            return elbo * torch.sigmoid(self.bias - 2 * (sde.log_snr(t) if lam is None else lam))
+        sigma_t = sde.sigma(t) / sde.scale(t) if lam is None else torch.exp(-lam)
         if name == "min_snr":
-            return torch.clamp(self.gamma * (sde.sigma(t) / sde.scale(t)) ** 2, max=1.0)
+            return torch.clamp(self.gamma * sigma_t**2, max=1.0)
         if name == "edm":
-            return 1 + (sde.sigma(t) / sde.scale(t)) ** 2 / self.sigma_data**2
-        if name == "flow":
-            return (1 + sde.sigma(t) / sde.scale(t)) ** 2
-        elbo = (sde.g(t) / sde.sigma(t)) ** 2
-        if name == "likelihood":
-            return elbo
-        return elbo * torch.sigmoid(self.bias - 2 * (sde.log_snr(t) if lam is None else lam))
+            return 1 + sigma_t**2 / self.sigma_data**2
+        return (1 + sigma_t) ** 2  # flow
 
     def w(self, t: Tensor, lam: Tensor) -> Tensor:
         """The weighting w(λ) = p_base(λ)·c(λ) at (t, λ(t)); for the ELBO-type ones p_schedule·g²/σ² = 2/(T − t_min)
         is used in closed form (no σ or g evaluated)."""
-        if self.weighting in ("likelihood", "sigmoid"):
-            w = torch.full_like(lam, 2 / (self.sde.T - self.t_min))
-            return w if self.weighting == "likelihood" else w * torch.sigmoid(self.bias - 2 * lam)
-        c = self.factor(t, lam)
-        return self.base.pdf(t, lam) * (1 if c is None else c)
+        elbo = 2 / (self.sde.T - self.t_min)
+        if self.weighting == "likelihood":
+            return torch.full_like(lam, elbo)
+        if self.weighting == "sigmoid":
+            return torch.sigmoid(self.bias - 2 * lam) * elbo
+        p, c = self.base.pdf(t, lam), self.factor(t, lam)
+        return p if c is None else p * c
 
-    def ratio(self, t: Tensor) -> Tensor | None:
-        """w(λ)/p(λ) at the drawn t (None: 1, the default's exact path)."""
+    def ratio(self, t: Tensor, lam: Tensor | None = None, p: Tensor | None = None) -> Tensor | None:
+        """w(λ)/p(λ) at the drawn t (None: 1, the default's exact path); λ = λ(t) and p = p(λ) where the draw gave
+        them, else computed from t."""
         if self.density is self.base:
-            return self.factor(t)
-        lam = self.sde.log_snr(t)
-        return self.w(t, lam) / self.density.pdf(t, lam)
+            return self.factor(t, lam)
+        lam = self.sde.log_snr(t) if lam is None else lam
+        return self.w(t, lam) / (self.density.pdf(t, lam) if p is None else p)
+
+    def draws(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Draws:
+        """t (batch,) with λ(t) ~ p, then ε ~ N(0, I) of `shape`, in this order from `generator` (one uniform per
+        sample: with the defaults these are `losses.dsm_draws`' t and ε), with the λ and w/p of the same draw."""
+        u = torch.rand(shape[0], generator=generator, dtype=dtype, device=device)
+        if self.stratified:
+            u = (torch.arange(shape[0], dtype=dtype, device=device) + u) / shape[0]
+        t, lam, p = self.density.draw(u)
+        noise = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return Draws(t, noise, lam, self.ratio(t, lam, p))
 
     def draw(
         self,
@@ -182,12 +227,9 @@ class Objective:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """t (batch,) with λ(t) ~ p, then ε ~ N(0, I) of `shape`, in this order from `generator` (one uniform per
-        sample: with the defaults these are `losses.dsm_draws`' t and ε)."""
-        u = torch.rand(shape[0], generator=generator, dtype=dtype, device=device)
-        if self.stratified:
-            u = (torch.arange(shape[0], dtype=dtype, device=device) + u) / shape[0]
-        return self.density.t(u), torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        """(t, ε) of `draws`: the pair `__call__` takes."""
+        draws = self.draws(shape, generator, dtype, device)
+        return draws.t, draws.noise
 
     def __call__(
         self,
@@ -199,20 +241,22 @@ class Objective:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Per-sample loss (batch,) of `model` (called as model(x_t, t[, y])) on x0 (batch, …), at the given draws
-        (t, ε), or at `draw(generator)`'s."""
+        (t, ε), or at `draws(generator)`'s."""
         if t is None or noise is None:
-            t, noise = self.draw(x0.shape, generator, x0.dtype, x0.device)
-        sq = squared_eps_error(self.sde, model, x0, t, noise, y)
-        loss = sq.mean(1) if self.reduction == "mean" else sq.sum(1)
-        ratio = self.ratio(t)
-        return loss if ratio is None else loss * ratio.to(loss.dtype)
+            return self.loss(model, x0, y, self.draws(x0.shape, generator, x0.dtype, x0.device))
+        return self.loss(model, x0, y, Draws(t, noise, None, self.ratio(t)))
 
-    def update(self, t: Tensor, loss: Tensor) -> None:
-        """After a step: feed its per-sample losses to an adaptive density (a no-op for the others)."""
+    def loss(self, model: ScoreFn, x0: Tensor, y: Tensor | None, draws: Draws) -> Tensor:
+        """Per-sample loss (batch,) of `model` on x0 (labels y) at `draws`, weighted by their w/p."""
+        sq = squared_eps_error(self.sde, model, x0, draws.t, draws.noise, y)
+        loss = sq.mean(1) if self.reduction == "mean" else sq.sum(1)
+        return loss if draws.ratio is None else loss * draws.ratio.to(loss.dtype)
+
+    def update(self, lam: Tensor | None, loss: Tensor) -> None:
+        """After a step: feed its per-sample losses, drawn at λ (`Draws.lam`), to an adaptive density (a no-op for
+        the others)."""
         if isinstance(self.density, AdaptiveLevels):
-            t = t.detach().double()
-            lam = self.sde.log_snr(t)
-            self.density.update(lam, loss.detach().double() * self.density.pdf(t, lam))
+            self.density.update(lam.detach(), loss.detach())
 
     def state_dict(self) -> dict:
         """The adaptive density's state ({} for the others), for the Trainer's state_dict."""

@@ -13,7 +13,7 @@ from sde_diffusion.analytic import mixture
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.losses import dsm_loss
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.objectives import WEIGHTINGS, Objective
+from sde_diffusion.objectives import DENSITIES, WEIGHTINGS, Objective
 from sde_diffusion.sde import RectifiedFlowSDE
 from sde_diffusion.training import Trainer
 
@@ -142,6 +142,21 @@ def test_two_betas_with_the_same_p_and_w_give_the_same_loss_and_gradient(weighti
     simple = [Objective(s, "simple", "uniform", lam_min=-4.0, lam_max=5.0) for s in (VPSDE(), VPSDE(CosineBeta()))]
     ls = [o(ScoreModel(net, o.sde, "x0", 2.0), x0, generator=torch.Generator().manual_seed(1)).detach() for o in simple]
     assert abs(float(ls[0].mean() - ls[1].mean())) > 4 * math.sqrt((ls[0].var() + ls[1].var()) / len(x0))
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+def test_the_drawn_weights_are_those_of_the_drawn_t(density):
+    """`draws` reuses the draw's λ and p(λ) for w/p; recomputed from t alone (`ratio(t)`) they agree to rounding."""
+    sde = VPSDE(CosineBeta())
+    for weighting in WEIGHTINGS:
+        obj = Objective(sde, weighting, density, t_min=1e-3, sigma_data=0.5, bias=1.5, p_mean=0.5)
+        d = obj.draws((4096, 1), torch.Generator().manual_seed(0), torch.float64)
+        if d.lam is not None:
+            torch.testing.assert_close(d.lam, sde.log_snr(d.t), rtol=1e-9, atol=1e-9, msg=weighting)
+        if d.ratio is None:
+            assert obj.ratio(d.t) is None
+        else:
+            torch.testing.assert_close(d.ratio, obj.ratio(d.t), rtol=1e-7, atol=0, msg=weighting)
 
 
 def test_every_density_is_unbiased_for_the_same_objective():

@@ -156,13 +156,13 @@ class Trainer:
         the ELBO estimator L̂); t (λ ~ p) and ε are drawn for the whole batch from the noise generator, so every rank
         draws the same."""
         s = self.shard
-        t, noise = self.objective.draw(x0.shape, self.noise_generator, x0.dtype, self.device)
+        draws = self.objective.draws(x0.shape, self.noise_generator, x0.dtype, self.device)[s]
         x0 = x0[s].to(self.device, non_blocking=True)
         y = y[s].to(self.device, non_blocking=True) if y is not None else None
-        per_sample = self.objective(self.train_model, x0, y, t[s], noise[s])
+        per_sample = self.objective.loss(self.train_model, x0, y, draws)
         if self.learned is not None:
             per_sample = self.learned.loss(x0, per_sample)
-        self._drawn = t[s], per_sample.detach()
+        self._drawn = draws.lam, per_sample.detach()
         return per_sample
 
     def _param_groups(self) -> list[dict]:
