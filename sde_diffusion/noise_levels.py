@@ -25,7 +25,8 @@ class NoiseLevels(ABC):
 
     def __init__(self, sde: SDE, t_min: float):
         self.sde, self.t_min = sde, float(t_min)
-        ends = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64))
+        with torch.no_grad():  # numbers, also of a learned schedule's parameters
+            ends = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64))
         self.lam_min, self.lam_max = float(ends[0]), float(ends[1])
 
     def t(self, u: Tensor) -> Tensor:
