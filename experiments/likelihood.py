@@ -64,6 +64,7 @@ def check(cfg: DictConfig) -> None:
     for key in ("n", "batch_size", "steps", "n_draws", "n_t"):
         require_number(cfg, f"likelihood.{key}", integer=True, ge=1)
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
+    require_number(cfg, "likelihood.control_variate", gt=0, optional=True)
     for key in ("rtol", "atol", "t_min", "tau"):
         require_number(cfg, f"likelihood.{key}", gt=0)
     require_choice(cfg, "likelihood.method", METHODS)
@@ -81,7 +82,9 @@ def estimator_options(cfg: DictConfig, discrete: bool) -> tuple[str | None, dict
     lc = cfg.likelihood
     if lc.method == "elbo":
         opts = {"t_min": lc.t_min, "n_t": lc.n_t, "importance": lc.importance}
-        return None, opts | ({"dequantisation": lc.dequantisation, "tau": lc.tau} if discrete else {})
+        if discrete:
+            return None, opts | {"dequantisation": lc.dequantisation, "tau": lc.tau}
+        return None, opts | {"control_variate": lc.control_variate}
     divergence = lc.divergence if lc.divergence != "auto" else "hutchinson" if discrete else "exact"
     opts = {"divergence": divergence, "noise": lc.noise, "solver": lc.solver, "rtol": lc.rtol, "atol": lc.atol}
     return divergence, opts | {"t_min": lc.t_min, "steps": lc.steps}

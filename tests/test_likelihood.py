@@ -307,6 +307,14 @@ def test_app_elbo_bounds_the_oracle_nll(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert (m["n"], m["nfe"], m["divergence"]) == (256, 8, None)
     assert m["nll"] > m["oracle_nll"] - 3 * m["nll_sem"] and m["mc_sem_per_sample"] > 0
+    # the control variate (mean zero: tests/test_elbo.py) reaches elbo(): the same bound within SE
+    cv_dir = f"hydra.run.dir={tmp_path / 'cv'}"
+    proc = run_app("likelihood.py", "likelihood.method=elbo", "likelihood.n=256", "likelihood.n_t=8", "logger=none",
+                   "likelihood.control_variate=0.1", cv_dir, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cv = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert cv["nll"] != m["nll"] and abs(cv["nll"] - m["nll"]) < 3 * (cv["nll_sem"] + m["nll_sem"])
+    assert cv["nll"] > cv["oracle_nll"] - 3 * cv["nll_sem"]
 
 
 @pytest.mark.slow
