@@ -167,7 +167,7 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         """The optimiser's groups: the network's parameters, and a trained schedule's in a group without weight
-        decay (decay would pull its shape towards γ̃'s initial curve)."""
+        decay (decay would pull γ₀, γ₁ and the shape's raw weights toward 0, a prior nobody chose)."""
         if self.learned is None:
             return [{"params": list(self.model.parameters())}]
         learned = {id(p) for p in self.learned.parameters()}
