@@ -1,7 +1,8 @@
 """Summarize a Hydra multirun (any app, any launcher): summary.csv with every numeric leaf of each job's metrics.json
 (flattened with "/", its `main_metric` a column), summary.md and summary.png with the `--metrics` selection beside
 the sampling floor ± sd, the swept keys as columns, failed jobs with their error (failure.json or the log). An
-Optuna sweep (optimization_results.yaml) names its best trial and plots the objective against each parameter.
+Optuna sweep (optimization_results.yaml) names its best trial and plots the objective against each parameter. Jobs
+on data with an oracle add score_error.png: each job's excess loss over the exact score per λ, one curve per job.
 `final_loss` across different β(t) or SDEs is labelled not comparable (the DSM loss's scale depends on both).
 
     python experiments/summarize.py multirun/train/2026-01-01_12-00-00              # summary.csv/.md/.png there
@@ -27,6 +28,8 @@ from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from sde_diffusion.diagnosis import LevelError, plot_level_errors  # noqa: E402
 
 DEFAULT_METRICS = ("main_metric", "*sw2")
 LOSS_CAVEAT = "not comparable across β(t)/SDEs"
@@ -378,6 +381,21 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
     return path
 
 
+def plot_score_errors(jobs: list[Job], swept: list[str], path: Path) -> Path | None:
+    """score_error.png: each job's excess ε-loss over the exact score per λ at its last evaluation (runs on data with
+    an oracle, sde_diffusion.diagnosis), one curve per job named by its swept values; None when no job has one."""
+    curves = {}
+    for job in jobs:
+        levels = json.loads((job.dir / "metrics.json").read_text()).get("score_error") if job.status == "ok" else None
+        if levels:
+            last = levels[max(levels, key=int)]
+            name = " ".join(f"{k}={job.overrides[k]}" for k in swept if k in job.overrides) or job.label
+            curves[name] = LevelError(last["lam"], last["excess"], last["se"])
+    if not curves:
+        return None
+    return plot_level_errors(curves, path, "excess loss over the exact score per λ, last evaluation")
+
+
 def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: Path, mode: str) -> str | None:
     """A wandb run (job_type "summary") in the sweep's group with the table and the plot; returns the group."""
     from sde_diffusion.tracking import start_run
@@ -406,8 +424,9 @@ def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: 
 def summarize(
     sweep_dir: Path, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS, x: str | None = None, log: str = "disabled"
 ) -> list[Job]:
-    """Write summary.csv, summary.md and summary.png (for an Optuna sweep its objective against each parameter) into
-    `sweep_dir`, and a wandb summary run unless `log` is "disabled"; returns the jobs."""
+    """Write summary.csv, summary.md and summary.png (for an Optuna sweep its objective against each parameter), and
+    score_error.png for jobs with the oracle's diagnosis, into `sweep_dir`, and a wandb summary run unless `log` is
+    "disabled"; returns the jobs."""
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise ValueError(f"sweep_dir={sweep_dir}: no job dirs (with .hydra/overrides.yaml) below it")
@@ -427,6 +446,7 @@ def summarize(
         plot_search(jobs, search, labels(jobs, ["main_metric"])["main_metric"], plot_path)
     elif selected:
         plot(jobs, swept, selected, plot_path, x=x)
+    plot_score_errors(jobs, swept, sweep_dir / "score_error.png")
     print(table)
     if log != "disabled" and (selected or search is not None):
         group = log_to_wandb(sweep_dir, jobs, rows, plot_path, log)

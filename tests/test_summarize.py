@@ -111,3 +111,19 @@ def test_an_optuna_best_trial_without_a_finished_job_is_said_so(tmp_path):
     _optuna_sweep(tmp_path, {"best_params": {"schedule.beta_max": 7.0, "schedule.p": 1.5}, "best_value": 0.05})
     summarize.summarize(tmp_path)
     assert "Optuna search: best value 0.05 in no job of this dir" in (tmp_path / "summary.md").read_text()
+
+
+def test_jobs_with_the_oracles_diagnosis_get_one_excess_curve_each_at_their_last_step(tmp_path, monkeypatch):
+    """score_error.png has a curve per job (named by its swept values) from its last evaluation's excess per λ."""
+    for k, loss in enumerate(("simple", "edm")):
+        level = {"lam": [-1.0, 0.0, 1.0], "se": [1e-4] * 3}
+        steps = {"100": level | {"excess": [9.0] * 3}, "2000": level | {"excess": [0.1 * (k + 1)] * 3}}
+        _job(tmp_path, str(k), [f"loss={loss}"], {"samplers": {"em": {"sw2": 0.4}}, "score_error": steps})
+    _job(tmp_path, "2", ["loss=sigmoid"], {"samplers": {"em": {"sw2": 0.5}}})  # no oracle: no curve
+    summarize.summarize(tmp_path)
+    assert (tmp_path / "score_error.png").is_file()
+    curves = {}
+    monkeypatch.setattr(summarize, "plot_level_errors", lambda c, path, title: curves.update(c) or path)
+    summarize.summarize(tmp_path)
+    assert list(curves) == ["loss=simple", "loss=edm"]
+    assert curves["loss=edm"].excess == [0.2, 0.2, 0.2]  # the last step's, not the first
