@@ -43,9 +43,7 @@ def floor():
 
 def test_every_sampler_has_a_generous_step_count():
     missing = sorted(set(SAMPLERS) - set(GENEROUS))
-    assert not missing, (
-        f"add {missing} to GENEROUS in tests/test_sampling.py: the steps at which it reaches the floor"
-    )
+    assert not missing, f"add {missing} to GENEROUS in tests/test_sampling.py: the steps at which it reaches the floor"
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
