@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .analytic import GaussianMixture
+from .noise_levels import UniformLevels
 from .sde import SDE, ScoreFn
 
 
@@ -43,11 +44,9 @@ def excess_loss_by_level(
 ) -> LevelError:
     """E‖ε̂ − ε̂*‖²/D in `bins` equal bins of λ on [λ(T), λ(t_min)], `per_bin` draws each (λ uniform within its bin,
     x₀ ~ oracle, x_t = s x₀ + σε); `score_fn` is called in `dtype` on `device`, the oracle in float64."""
-    ends = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64))
-    width = float(ends[1] - ends[0]) / bins
+    levels = UniformLevels(sde, t_min)
     cell = torch.arange(bins, dtype=torch.float64).repeat_interleave(per_bin)
-    lam = ends[0] + width * (cell + torch.rand(len(cell), generator=generator, dtype=torch.float64))
-    t = sde.log_snr_inverse(lam).clamp(t_min, sde.T)
+    t = levels.t((cell + torch.rand(len(cell), generator=generator, dtype=torch.float64)) / bins)
     x0 = oracle.sample(len(t), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     sigma = sde.sigma(t)[:, None]
@@ -56,7 +55,8 @@ def excess_loss_by_level(
     chunks = [score_fn(xc.to(device, dtype), tc.to(device, dtype)) for xc, tc in pairs]
     s = torch.cat(chunks).to("cpu", torch.float64)
     err = (sigma * (s - oracle.score_fn(sde)(x, t))).square().mean(1).view(bins, per_bin)
-    centres = ends[0] + width * (torch.arange(bins, dtype=torch.float64) + 0.5)
+    width = (levels.hi - levels.lo) / bins
+    centres = levels.lo + width * (torch.arange(bins, dtype=torch.float64) + 0.5)
     return LevelError(centres.tolist(), err.mean(1).tolist(), (err.std(1) / per_bin**0.5).tolist())
 
 
