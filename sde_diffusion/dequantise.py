@@ -70,9 +70,8 @@ def discretised_reconstruction(
 ) -> Tensor:
     """−log p(k | z), z ~ q(x_tmin | x), with p(k_d | z) = softmax_j(−(z_d/s − to_model(j))²·s²/(2σ²)) (VDM App. C)."""
     tm = torch.full((x.shape[0],), t_min, dtype=x.dtype, device=x.device)
-    mean, std = expand_as(sde.scale(tm), x) * x, expand_as(sde.sigma(tm), x)
-    z = mean + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    s = expand_as(sde.scale(tm), x)
+    z = sde.perturb(x, tm, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
+    s, std = expand_as(sde.scale(tm), x), expand_as(sde.sigma(tm), x)
     grid = scaler.to_model(torch.arange(scaler.levels, dtype=x.dtype, device=x.device))
     logits = -(((z / s).unsqueeze(-1) - grid) ** 2) * (s / std).unsqueeze(-1) ** 2 / 2
     logp = torch.log_softmax(logits, -1).gather(-1, k.long().unsqueeze(-1)).squeeze(-1)

@@ -49,8 +49,7 @@ def excess_loss_by_level(
     t = levels.t((cell + torch.rand(len(cell), generator=generator, dtype=torch.float64)) / bins)
     x0 = oracle.sample(len(t), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    sigma = sde.sigma(t)[:, None]
-    x = sde.scale(t)[:, None] * x0 + sigma * noise
+    sigma, x = sde.sigma(t)[:, None], sde.perturb(x0, t, noise)
     pairs = zip(x.split(4096), t.split(4096), strict=True)
     chunks = [score_fn(xc.to(device, dtype), tc.to(device, dtype)) for xc, tc in pairs]
     s = torch.cat(chunks).to("cpu", torch.float64)
