@@ -52,7 +52,8 @@ from sde_diffusion.apps import (
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.dequantise import DEQUANTISATIONS
-from sde_diffusion.likelihood import DIVERGENCES, METHODS, NOISES, SOLVERS, per_sample_nll, summarise
+from sde_diffusion.likelihood import DIVERGENCES, NOISES, SOLVERS
+from sde_diffusion.likelihood_evaluation import METHODS, per_sample_nll, summarise
 from sde_diffusion.runtime import resolve_device
 
 log = logging.getLogger("likelihood")

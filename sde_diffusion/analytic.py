@@ -239,8 +239,8 @@ def eps_error(
     """The ε-prediction RMS error (E‖ε̂ − ε̂*‖²/D)^½ = (E‖σ(t)(s(x_t, t) − s*(x_t, t))‖²/D)^½ of `score_fn` against
     the oracle's exact score s*, over n draws t ~ U(t_min, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
 
-    Its square is the excess of the "simple" DSM loss (objectives.Objective's default, same t_min) over the exact score's, as
-    ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
+    Its square is the excess of the "simple" DSM loss (objectives.Objective's default, same t_min) over the exact
+    score's, as ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
     """
     t, x = _noised_draws(sde, oracle, n, t_min, generator)
     s = score_fn(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to("cpu", torch.float64)

@@ -23,8 +23,8 @@ from .schedules import BetaSchedule
 
 class LearnedBeta(nn.Module, BetaSchedule):
     """β(t) of the learned −2λ = γ(t) + log ρ(t) (module docstring); `hidden` sigmoid units (VDM: 1024). The defaults
-    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`: then its
-    objective is VDM's split gradients (endpoints on E[L], shape on E[L²]), objectives.LearnedScheduleELBO."""
+    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`:
+    then its objective is VDM's split gradients (endpoints on E[L], shape on E[L²]), objectives.LearnedScheduleELBO."""
 
     def __init__(
         self,

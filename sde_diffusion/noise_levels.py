@@ -42,7 +42,7 @@ class NoiseLevels(ABC):
         """t with λ(t) = lam, clamped to [t_min, T] (SDE.log_snr_inverse: closed form or bisection)."""
         return self.sde.log_snr_inverse(lam).clamp(self.t_min, self.sde.T)
 
-    def update(self, lam: Tensor, loss: Tensor) -> None:
+    def update(self, lam: Tensor, loss: Tensor) -> None:  # noqa: B027 (a fixed density ignores it)
         """After a training step: its per-sample losses drawn at λ, which an adaptive density follows (a no-op for a
         fixed one)."""
 
@@ -50,7 +50,7 @@ class NoiseLevels(ABC):
         """What resume must restore (an adaptive density's EMA; {} for a fixed one)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (a fixed density has no state)
         """Restore a `state_dict()` (nothing for a fixed density)."""
 
     @abstractmethod
@@ -177,8 +177,9 @@ class PiecewiseLevels(NoiseLevels):
 class AdaptiveLevels(PiecewiseLevels):
     """p(λ) on equal λ-cells ∝ √EMA[(w(λ)·ℓ)²] per cell, mixed with `mix` of uniform: the variance-minimising proposal
     for the loss seen so far (Nichol & Dhariwal 2021, §3.3, over λ-cells instead of steps). It starts as the
-    importance density ∝ w, from w at the cells' centres (`w_centres`, one per cell). `update` folds in one step's per-sample losses (summed over the processes under DDP);
-    its state (`state_dict`) is the EMA, which resume restores bitwise."""
+    importance density ∝ w, from w at the cells' centres (`w_centres`, one per cell). `update` folds in one step's
+    per-sample losses (summed over the processes under DDP); its state (`state_dict`) is the EMA, which resume
+    restores bitwise."""
 
     def __init__(self, sde: SDE, t_min: float, w_centres: Tensor, decay: float, mix: float):
         self.decay, self.mix = float(decay), float(mix)
@@ -192,7 +193,7 @@ class AdaptiveLevels(PiecewiseLevels):
     @torch.no_grad()
     def update(self, lam: Tensor, loss: Tensor) -> None:
         """Fold in one step's per-sample losses w/p·ℓ drawn at λ, as w(λ)·ℓ = loss·p(λ) with p of λ's cell. On the
-        host in float64 (one transfer), like the masses, where the per-cell sums are deterministic: resume is bitwise."""
+        host in float64 (one transfer), like the masses, where the per-cell sums are deterministic: bitwise resume."""
         k = len(self.ema)
         lam, loss = torch.stack([lam, loss]).double().cpu().numpy()
         cell = np.minimum(((lam - self.lam_min) / self.width).astype(np.intp), k - 1)  # λ >= lam_min: as in `pdf`
@@ -204,7 +205,7 @@ class AdaptiveLevels(PiecewiseLevels):
         if not np.isfinite(total.sum()):  # terms >= 0: finite iff each one is
             return
         mean = np.maximum(total / np.maximum(count, 1), 1e-30)
-        np.copyto(self.ema, self.decay * self.ema + (1 - self.decay) * mean, where=count > 0)  # unseen cells keep theirs
+        np.copyto(self.ema, self.decay * self.ema + (1 - self.decay) * mean, where=count > 0)  # unseen: kept
         self._store(self._masses())  # > 0 (mix > 0) and normalised
 
     def state_dict(self) -> dict:

@@ -19,7 +19,7 @@ SDES = {
 
 
 def dsm_loss(sde, model, x0, t_min=1e-5, weighting="simple", generator=None):
-    """The DSM loss of Song et al. (2021, eq. 7), t ~ U(t_min, T): the objective of `weighting` under its base density."""
+    """The DSM loss of Song et al. (2021, eq. 7), t ~ U(t_min, T): `weighting` under its base density."""
     return build_objective(sde, weighting, t_min=t_min)(model, x0, generator=generator)
 
 

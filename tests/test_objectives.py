@@ -150,7 +150,7 @@ def test_two_betas_with_the_same_p_and_w_give_the_same_loss_and_gradient(weighti
     torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-10)
     se = math.sqrt((oa.var() + ob.var()) / len(oa))
     assert abs(float(oa.mean() - ob.mean())) < 4 * se
-    simple = [build_objective(s, "simple", "uniform", lam_min=-4.0, lam_max=5.0) for s in (VPSDE(), VPSDE(CosineBeta()))]
+    simple = [build_objective(s, "simple", "uniform", lam_min=-4, lam_max=5) for s in (VPSDE(), VPSDE(CosineBeta()))]
     ls = [o(ScoreModel(net, o.sde, "x0", 2.0), x0, generator=torch.Generator().manual_seed(1)).detach() for o in simple]
     assert abs(float(ls[0].mean() - ls[1].mean())) > 4 * math.sqrt((ls[0].var() + ls[1].var()) / len(x0))
 
