@@ -1,11 +1,17 @@
-"""Likelihood of a data set: the per-example NLL of the estimators (the PF-ODE's `likelihood.log_likelihood` and
-`bits_per_dim`, the −ELBO of `elbo.elbo` and `dequantise.discrete_elbo`), batch by batch, and its summary with
-standard errors and, where an oracle knows it, the true NLL (Song et al. 2021, App. D.2; Kingma et al. 2021)."""
+"""Likelihood of a data set: the per-example NLL of one estimator (`NLLEstimator`: the PF-ODE's
+`likelihood.log_likelihood` and `bits_per_dim`, or the −ELBO of `elbo.elbo` and `dequantise.discrete_elbo`), batch by
+batch, and its summary with standard errors and, where an oracle knows it, the true NLL (Song et al. 2021, App. D.2;
+Kingma et al. 2021).
+
+    estimate = NLLEstimator(sde, score_fn, "elbo", oracle=mix, options={"n_t": 16})
+    summary = evaluate_likelihood(estimate, x, batch_size=64, generator=torch.Generator().manual_seed(0))
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .analytic import GaussianMixture
+from .checks import check_choice, check_number
 from .dequantise import Quantiser, discrete_elbo
 from .elbo import elbo
 from .likelihood import bits_per_dim, log_likelihood
@@ -21,63 +28,67 @@ from .sde import SDE, ScoreFn
 METHODS = ("ode", "elbo")
 
 
-def _batch_nll(
-    sde: SDE,
-    score_fn: ScoreFn,
-    xb: Tensor,
-    scaler: Quantiser | None,
-    oracle: GaussianMixture | None,
-    method: str,
-    n_draws: int,
-    generator: torch.Generator | None,
-    options: dict[str, Any],
-) -> tuple[dict[str, Tensor], float]:
-    """Per-sample NLL in nats of one batch (level units for discrete data) and the score calls per sample; the ELBO
-    adds its MC standard error `mc_sem`, an oracle (continuous data) the true NLL, the ODE the prior mismatch."""
-    rows: dict[str, Tensor] = {}
-    if method == "elbo":
-        res = (
-            discrete_elbo(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
-            if scaler is not None
-            else elbo(sde, score_fn, xb, generator=generator, **options)
-        )
-        rows["nll"], rows["mc_sem"], nfe = res.nll, res.sem, res.nfe
-    elif scaler is not None:
-        res = bits_per_dim(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
-        rows["nll"], nfe = res.bpd * xb[0].numel() * math.log(2), res.nfe / n_draws
-    else:
-        res = log_likelihood(sde, score_fn, xb, generator=generator, **options)
-        rows["nll"], nfe = -res.log_p, res.nfe
-        if oracle is not None:
-            p_T = oracle.marginal(sde, sde.T)
-            rows["mismatch"] = res.prior_logp.double() - p_T.log_prob(res.z.flatten(1).double())
-    if oracle is not None and scaler is None:
-        rows["oracle_nll"] = -oracle.log_prob(xb.flatten(1).double())
-    return {k: v.detach().double().cpu() for k, v in rows.items()}, nfe
+@dataclass
+class NLLEstimator:
+    """The per-sample NLL of one batch in nats (level units for discrete data) and the score calls per sample.
+
+    method "ode": the PF-ODE's −log p̂ (`log_likelihood`), with a `scaler` (discrete data) the uniformly dequantised
+    bound of `bits_per_dim` over `n_draws` draws; "elbo": the −ELBO bound (`elbo.elbo`: t_min, n_t, importance,
+    control_variate), with a `scaler` `dequantise.discrete_elbo` (also dequantisation, tau). `options` are the chosen
+    estimator's keywords. The ELBO adds its MC standard error `mc_sem`; an `oracle` (continuous data) the true NLL
+    `oracle_nll` and, for the ODE, the prior mismatch log π(x_T) − log p_T(x_T)."""
+
+    sde: SDE
+    score_fn: ScoreFn
+    method: str = "ode"
+    scaler: Quantiser | None = None
+    oracle: GaussianMixture | None = None
+    n_draws: int = 5
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+
+    def __call__(self, xb: Tensor, generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], float]:
+        sde, score_fn, scaler, oracle = self.sde, self.score_fn, self.scaler, self.oracle
+        n_draws, options = self.n_draws, self.options
+        rows: dict[str, Tensor] = {}
+        if self.method == "elbo":
+            res = (
+                discrete_elbo(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
+                if scaler is not None
+                else elbo(sde, score_fn, xb, generator=generator, **options)
+            )
+            rows["nll"], rows["mc_sem"], nfe = res.nll, res.sem, res.nfe
+        elif scaler is not None:
+            res = bits_per_dim(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
+            rows["nll"], nfe = res.bpd * xb[0].numel() * math.log(2), res.nfe / n_draws
+        else:
+            res = log_likelihood(sde, score_fn, xb, generator=generator, **options)
+            rows["nll"], nfe = -res.log_p, res.nfe
+            if oracle is not None:
+                p_T = oracle.marginal(sde, sde.T)
+                rows["mismatch"] = res.prior_logp.double() - p_T.log_prob(res.z.flatten(1).double())
+        if oracle is not None and scaler is None:
+            rows["oracle_nll"] = -oracle.log_prob(xb.flatten(1).double())
+        return {k: v.detach().double().cpu() for k, v in rows.items()}, nfe
 
 
 def per_sample_nll(
-    sde: SDE,
-    score_fn: ScoreFn,
+    estimate: NLLEstimator,
     x: Tensor,
-    scaler: Quantiser | None = None,
-    oracle: GaussianMixture | None = None,
     batch_size: int = 64,
-    n_draws: int = 5,
     generator: torch.Generator | None = None,
-    method: str = "ode",
     progress: bool = False,
-    **options: Any,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """The rows of `evaluate_likelihood` per sample (float64, CPU) and the score calls per sample of each batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    """The rows of `estimate` per sample of x (float64, CPU), in batches of `batch_size`, and the score calls per
+    sample of each batch."""
+    check_number("batch_size", batch_size, integer=True, ge=1)
     rows: dict[str, list[Tensor]] = {}
     nfe = []
-    for xb in tqdm(x.split(batch_size), desc=f"likelihood ({method})", unit="batch", disable=not progress):
-        batch, calls = _batch_nll(sde, score_fn, xb, scaler, oracle, method, n_draws, generator, options)
+    desc = f"likelihood ({estimate.method})"
+    for xb in tqdm(x.split(batch_size), desc=desc, unit="batch", disable=not progress):
+        batch, calls = estimate(xb, generator)
         for key, value in batch.items():
             rows.setdefault(key, []).append(value)
         nfe.append(calls)
@@ -104,29 +115,17 @@ def summarise(rows: dict[str, Tensor], nfe: Tensor, dim: int, discrete: bool, wa
 
 
 def evaluate_likelihood(
-    sde: SDE,
-    score_fn: ScoreFn,
+    estimate: NLLEstimator,
     x: Tensor,
-    scaler: Quantiser | None = None,
-    oracle: GaussianMixture | None = None,
     batch_size: int = 64,
-    n_draws: int = 5,
     generator: torch.Generator | None = None,
-    method: str = "ode",
     progress: bool = False,
-    **options: Any,
 ) -> dict[str, float]:
-    """Mean NLL of a data set in nats per example with its standard error, score calls per sample and wall time.
-
-    method "ode": the PF-ODE's −log p̂ (`log_likelihood`; `options` go to it), with a `scaler` (discrete data) the
-    uniformly dequantised bound of `bits_per_dim` over `n_draws` draws; "elbo": the −ELBO bound (`elbo.elbo`:
-    t_min, n_t, importance), with a `scaler` `dequantise.discrete_elbo` (also dequantisation, tau). Discrete data are
-    also given in bits/dim (`bpd`, `bpd_sem`); continuous data in nats only (bits/dim of a density have no meaning).
-    With an `oracle` (vector data) it adds the true NLL, the mean |NLL − true NLL|/D and, for the ODE, the part of it
-    that is prior mismatch, mean |log π(x_T) − log p_T(x_T)|/D. x is split into batches of `batch_size`.
-    """
+    """Mean NLL of a data set x by `estimate`, in nats per example with its standard error, score calls per sample
+    and wall time (`summarise`). Discrete data (a `scaler`) are also given in bits/dim (`bpd`, `bpd_sem`); continuous
+    data in nats only (bits/dim of a density have no meaning). With an `oracle` (vector data) it adds the true NLL,
+    the mean |NLL − true NLL|/D and, for the ODE, the part of it that is prior mismatch, mean
+    |log π(x_T) − log p_T(x_T)|/D."""
     start = time.perf_counter()
-    rows, nfe = per_sample_nll(
-        sde, score_fn, x, scaler, oracle, batch_size, n_draws, generator, method, progress, **options
-    )
-    return summarise(rows, nfe, x[0].numel(), scaler is not None, time.perf_counter() - start)
+    rows, nfe = per_sample_nll(estimate, x, batch_size, generator, progress)
+    return summarise(rows, nfe, x[0].numel(), estimate.scaler is not None, time.perf_counter() - start)

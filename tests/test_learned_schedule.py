@@ -148,11 +148,15 @@ def test_joint_training_cuts_the_estimators_variance_and_keeps_the_elbo():
 def test_joint_training_needs_the_elbo_weighting_with_uniform_t():
     from sde_diffusion.checks import ArgumentError
     from sde_diffusion.objectives import Objective, build_objective
+    from sde_diffusion.training import Trainer
 
-    sde = VPSDE(LearnedBeta(trainable=True))
+    mix, sde = mixture(dim=4, k=3), VPSDE(LearnedBeta(trainable=True))
     for kw, key in (({"weighting": "simple"}, "weighting"), ({"weighting": "likelihood", "density": "importance"},
                                                              "density")):  # fmt: skip
         with pytest.raises(ArgumentError, match=f"^{key} .*to train schedule=learned"):
             build_objective(sde, **kw)
     with pytest.raises(ArgumentError, match="^weighting .*to train schedule=learned"):
         Objective(sde)  # its optimiser would train the schedule on the wrong loss
+    with pytest.raises(ValueError, match="LearnedScheduleELBO trains in one process"):
+        Trainer(ScoreModel(_ExactEps(mix, sde), sde), sde, _MixData(mix), world_size=2,
+                objective=build_objective(sde, "likelihood", "schedule"), steps=1, batch_size=8)  # fmt: skip

@@ -15,7 +15,7 @@ from wandb_reader import find_run_files, read_run
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
-from sde_diffusion.likelihood_evaluation import evaluate_likelihood
+from sde_diffusion.likelihood_evaluation import NLLEstimator, evaluate_likelihood
 
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -172,8 +172,8 @@ def test_dequantisation_noise_raises_nll_by_its_variance():
 def test_evaluate_likelihood_summaries():
     sde, mix = SDES["vp"], MIXTURES["mixture16"]
     x = mix.sample(8, torch.Generator().manual_seed(0))
-    whole = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=8)
-    split = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=3)
+    estimate = NLLEstimator(sde, mix.score_fn(sde), oracle=mix)
+    whole, split = evaluate_likelihood(estimate, x, batch_size=8), evaluate_likelihood(estimate, x, batch_size=3)
     assert (whole["n"], whole["dim"]) == (8, 16)
     assert abs(whole["nll"] - split["nll"]) <= 1e-3 and whole["nll_sem"] > 0
     assert whole["oracle_nll"] == pytest.approx(float(-mix.log_prob(x).mean()))
@@ -183,7 +183,7 @@ def test_evaluate_likelihood_summaries():
     levels = 5
     scaler, x, gauss, _, _ = _uniform_levels_and_matched_gaussian(levels)
     g = torch.Generator().manual_seed(0)
-    images = evaluate_likelihood(sde, gauss.score_fn(sde), x, scaler=scaler, batch_size=10, n_draws=8, generator=g)
+    images = evaluate_likelihood(NLLEstimator(sde, gauss.score_fn(sde), scaler=scaler, n_draws=8), x, 10, g)
     assert abs(images["bpd"] - math.log2(levels) - 0.5 * math.log2(math.pi * math.e / 6)) <= 0.03
     assert "oracle_nll" not in images
 
