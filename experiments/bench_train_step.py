@@ -26,7 +26,7 @@ import torch
 from sde_diffusion import VPSDE
 from sde_diffusion.data import Digits, EightGaussians, MixtureData
 from sde_diffusion.models import MLP, ScoreModel, UNet
-from sde_diffusion.objectives import Objective
+from sde_diffusion.objectives import build_objective
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.training import Trainer, warmup_cosine
 
@@ -98,7 +98,7 @@ def bench(name, make_net, data, batch_size, steps, device):
     )
 
 
-OBJECTIVES = {  # preset: (parameterization, Objective arguments), as in conf/loss/
+OBJECTIVES = {  # preset: (parameterization, build_objective arguments), as in conf/loss/
     "simple": ("eps", {}),
     "edm": ("x0", {"weighting": "edm", "density": "lognormal", "sigma_data": 2.7, "p_mean": 0.5}),
     "v_min_snr": ("v", {"weighting": "min_snr", "density": "schedule"}),
@@ -116,7 +116,7 @@ def bench_objectives(steps: int, repeats: int, device) -> None:
     for name, (param, kw) in OBJECTIVES.items():
         seed_everything(0)
         model = ScoreModel(MLP(data.shape, hidden=128), sde, param, sigma_data=2.7)
-        trainers[name] = Trainer(model, sde, data, steps=10_000, batch_size=1024, objective=Objective(sde, **kw),
+        trainers[name] = Trainer(model, sde, data, steps=10_000, batch_size=1024, objective=build_objective(sde, **kw),
                                  device=device, progress=False)  # fmt: skip
     times = {k: [] for k in trainers}
     ratios = {k: [] for k in trainers}

@@ -58,8 +58,9 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.comparison import HEAD, Floors, columns, write
 from sde_diffusion.apps.guard import check_samples
-from sde_diffusion.diagnosis import excess_loss_by_level, plot_level_errors
+from sde_diffusion.diagnosis import excess_loss_by_level
 from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
+from sde_diffusion.plots import level_error_curves
 from sde_diffusion.runtime import resolve_device
 from sde_diffusion.sde import SDE, ScoreFn
 from sde_diffusion.tracking import Tracker
@@ -232,7 +233,7 @@ def level_errors(cfg: DictConfig, todo: list[Problem], out: Path, tracker: Track
     }
     if not curves:
         return {}
-    path = plot_level_errors(curves, out / "score_error.png", "excess loss over the exact score per λ")
+    path = level_error_curves(curves, out / "score_error.png", "excess loss over the exact score per λ")
     tracker.log_images({"score_error": path})
     return {"score_error": {k: c.as_dict() for k, c in curves.items()}}
 

@@ -20,7 +20,7 @@ import matplotlib
 import torch
 
 from sde_diffusion import VPSDE, CosineBeta, LinearBeta, mixture
-from sde_diffusion.elbo import elbo, gaussian_reconstruction, prior_kl
+from sde_diffusion.elbo import elbo, negative_elbo, prior_kl
 from sde_diffusion.learned_schedule import LearnedBeta
 
 matplotlib.use("Agg")
@@ -35,11 +35,9 @@ def uniform_t_loss(sde: VPSDE, score_fn, x: torch.Tensor, generator: torch.Gener
     u = (torch.rand((), generator=generator, dtype=x.dtype) + torch.arange(n, dtype=x.dtype) / n) % 1
     t = T_MIN + (sde.T - T_MIN) * u
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    mean, std = sde.scale(t)[:, None] * x, sde.sigma(t)[:, None]
-    r = noise + std * score_fn(mean + std * noise, t)
+    r = noise + sde.sigma(t)[:, None] * score_fn(sde.perturb(x, t, noise), t)
     w = sde.g(t) ** 2 / (2 * sde.sigma(t) ** 2)
-    diffusion = (sde.T - T_MIN) * w * r.pow(2).sum(1)
-    return prior_kl(sde, x) + gaussian_reconstruction(sde, x, T_MIN) + diffusion
+    return negative_elbo(sde, x, (sde.T - T_MIN) * w * r.pow(2).sum(1), T_MIN)
 
 
 def variance(sde: VPSDE, mix, x: torch.Tensor, seed: int) -> tuple[float, float, float]:

@@ -52,7 +52,8 @@ from sde_diffusion.apps import (
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.dequantise import DEQUANTISATIONS
-from sde_diffusion.likelihood import DIVERGENCES, METHODS, NOISES, SOLVERS, per_sample_nll, summarise
+from sde_diffusion.likelihood import DIVERGENCES, NOISES, SOLVERS
+from sde_diffusion.likelihood_evaluation import METHODS, NLLEstimator, per_sample_nll, summarise
 from sde_diffusion.runtime import resolve_device
 
 log = logging.getLogger("likelihood")
@@ -112,11 +113,12 @@ def evaluate_share(cfg: DictConfig, ctx: distributed.Context, score_fn, sde, dat
     start = sum(counts[: ctx.rank])
     divergence, opts = estimator_options(cfg, data.scaler is not None)
     began = time.perf_counter()
+    oracle = data.oracle if data.scaler is None else None
+    estimate = NLLEstimator(sde, score_fn, lc.method, data.scaler, oracle, lc.n_draws, opts)
     rows, nfe = per_sample_nll(
-        sde, score_fn, x[start : start + counts[ctx.rank]], scaler=data.scaler,
-        oracle=data.oracle if data.scaler is None else None, batch_size=lc.batch_size, n_draws=lc.n_draws,
+        estimate, x[start : start + counts[ctx.rank]], lc.batch_size,
         generator=torch.Generator(ctx.device).manual_seed(distributed.rank_seed(lc.seed + 1, ctx.rank)),
-        method=lc.method, progress=cfg.progress and ctx.is_main, **opts,
+        progress=cfg.progress and ctx.is_main,
     )  # fmt: skip
     wall = distributed.all_reduce_max(round(1e3 * (time.perf_counter() - began))) / 1e3
     rows = {k: distributed.gather(v.to(ctx.device)).cpu() for k, v in rows.items()}

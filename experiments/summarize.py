@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sde_diffusion.diagnosis import LevelError, plot_level_errors  # noqa: E402
+from sde_diffusion.diagnosis import LevelError  # noqa: E402
+from sde_diffusion.plots import level_error_curves  # noqa: E402
 
 DEFAULT_METRICS = ("main_metric", "*sw2")
 LOSS_CAVEAT = "not comparable across β(t)/SDEs"
@@ -393,7 +394,7 @@ def plot_score_errors(jobs: list[Job], swept: list[str], path: Path) -> Path | N
             curves[name] = LevelError(last["lam"], last["excess"], last["se"])
     if not curves:
         return None
-    return plot_level_errors(curves, path, "excess loss over the exact score per λ, last evaluation")
+    return level_error_curves(curves, path, "excess loss over the exact score per λ, last evaluation")
 
 
 def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: Path, mode: str) -> str | None:

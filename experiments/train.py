@@ -48,7 +48,7 @@ from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
-from sde_diffusion.diagnosis import LevelError, excess_loss_by_level, plot_level_errors
+from sde_diffusion.diagnosis import LevelError, excess_loss_by_level
 from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
@@ -338,7 +338,7 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
 def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, title: str) -> None:
     """The excess loss over the exact score per λ-bin (sde_diffusion.diagnosis) at each evaluation: metrics.json's
     "score_error" (per step: lam, excess, se), score_error.png, and a tracker table."""
-    path = plot_level_errors(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")
+    path = plots.level_error_curves(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")
     result = json.loads((out / "metrics.json").read_text())
     result["score_error"] = {str(step): c.as_dict() for step, c in curves.items()}
     result["plots"].append(str(path))

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .losses import dsm_draws
 from .scipy_ode import solve
 from .sde import SDE, ScoreFn
 
@@ -219,10 +218,12 @@ def mixture(dim: int = 16, k: int = 10, seed: int = 0) -> GaussianMixture:
 
 
 def _noised_draws(sde: SDE, oracle: GaussianMixture, n: int, t_min: float, generator: torch.Generator | None):
-    """t ~ U(t_min, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (`dsm_draws`' t and ε)."""
+    """t ~ U(t_min, T) and x_t = s(t)x₀ + σ(t)ε with x₀ ~ the oracle, n draws in float64 (t, then ε, from `generator`:
+    the default objective's draws)."""
     x0 = oracle.sample(n, generator=generator)
-    t, noise = dsm_draws(sde, x0.shape, t_min, generator, torch.float64)
-    return t, sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
+    t = t_min + (sde.T - t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    return t, sde.perturb(x0, t, noise)
 
 
 def eps_error(
@@ -238,8 +239,8 @@ def eps_error(
     """The ε-prediction RMS error (E‖ε̂ − ε̂*‖²/D)^½ = (E‖σ(t)(s(x_t, t) − s*(x_t, t))‖²/D)^½ of `score_fn` against
     the oracle's exact score s*, over n draws t ~ U(t_min, T), x_t ~ p_t; score_fn is called in `dtype` on `device`.
 
-    Its square is the excess of the "simple" DSM loss (losses.dsm_loss, same t_min) over the exact score's, as
-    ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
+    Its square is the excess of the "simple" DSM loss (objectives.Objective's default, same t_min) over the exact
+    score's, as ε̂* = E[ε | x_t] makes the cross term vanish: so a trained model's value can be read off its loss too.
     """
     t, x = _noised_draws(sde, oracle, n, t_min, generator)
     s = score_fn(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to("cpu", torch.float64)

@@ -8,21 +8,33 @@
 −log p(y) of a dequantised y in level units is bounded by the ELBO of x = a·y + b in model space (the scaler's affine
 map, a = 2/(L − 1) for data.Scaler) less D·log a: the whole "offset" (log₂((L − 1)/2) = 3 bits/dim for L = 17,
 ≈ 7 for L = 256). The discretised decoder gives a probability directly: no offset. Every bound holds for any score.
+The bounds take the data's map between levels and model space as a `Quantiser` (data.Scaler is one).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .data import Scaler
 from .elbo import diffusion_term, elbo, prior_kl
 from .sde import SDE, ScoreFn, expand_as
 
 DEQUANTISATIONS = ("uniform", "truncnormal", "discretised")
+
+
+class Quantiser(Protocol):
+    """What the bounds need of quantised data: the number of levels L and the affine map between the levels
+    0..L−1 and model space (`to_model`) with its inverse (`to_raw`, unrounded)."""
+
+    levels: int
+
+    def to_model(self, y: Tensor) -> Tensor: ...
+
+    def to_raw(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -39,7 +51,7 @@ class DiscreteELBO:
         return self.nll / (self.dim * math.log(2))
 
 
-def quantised_levels(x: Tensor, scaler: Scaler) -> tuple[Tensor, Tensor, Tensor]:
+def quantised_levels(x: Tensor, scaler: Quantiser) -> tuple[Tensor, Tensor, Tensor]:
     """The integer levels k = scaler.to_raw(x) (checked) and the affine map's a, b with to_model(y) = a·y + b."""
     raw = scaler.to_raw(x)
     k = raw.round()
@@ -66,21 +78,26 @@ def _truncnormal(
 
 
 def discretised_reconstruction(
-    sde: SDE, x: Tensor, k: Tensor, scaler: Scaler, t_min: float, generator: torch.Generator | None
+    sde: SDE, x: Tensor, k: Tensor, scaler: Quantiser, t_min: float, generator: torch.Generator | None
 ) -> Tensor:
     """−log p(k | z), z ~ q(x_tmin | x), with p(k_d | z) = softmax_j(−(z_d/s − to_model(j))²·s²/(2σ²)) (VDM App. C)."""
     tm = torch.full((x.shape[0],), t_min, dtype=x.dtype, device=x.device)
-    mean, std = expand_as(sde.scale(tm), x) * x, expand_as(sde.sigma(tm), x)
-    z = mean + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    s = expand_as(sde.scale(tm), x)
+    z = sde.perturb(x, tm, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
+    s, std = expand_as(sde.scale(tm), x), expand_as(sde.sigma(tm), x)
     grid = scaler.to_model(torch.arange(scaler.levels, dtype=x.dtype, device=x.device))
     logits = -(((z / s).unsqueeze(-1) - grid) ** 2) * (s / std).unsqueeze(-1) ** 2 / 2
     logp = torch.log_softmax(logits, -1).gather(-1, k.long().unsqueeze(-1)).squeeze(-1)
     return -logp.flatten(1).sum(1)
 
 
-def _draw(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, scaler: Scaler, method: str, opts: dict, generator: torch.Generator | None
+def _bound(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    scaler: Quantiser,
+    method: str,
+    opts: dict,
+    generator: torch.Generator | None,
 ) -> Tensor:
     """One draw of the bound per sample: one dequantisation (or decoder noise) and n_t stratified (t, ε) draws."""
     k, a, b = quantised_levels(x, scaler)
@@ -102,7 +119,7 @@ def discrete_elbo(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    scaler: Scaler,
+    scaler: Quantiser,
     dequantisation: str = "uniform",
     n_draws: int = 4,
     t_min: float = 1e-5,
@@ -122,7 +139,7 @@ def discrete_elbo(
         raise ValueError(f"tau must be > 0, got {tau}")
     opts = {"t_min": t_min, "n_t": n_t, "importance": importance, "tau": tau}
     with torch.no_grad():
-        draws = torch.stack([_draw(sde, score_fn, x, scaler, dequantisation, opts, generator) for _ in range(n_draws)])
+        draws = torch.stack([_bound(sde, score_fn, x, scaler, dequantisation, opts, generator) for _ in range(n_draws)])
     return DiscreteELBO(draws.mean(0), draws.std(0) / math.sqrt(n_draws), n_draws * n_t, x[0].numel())
 
 

@@ -9,7 +9,6 @@ part of any objective's loss the network can still lose, at that noise level. λ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -49,8 +48,7 @@ def excess_loss_by_level(
     t = levels.t((cell + torch.rand(len(cell), generator=generator, dtype=torch.float64)) / bins)
     x0 = oracle.sample(len(t), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    sigma = sde.sigma(t)[:, None]
-    x = sde.scale(t)[:, None] * x0 + sigma * noise
+    sigma, x = sde.sigma(t)[:, None], sde.perturb(x0, t, noise)
     pairs = zip(x.split(4096), t.split(4096), strict=True)
     chunks = [score_fn(xc.to(device, dtype), tc.to(device, dtype)) for xc, tc in pairs]
     s = torch.cat(chunks).to("cpu", torch.float64)
@@ -58,26 +56,3 @@ def excess_loss_by_level(
     width = (levels.hi - levels.lo) / bins
     centres = levels.lo + width * (torch.arange(bins, dtype=torch.float64) + 0.5)
     return LevelError(centres.tolist(), err.mean(1).tolist(), (err.std(1) / per_bin**0.5).tolist())
-
-
-def plot_level_errors(curves: dict[int | str, LevelError], path: str | Path, title: str = "") -> Path:
-    """score_error.png: the excess ε-MSE per dimension against λ, one curve (± 2 SE) per training step (int keys) or
-    per run (str keys), log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, c in curves.items():
-        excess, se = torch.tensor(c.excess), torch.tensor(c.se)
-        ax.plot(c.lam, excess, marker="o", ms=3, label=f"step {key}" if isinstance(key, int) else key)
-        ax.fill_between(c.lam, (excess - 2 * se).clamp_min(1e-12), excess + 2 * se, alpha=0.2)
-    ax.set(yscale="log", xlabel="λ = log(s/σ)  (noisy ← → clean)", ylabel="excess ε-MSE per dim  E‖ε̂ − ε̂*‖²/D")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

@@ -59,6 +59,12 @@ def gaussian_reconstruction(sde: SDE, x: Tensor, t_min: float) -> Tensor:
     return 0.5 * d * math.log(2 * math.pi * math.e) - d * lam
 
 
+def negative_elbo(sde: SDE, x: Tensor, diffusion: Tensor, t_min: float) -> Tensor:
+    """L(x) = L_prior + L_diffusion + L_reconstruction per sample (VDM eq. 17; module docstring) from an estimate of
+    the diffusion term: VDM's estimator L̂ when `diffusion` is one draw's (T − t_min)·g²/(2σ²)·‖ε̂ − ε‖²."""
+    return prior_kl(sde, x).to(diffusion.dtype) + diffusion + gaussian_reconstruction(sde, x, t_min)
+
+
 def time_draws(
     sde: SDE, n: int, n_t: int, t_min: float, importance: bool, like: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
@@ -93,8 +99,7 @@ def diffusion_term(
     terms = []
     for tj, wj in zip(t, weight, strict=True):
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        mean, std = expand_as(sde.scale(tj), x) * x, expand_as(sde.sigma(tj), x)  # x_t = s x + σ ε (eq. 29)
-        r = noise + std * score_fn(mean + std * noise, tj)
+        r = noise + expand_as(sde.sigma(tj), x) * score_fn(sde.perturb(x, tj, noise), tj)
         h = r.pow(2).flatten(1).sum(1)
         if control_variate is not None:
             snr_v = control_variate * torch.exp(2 * sde.log_snr(tj))
@@ -130,4 +135,4 @@ def elbo(
     with torch.no_grad():
         diffusion, sem = diffusion_term(sde, score_fn, x, t_min, n_t, importance, generator, control_variate)
         prior, recon = prior_kl(sde, x), gaussian_reconstruction(sde, x, t_min)
-    return ELBO(prior + diffusion + recon, prior, diffusion, recon, sem, n_t)
+    return ELBO(negative_elbo(sde, x, diffusion, t_min), prior, diffusion, recon, sem, n_t)

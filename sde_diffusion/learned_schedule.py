@@ -23,9 +23,8 @@ from .schedules import BetaSchedule
 
 class LearnedBeta(nn.Module, BetaSchedule):
     """β(t) of the learned −2λ = γ(t) + log ρ(t) (module docstring); `hidden` sigmoid units (VDM: 1024). The defaults
-    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`: a
-    Trainer's optimiser would train it on its own loss, while VDM's split gradients (endpoints on E[L], shape on
-    E[L²]) are experiments/learned_schedule.py's loop."""
+    put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`:
+    then its objective is VDM's split gradients (endpoints on E[L], shape on E[L²]), objectives.LearnedScheduleELBO."""
 
     def __init__(
         self,
@@ -89,3 +88,12 @@ class LearnedBeta(nn.Module, BetaSchedule):
     def integral(self, t: Tensor) -> Tensor:
         """B(t) = log(1 + ρ(t)e^{γ(t)}), B(0) = 0 exactly."""
         return torch.log1p(t / (t + self.t_zero) * torch.exp(self.gamma(t)[0]))
+
+
+def trainable_schedule(sde: object) -> LearnedBeta | None:
+    """`sde`'s β(t) if it is a LearnedBeta built with `trainable` (its objective is then
+    objectives.LearnedScheduleELBO), else None."""
+    schedule = getattr(sde, "schedule", None)
+    if isinstance(schedule, LearnedBeta) and any(p.requires_grad for p in schedule.parameters()):
+        return schedule
+    return None

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .sde import SDE
@@ -25,9 +26,7 @@ class NoiseLevels(ABC):
 
     def __init__(self, sde: SDE, t_min: float):
         self.sde, self.t_min = sde, float(t_min)
-        with torch.no_grad():  # numbers, also of a learned schedule's parameters
-            ends = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64))
-        self.lam_min, self.lam_max = float(ends[0]), float(ends[1])
+        self.lam_min, self.lam_max = sde.log_snr_range(t_min)
 
     def t(self, u: Tensor) -> Tensor:
         """Times whose λ has this density, from uniforms u on [0, 1)."""
@@ -42,6 +41,17 @@ class NoiseLevels(ABC):
     def times(self, lam: Tensor) -> Tensor:
         """t with λ(t) = lam, clamped to [t_min, T] (SDE.log_snr_inverse: closed form or bisection)."""
         return self.sde.log_snr_inverse(lam).clamp(self.t_min, self.sde.T)
+
+    def update(self, lam: Tensor, loss: Tensor) -> None:  # noqa: B027 (a fixed density ignores it)
+        """After a training step: its per-sample losses drawn at λ, which an adaptive density follows (a no-op for a
+        fixed one)."""
+
+    def state_dict(self) -> dict:
+        """What resume must restore (an adaptive density's EMA; {} for a fixed one)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (a fixed density has no state)
+        """Restore a `state_dict()` (nothing for a fixed density)."""
 
     @abstractmethod
     def lam(self, u: Tensor) -> Tensor:
@@ -162,3 +172,45 @@ class PiecewiseLevels(NoiseLevels):
     def pdf(self, t: Tensor, lam: Tensor) -> Tensor:
         cell = ((lam - self.lam_min) / self.width).long().clamp(0, len(self.masses) - 1)  # truncation: the floor here
         return self._in(lam)[1][3].index_select(0, cell)
+
+
+class AdaptiveLevels(PiecewiseLevels):
+    """p(λ) on equal λ-cells ∝ √EMA[(w(λ)·ℓ)²] per cell, mixed with `mix` of uniform: the variance-minimising proposal
+    for the loss seen so far (Nichol & Dhariwal 2021, §3.3, over λ-cells instead of steps). It starts as the
+    importance density ∝ w, from w at the cells' centres (`w_centres`, one per cell). `update` folds in one step's
+    per-sample losses (summed over the processes under DDP); its state (`state_dict`) is the EMA, which resume
+    restores bitwise."""
+
+    def __init__(self, sde: SDE, t_min: float, w_centres: Tensor, decay: float, mix: float):
+        self.decay, self.mix = float(decay), float(mix)
+        self.ema = w_centres.detach().to(torch.float64).square().cpu().numpy()
+        super().__init__(sde, t_min, torch.from_numpy(self._masses()))
+
+    def _masses(self) -> np.ndarray:
+        root = np.sqrt(self.ema)
+        return (1 - self.mix) / root.sum() * root + self.mix / len(root)
+
+    @torch.no_grad()
+    def update(self, lam: Tensor, loss: Tensor) -> None:
+        """Fold in one step's per-sample losses w/p·ℓ drawn at λ, as w(λ)·ℓ = loss·p(λ) with p of λ's cell. On the
+        host in float64 (one transfer), like the masses, where the per-cell sums are deterministic: bitwise resume."""
+        k = len(self.ema)
+        lam, loss = torch.stack([lam, loss]).double().cpu().numpy()
+        cell = np.minimum(((lam - self.lam_min) / self.width).astype(np.intp), k - 1)  # λ >= lam_min: as in `pdf`
+        total, count = np.bincount(cell, (loss * self._table[3][cell]) ** 2, k), np.bincount(cell, minlength=k)
+        if dist.is_available() and dist.is_initialized():
+            sums = torch.from_numpy(np.stack([total, count]))
+            dist.all_reduce(sums)
+            total, count = sums.numpy()
+        if not np.isfinite(total.sum()):  # terms >= 0: finite iff each one is
+            return
+        mean = np.maximum(total / np.maximum(count, 1), 1e-30)
+        np.copyto(self.ema, self.decay * self.ema + (1 - self.decay) * mean, where=count > 0)  # unseen: kept
+        self._store(self._masses())  # > 0 (mix > 0) and normalised
+
+    def state_dict(self) -> dict:
+        return {"ema": torch.from_numpy(self.ema.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema = state["ema"].to(torch.float64).cpu().numpy().copy()
+        self.set_masses(torch.from_numpy(self._masses()))

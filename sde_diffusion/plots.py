@@ -1,4 +1,5 @@
-"""Figures the apps write: samples against the data (2-D scatter or image grids) and the training loss curve."""
+"""Figures the apps write: samples against the data (2-D scatter or image grids), the training loss curve and the
+excess loss per noise level (diagnosis)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,6 +18,9 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .data import Scaler  # noqa: E402
+
+if TYPE_CHECKING:
+    from .diagnosis import LevelError
 
 
 def describe(data: str, sde: object, run: str | None = None) -> str:
@@ -124,6 +129,21 @@ def loss_curve(
     ax.set(xlabel="step", ylabel="DSM loss")
     ax.set_title("training loss" + (f"\n{title}" if title else ""), fontsize=9)
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def level_error_curves(curves: Mapping[int | str, LevelError], path: str | Path, title: str = "") -> Path:
+    """score_error.png: the excess ε-MSE per dimension against λ (diagnosis.excess_loss_by_level), one curve (± 2 SE)
+    per training step (int keys) or per run (str keys), log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, c in curves.items():
+        excess, se = np.asarray(c.excess), np.asarray(c.se)
+        ax.plot(c.lam, excess, marker="o", ms=3, label=f"step {key}" if isinstance(key, int) else key)
+        ax.fill_between(c.lam, np.maximum(excess - 2 * se, 1e-12), excess + 2 * se, alpha=0.2)
+    ax.set(yscale="log", xlabel="λ = log(s/σ)  (noisy ← → clean)", ylabel="excess ε-MSE per dim  E‖ε̂ − ε̂*‖²/D")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -59,6 +59,17 @@ class SDE(ABC):
         """λ(t) = log(s(t)/σ(t)), the half-log signal-to-noise ratio of Lu et al. (2022, eq. 3.3)."""
         return torch.log(self.scale(t)) - torch.log(self.sigma(t))
 
+    def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = s(t)·x₀ + σ(t)·ε, a draw of p_{0t}(x_t | x₀) (eq. 29) for ε ~ N(0, I); t of shape (batch,)."""
+        return expand_as(self.scale(t), x0) * x0 + expand_as(self.sigma(t), x0) * noise
+
+    def log_snr_range(self, t_min: float) -> tuple[float, float]:
+        """(λ(T), λ(t_min)): the λ-range of [t_min, T] as numbers, in float64 and without a graph (also for a
+        learned β(t)); the ends of every λ-grid and λ-density."""
+        with torch.no_grad():
+            ends = self.log_snr(torch.tensor([self.T, t_min], dtype=torch.float64))
+        return float(ends[0]), float(ends[1])
+
     def log_snr_inverse(self, lam: Tensor) -> Tensor:
         """t with λ(t) = lam, by bisection on [0, T] (λ decreases in t)."""
         lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)

@@ -14,8 +14,8 @@ from sde_diffusion import VPSDE
 from sde_diffusion.analytic import GaussianMixture
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.data import MixtureSet, Moons
-from sde_diffusion.losses import dsm_draws, dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.objectives import Objective
 from sde_diffusion.runtime import seed_everything
 from sde_diffusion.training import Trainer
 
@@ -122,11 +122,13 @@ def test_dsm_loss_with_labels_is_minimised_by_the_class_conditional_score():
     sde, gm, n, t_min = VPSDE(), _overlapping(), 200_000, 1e-3
     x0, y = MixtureSet(gm).batch_with_labels(n, torch.Generator().manual_seed(0))
     x0 = x0.double()
-    t, noise = dsm_draws(sde, x0.shape, t_min, torch.Generator().manual_seed(1), torch.float64)
+    dsm = Objective(sde, t_min=t_min)
+    draw = dsm.draw(x0.shape, torch.Generator().manual_seed(1), torch.float64)
+    t, noise = draw.t, draw.noise
     exact = ExactConditionalScore(gm, sde)
-    cond = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise, y=y)
-    plain = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise)
-    wrong = dsm_loss(sde, exact, x0, t_min, t=t, noise=noise, y=(y + 1) % 3)
+    cond = dsm(exact, x0, y, t, noise)
+    plain = dsm(exact, x0, None, t, noise)
+    wrong = dsm(exact, x0, (y + 1) % 3, t, noise)
     x_t = sde.scale(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
     esm = (sde.sigma(t)[:, None] * (exact(x_t, t) - exact(x_t, t, y))).square().mean(1)  # 'simple': mean over dims
     excess = plain - cond - esm  # zero-mean: E[σ s(x_t | y) + ε | x_t, y] = 0
@@ -187,12 +189,14 @@ def test_label_dropout_training_learns_the_conditional_and_the_unconditional_sco
     trainer = _cond_trainer(steps=2500, hidden=64, batch_size=256, lr=3e-3, ema_decay=0.99)
     trainer.fit()
     x0, y = trainer.data.batch_with_labels(n, torch.Generator().manual_seed(7))
-    t, noise = dsm_draws(sde, x0.shape, t_min, torch.Generator().manual_seed(8))
+    dsm = Objective(sde, t_min=t_min)
+    draw = dsm.draw(x0.shape, torch.Generator().manual_seed(8))
+    t, noise = draw.t, draw.noise
     exact = ExactConditionalScore(gm, sde)
 
     def loss(model, labels=None):
         with torch.no_grad():
-            return dsm_loss(sde, model, x0.double(), t_min, t=t.double(), noise=noise.double(), y=labels).mean()
+            return dsm(model, x0.double(), labels, t.double(), noise.double()).mean()
 
     model = trainer.ema_model.double()
     floor_cond, floor_plain, zero = loss(exact, y), loss(exact), loss(lambda x, t: torch.zeros_like(x))

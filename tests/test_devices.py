@@ -10,8 +10,8 @@ from conftest import SDES, mlp_trainer
 from sde_diffusion import VPSDE, analytic, eight_gaussians, metrics
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
-from sde_diffusion.losses import dsm_draws, dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.objectives import Objective
 from sde_diffusion.runtime import resolve_device
 from sde_diffusion.sampling import sample
 from sde_diffusion.training import Trainer
@@ -38,9 +38,9 @@ def test_networks_score_model_and_loss_stay_on_the_device(net, shape):
     model = ScoreModel(net(shape), sde).to(META)
     x0 = torch.randn(4, *shape, device=META)
     assert model(x0, torch.rand(4, device=META)).device == META
-    t, noise = dsm_draws(sde, x0.shape, 1e-5, None, device=META)
-    assert t.device == noise.device == META
-    assert dsm_loss(sde, model, x0).device == META
+    draw = Objective(sde).draw(x0.shape, None, device=META)
+    assert draw.t.device == draw.noise.device == META
+    assert Objective(sde)(model, x0).device == META
 
 
 def test_oracle_score_and_density_stay_on_the_device():

@@ -1,10 +1,15 @@
-"""The per-λ excess loss over the exact score (sde_diffusion.diagnosis) against known errors of the oracle's score."""
+"""The per-λ excess loss over the exact score (sde_diffusion.diagnosis) against known errors of the oracle's score
+and the closed form of a Gaussian's, and its figure (plots.level_error_curves) against the curves it was given."""
+
+import math
 
 import torch
 
 from sde_diffusion import VPSDE, CosineBeta
-from sde_diffusion.analytic import mixture
-from sde_diffusion.diagnosis import excess_loss_by_level, plot_level_errors
+from sde_diffusion import plots as plots_module
+from sde_diffusion.analytic import GaussianMixture, mixture
+from sde_diffusion.diagnosis import excess_loss_by_level
+from sde_diffusion.plots import level_error_curves
 
 
 def test_excess_is_zero_for_the_exact_score_and_a2_times_the_eps_power_for_a_scaled_one():
@@ -22,11 +27,42 @@ def test_excess_is_zero_for_the_exact_score_and_a2_times_the_eps_power_for_a_sca
     torch.testing.assert_close(
         torch.tensor(scaled.excess, dtype=f64), a**2 * torch.tensor(zero.excess, dtype=f64), rtol=1e-9, atol=0
     )
-    assert max(none.excess) == 0 and len(zero.lam) == 6
-    assert all(sde.log_snr(torch.tensor([sde.T])) < lam < sde.log_snr(torch.tensor([1e-5])) for lam in zero.lam)
+    assert max(none.excess) == 0
 
 
-def test_plot_has_one_curve_per_step(tmp_path):
+def test_each_bins_excess_of_the_zero_score_is_a_gaussians_closed_form_over_that_bin():
+    """For x₀ ~ N(μ, diag v), E[ε | x_t] = σ(s²v + σ²)⁻¹(x_t − sμ), so the zero score's excess at λ is
+    E‖ε̂*‖²/D = (1/D) Σ_i 1/(1 + e^{2λ}v_i), whose mean over λ uniform on a bin [a, b] is
+    (1/(D(b − a))) Σ_i [λ − ½ log(1 + v_i e^{2λ})]_a^b: bins placed or filled at the wrong λ fail it."""
+    sde, t_min, bins = VPSDE(CosineBeta()), 1e-3, 8
+    v = torch.tensor([0.05, 0.5, 3.0], dtype=torch.float64)
+    gauss = GaussianMixture(torch.ones(1), torch.tensor([[1.0, -0.5, 0.3]]), torch.diag(v)[None])
+    res = excess_loss_by_level(sde, lambda x, t: 0 * x, gauss, t_min, bins=bins, per_bin=4000,
+                               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    lo = float(sde.log_snr(torch.tensor(sde.T, dtype=torch.float64)))
+    hi = float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+
+    def antiderivative(lam):
+        return (lam - 0.5 * torch.log1p(v * math.exp(2 * lam))).sum() / len(v)
+
+    for k in range(bins):
+        a, b = float(edges[k]), float(edges[k + 1])
+        expected = float(antiderivative(b) - antiderivative(a)) / (b - a)
+        assert abs(res.lam[k] - (a + b) / 2) < 1e-9, (k, res.lam[k], (a + b) / 2)
+        assert abs(res.excess[k] - expected) < 4 * res.se[k], (k, res.excess[k], expected, res.se[k])
+
+
+def test_the_figure_draws_each_curve_at_its_lambdas_with_its_label(tmp_path, monkeypatch):
     sde, gm = VPSDE(), mixture(dim=2, k=2)
-    curves = {k: excess_loss_by_level(sde, lambda x, t: 0 * x, gm, bins=4, per_bin=50) for k in (100, 200)}
-    assert plot_level_errors(curves, tmp_path / "score_error.png").read_bytes()[:4] == b"\x89PNG"
+    curves = {k: excess_loss_by_level(sde, lambda x, t, c=k / 100: c * x, gm, bins=4, per_bin=50) for k in (100, 200)}
+    curves["a run"] = curves[100]
+    figures = []
+    monkeypatch.setattr(plots_module, "_save", lambda fig, path: figures.append(fig) or path)
+    assert level_error_curves(curves, tmp_path / "score_error.png") == tmp_path / "score_error.png"
+    (ax,) = figures[0].axes
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["step 100", "step 200", "a run"]
+    for line, c in zip(lines, curves.values(), strict=True):
+        assert list(line.get_xdata()) == c.lam and list(line.get_ydata()) == c.excess
+    assert ax.get_yscale() == "log"

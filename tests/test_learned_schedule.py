@@ -91,12 +91,12 @@ class _ExactEps(torch.nn.Module):
 
 
 def _joint_trainer(mix, seed=0, steps=300):
-    from sde_diffusion.objectives import Objective
+    from sde_diffusion.objectives import build_objective
     from sde_diffusion.training import Trainer
 
     sde = VPSDE(LearnedBeta(trainable=True, seed=seed))
     model = ScoreModel(_ExactEps(mix, sde), sde)
-    objective = Objective(sde, "likelihood", "schedule", stratified=True)
+    objective = build_objective(sde, "likelihood", "schedule", stratified=True)  # LearnedScheduleELBO
     return Trainer(model, sde, _MixData(mix), objective=objective, steps=steps, batch_size=256, lr=2e-2, warmup=1,
                    ema_decay=0.0, grad_clip=None, progress=False)  # fmt: skip
 
@@ -117,7 +117,7 @@ def test_joint_training_loss_is_the_elbo_estimator_in_nats():
     x = mix.sample(256, torch.Generator().manual_seed(5)).float()
     gen = torch.Generator().manual_seed(6)
     with torch.no_grad():
-        draws = torch.stack([trainer._loss(x, None) for _ in range(64)])  # noqa: SLF001
+        draws = torch.stack([trainer._loss(x, None)[0] for _ in range(64)])  # noqa: SLF001
         sde = trainer.sde
         ref = elbo(sde, mix.score_fn(sde), x.double(), t_min=trainer.objective.t_min, n_t=64, generator=gen)
     diff = draws.mean(0).double() - ref.nll
@@ -135,7 +135,7 @@ def test_joint_training_cuts_the_estimators_variance_and_keeps_the_elbo():
 
     def moments():
         with torch.no_grad():
-            loss = torch.cat([trainer._loss(x, None) for _ in range(32)]).double()  # noqa: SLF001
+            loss = torch.cat([trainer._loss(x, None)[0] for _ in range(32)]).double()  # noqa: SLF001
         return float(loss.var()), float(loss.mean()), float(loss.std()) / math.sqrt(len(loss))
 
     var0, mean0, se0 = moments()
@@ -147,19 +147,16 @@ def test_joint_training_cuts_the_estimators_variance_and_keeps_the_elbo():
 
 def test_joint_training_needs_the_elbo_weighting_with_uniform_t():
     from sde_diffusion.checks import ArgumentError
-    from sde_diffusion.objectives import Objective
+    from sde_diffusion.objectives import Objective, build_objective
     from sde_diffusion.training import Trainer
 
-    mix = mixture(dim=4, k=3)
-    sde = VPSDE(LearnedBeta(trainable=True))
-    for kw, key in (({"weighting": "simple"}, "loss.weighting"), ({"weighting": "likelihood", "density": "importance"},
-                                                                  "loss.density")):  # fmt: skip
-        with pytest.raises(ArgumentError, match=key):
-            Trainer(
-                ScoreModel(_ExactEps(mix, sde), sde),
-                sde,
-                _MixData(mix),
-                objective=Objective(sde, **kw),
-                steps=1,
-                batch_size=8,
-            )
+    mix, sde = mixture(dim=4, k=3), VPSDE(LearnedBeta(trainable=True))
+    for kw, key in (({"weighting": "simple"}, "weighting"), ({"weighting": "likelihood", "density": "importance"},
+                                                             "density")):  # fmt: skip
+        with pytest.raises(ArgumentError, match=f"^{key} .*to train schedule=learned"):
+            build_objective(sde, **kw)
+    with pytest.raises(ArgumentError, match="^weighting .*to train schedule=learned"):
+        Objective(sde)  # its optimiser would train the schedule on the wrong loss
+    with pytest.raises(ValueError, match="LearnedScheduleELBO trains in one process"):
+        Trainer(ScoreModel(_ExactEps(mix, sde), sde), sde, _MixData(mix), world_size=2,
+                objective=build_objective(sde, "likelihood", "schedule"), steps=1, batch_size=8)  # fmt: skip

@@ -14,7 +14,8 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.likelihood import bits_per_dim, evaluate_likelihood, log_likelihood
+from sde_diffusion.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.likelihood_evaluation import NLLEstimator, evaluate_likelihood
 
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -171,8 +172,8 @@ def test_dequantisation_noise_raises_nll_by_its_variance():
 def test_evaluate_likelihood_summaries():
     sde, mix = SDES["vp"], MIXTURES["mixture16"]
     x = mix.sample(8, torch.Generator().manual_seed(0))
-    whole = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=8)
-    split = evaluate_likelihood(sde, mix.score_fn(sde), x, oracle=mix, batch_size=3)
+    estimate = NLLEstimator(sde, mix.score_fn(sde), oracle=mix)
+    whole, split = evaluate_likelihood(estimate, x, batch_size=8), evaluate_likelihood(estimate, x, batch_size=3)
     assert (whole["n"], whole["dim"]) == (8, 16)
     assert abs(whole["nll"] - split["nll"]) <= 1e-3 and whole["nll_sem"] > 0
     assert whole["oracle_nll"] == pytest.approx(float(-mix.log_prob(x).mean()))
@@ -182,7 +183,7 @@ def test_evaluate_likelihood_summaries():
     levels = 5
     scaler, x, gauss, _, _ = _uniform_levels_and_matched_gaussian(levels)
     g = torch.Generator().manual_seed(0)
-    images = evaluate_likelihood(sde, gauss.score_fn(sde), x, scaler=scaler, batch_size=10, n_draws=8, generator=g)
+    images = evaluate_likelihood(NLLEstimator(sde, gauss.score_fn(sde), scaler=scaler, n_draws=8), x, 10, g)
     assert abs(images["bpd"] - math.log2(levels) - 0.5 * math.log2(math.pi * math.e / 6)) <= 0.03
     assert "oracle_nll" not in images
 
@@ -256,11 +257,28 @@ def test_app_rejects_bad_config_in_one_line(tmp_path, override, key):
     assert f"config error: {key}" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _dequantised_bpd(checkpoint, n):
+    """Theis et al. (2016)'s bound written out: −log P(k) ≤ E_u[−log p(k + u − ½)] in level units, where a density
+    in levels is the model's at x = a·y − 1 times a^D, a = 2/(L − 1) (the digits' scaler maps the L levels onto
+    [−1, 1]); one draw of u per example, on the app's held-out examples. Bits/dim per example."""
+    from sde_diffusion.apps.build import load_score
+
+    score_fn, sde, data = load_score(checkpoint)
+    x = data.reference(n, torch.Generator().manual_seed(0))  # likelihood.seed = 0
+    levels, d = data.scaler.levels, x[0].numel()
+    k = ((x + 1) * (levels - 1) / 2).round()
+    a = 2 / (levels - 1)
+    gen = torch.Generator().manual_seed(11)
+    y = k + torch.rand(k.shape, generator=gen) - 0.5
+    log_p = log_likelihood(sde, score_fn, a * y - 1, divergence="hutchinson", generator=gen).log_p
+    return -(log_p + d * math.log(a)) / (d * math.log(2))
+
+
 @pytest.mark.slow
-def test_app_on_a_digits_checkpoint_gives_positive_finite_bits_per_dim(tmp_path):
+def test_app_on_a_digits_checkpoint_gives_the_dequantisation_bound_in_bits_per_dim(tmp_path):
     """A 3-step U-Net: far from trained (≈ 11.6 bits/dim against log₂ 17 ≈ 4.09 for uniform pixels; 200 steps give
-    ≈ 2.4), but the dequantised bound in level units is positive for any normalised model: E_u log p(k + u − ½)
-    ≤ log P(k) ≤ 0 by Jensen."""
+    ≈ 2.4). The app's bits/dim is the bound written out here (`_dequantised_bpd`, the 3 bits/dim offset
+    log₂((L − 1)/2) included) within the SEs; the discretised ELBO is a probability of the levels."""
     train = run_app(
         "train.py",
         "experiment=train/digits_unet",
@@ -289,14 +307,19 @@ def test_app_on_a_digits_checkpoint_gives_positive_finite_bits_per_dim(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert (m["source"], m["dim"], m["dequantised"], m["divergence"]) == (str(checkpoint), 64, True, "hutchinson")
-    assert math.isfinite(m["bpd"]) and m["bpd"] > 0 and m["main_metric"] == {"name": "bpd", "value": m["bpd"]}
+    assert m["main_metric"] == {"name": "bpd", "value": m["bpd"]}
+    ref = _dequantised_bpd(checkpoint, 4)
+    se = math.hypot(m["bpd_sem"], float(ref.std()) / 2)
+    assert abs(m["bpd"] - float(ref.mean())) < 4 * se < 1.5, (m["bpd"], float(ref.mean()), se)  # 1.5: half the offset
     # the ELBO with VDM's discretised decoder: a probability of the levels, so positive bits/dim too
     proc = run_app("likelihood.py", f"checkpoint={checkpoint}", "likelihood.method=elbo", "likelihood.n=4",
                    "likelihood.n_draws=2", "likelihood.dequantisation=discretised", "logger=none",
                    f"hydra.run.dir={tmp_path / 'elbo'}", cwd=tmp_path, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     e = json.loads((tmp_path / "elbo" / "metrics.json").read_text())
-    assert e["bpd"] > 0 and e["nfe"] == 2 * 16 and e["mc_sem_per_sample"] > 0
+    assert (
+        e["nfe"] == 2 * 16 and e["mc_sem_per_sample"] > 0 and e["bpd"] == pytest.approx(e["nll"] / (64 * math.log(2)))
+    )
 
 
 @pytest.mark.slow

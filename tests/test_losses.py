@@ -9,13 +9,18 @@ from torch import nn
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, LinearBeta, SubVPSDE, eight_gaussians
 from sde_diffusion.analytic import GaussianMixture
-from sde_diffusion.losses import dsm_loss
+from sde_diffusion.objectives import Objective, build_objective
 
 SDES = {
     "vp": VPSDE(LinearBeta()),
     "subvp": SubVPSDE(CosineBeta()),
     "ve": VESDE(0.01, 50.0),
 }
+
+
+def dsm_loss(sde, model, x0, t_min=1e-5, weighting="simple", generator=None):
+    """The DSM loss of Song et al. (2021, eq. 7), t ~ U(t_min, T): `weighting` under its base density."""
+    return build_objective(sde, weighting, t_min=t_min)(model, x0, generator=generator)
 
 
 class Recorder(nn.Module):
@@ -112,3 +117,5 @@ def test_bad_weighting_and_t_min_raise():
         dsm_loss(VPSDE(), lambda x, t: x, x0, weighting="snr")
     with pytest.raises(ValueError, match="t_min.*1.0"):
         dsm_loss(VPSDE(), lambda x, t: x, x0, t_min=1.0)
+    with pytest.raises(ValueError, match="t_min.*1.0"):
+        Objective(VPSDE(), t_min=1.0)

@@ -131,3 +131,21 @@ def test_discrete_alpha_bar_approaches_continuous(schedule, N):
 def test_bad_parameters(factory, param):
     with pytest.raises(ValueError, match=param):
         factory()
+
+
+def test_perturb_and_the_log_snr_range_are_the_closed_forms_of_linear_beta_and_ve():
+    """x_t = √ᾱ x₀ + √(1 − ᾱ) ε with ᾱ = exp(−β₀t − ½(β₁ − β₀)t²) (DDPM's variables) and, for VE, x_t = x₀ + √(σ(t)²
+    − σ_min²) ε with σ(t) = σ_min(σ_max/σ_min)^t (the variance added since t = 0), for image-shaped x₀; λ(T), λ(t_min)
+    = −½ log(e^{B} − 1) at T and t_min for linear β."""
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
+    x0 = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alpha_bar = torch.exp(-0.1 * t - 0.5 * 19.9 * t**2).view(3, 1, 1, 1)
+    vp, ve = VPSDE(LinearBeta(0.1, 20.0)), VESDE(0.01, 50.0)
+    torch.testing.assert_close(vp.perturb(x0, t, eps), alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps)
+    torch.testing.assert_close(
+        ve.perturb(x0, t, eps), x0 + ((0.01 * 5000**t) ** 2 - 0.01**2).sqrt().view(3, 1, 1, 1) * eps
+    )
+    big_b = lambda s: 0.1 * s + 0.5 * 19.9 * s**2  # noqa: E731
+    lam_T, lam_tmin = (-0.5 * torch.log(torch.expm1(torch.tensor(big_b(s), dtype=torch.float64))) for s in (1.0, 1e-3))
+    assert vp.log_snr_range(1e-3) == pytest.approx((float(lam_T), float(lam_tmin)), rel=1e-12)

@@ -123,7 +123,7 @@ def test_jobs_with_the_oracles_diagnosis_get_one_excess_curve_each_at_their_last
     summarize.summarize(tmp_path)
     assert (tmp_path / "score_error.png").is_file()
     curves = {}
-    monkeypatch.setattr(summarize, "plot_level_errors", lambda c, path, title: curves.update(c) or path)
+    monkeypatch.setattr(summarize, "level_error_curves", lambda c, path, title: curves.update(c) or path)
     summarize.summarize(tmp_path)
     assert list(curves) == ["loss=simple", "loss=edm"]
     assert curves["loss=edm"].excess == [0.2, 0.2, 0.2]  # the last step's, not the first

@@ -14,8 +14,8 @@ from conftest import NaNAt, mlp_trainer
 from sde_diffusion import VPSDE
 from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sde_diffusion.data import Digits, EightGaussians
-from sde_diffusion.losses import dsm_loss
 from sde_diffusion.models import MLP, ScoreModel, UNet
+from sde_diffusion.objectives import Objective
 from sde_diffusion.runtime import seed_everything
 from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
 from sde_diffusion.training.preemption import stop_signals
@@ -274,9 +274,8 @@ def test_short_mlp_run_approaches_the_oracle_dsm_minimum():
     t.fit()
     x0 = data.batch(50_000, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        learned = dsm_loss(sde, t.ema_model, x0, generator=torch.Generator().manual_seed(2)).mean()
-        untrained = dsm_loss(
-            sde, ScoreModel(MLP(data.shape, hidden=128), sde), x0, generator=torch.Generator().manual_seed(2)
-        ).mean()
-    exact = dsm_loss(sde, data.oracle.score_fn(sde), x0, generator=torch.Generator().manual_seed(2)).mean()
-    assert exact < learned < 1.1 * exact < untrained
+        dsm = Objective(sde)
+        learned = dsm(t.ema_model, x0, generator=torch.Generator().manual_seed(2)).mean()
+        untrained = dsm(ScoreModel(MLP(data.shape, hidden=128), sde), x0, generator=torch.Generator().manual_seed(2))
+    exact = dsm(data.oracle.score_fn(sde), x0, generator=torch.Generator().manual_seed(2)).mean()
+    assert exact < learned < 1.1 * exact < untrained.mean()

@@ -52,11 +52,11 @@ def timesteps(
     elif spacing == "time_quadratic":
         t = torch.linspace(sde.T**0.5, t_min**0.5, steps + 1, **f64) ** 2
     else:
-        ends = sde.log_snr(torch.tensor([sde.T, t_min], **f64))
+        ends = sde.log_snr_range(t_min)  # the noise-level densities' λ-range too (noise_levels)
         if spacing == "logsnr":
-            lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, **f64)
+            lam = torch.linspace(*ends, steps + 1, **f64)
         else:
-            lo, hi = torch.exp(-ends / rho)
+            lo, hi = torch.exp(-torch.tensor(ends, **f64) / rho)
             lam = -rho * torch.log(torch.linspace(float(lo), float(hi), steps + 1, **f64))
         t = sde.log_snr_inverse(lam)
         t[0], t[-1] = sde.T, t_min  # the inverse is exact only to rounding; pin the ends

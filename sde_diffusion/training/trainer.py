@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..checkpoint import check_fits
 from ..checks import ArgumentError
-from ..objectives import Objective
+from ..objectives import Draw, Objective, build_objective
 from ..runtime import resolve_device, seed_everything
 from ..sde import SDE
 from . import rng
@@ -26,7 +26,6 @@ from .amp import autocast, grad_scaler
 from .ema import EMA
 from .guard import NonFiniteLossError, diagnose
 from .options import TrainOptions
-from .schedule import ScheduleTraining
 
 Callback = Callable[["Trainer", dict], None]
 
@@ -70,10 +69,9 @@ class Trainer:
         self.options = o = TrainOptions(**options)
         if objective is not None and objective.sde is not sde:
             raise ValueError("objective was built for another SDE: build it with the Trainer's sde")
-        self.objective = objective if objective is not None else Objective(sde)  # default: today's DSM loss
-        self.learned = ScheduleTraining.of(sde, self.objective)  # a trainable schedule=learned, else None
-        if self.learned is not None and world_size > 1:
-            raise ValueError("a trainable schedule=learned trains in one process (its variance gradient is not synced)")
+        self.objective = objective if objective is not None else build_objective(sde)  # default: today's DSM loss
+        if world_size > 1 and not self.objective.ddp:
+            raise ValueError(f"{type(self.objective).__name__} trains in one process (its gradients are not synced)")
         self.num_classes = _check_labels(model, data, o.cond_drop)
         distributed.check_ranks(rank, world_size)
         self.sde, self.data, self.steps, self.callbacks = sde, data, o.steps, list(callbacks)
@@ -120,22 +118,19 @@ class Trainer:
         before = self.data_generator.get_state(), self.noise_generator.get_state(), torch.get_rng_state()
         x0, y = self._batch()
         with autocast(self.device, self.options.precision):
-            per_sample = self._loss(x0, y)
+            per_sample, draw = self._loss(x0, y)
         loss = per_sample.mean()
         self.optimizer.zero_grad(set_to_none=True)
-        shape_grads = self.learned.shape_grads(per_sample, self.scaler.scale) if self.learned else None
-        self.scaler.scale(loss).backward()
-        if shape_grads is not None:
-            self.learned.set_shape_grads(shape_grads)
+        self.objective.backward(per_sample, self.scaler.scale)
         self.scaler.unscale_(self.optimizer)
-        clipped = self.optimizer.param_groups[0]["params"]  # the network's: a trained schedule's are not clipped
+        clipped = self.optimizer.param_groups[0]["params"]  # the network's: an objective's own are not clipped
         grad_norm = nn.utils.clip_grad_norm_(clipped, self.options.grad_clip or math.inf)
         loss_value, grad_value = distributed.mean(loss, self.world_size).item(), grad_norm.item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             self.scaler.step(self.optimizer)
             self.ema.update(self.step)
-            self.objective.update(*self._drawn)  # an adaptive p(λ) follows the per-sample losses
+            self.objective.update(draw, per_sample)  # an adaptive p(λ) follows the per-sample losses
         elif self.options.nan_policy == "stop" and not (self.scaler.is_enabled() and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
             self.data_generator.set_state(before[0])
@@ -151,28 +146,24 @@ class Trainer:
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_value,
                 "skipped_steps": self.skipped_steps}  # fmt: skip
 
-    def _loss(self, x0: Tensor, y: Tensor | None) -> Tensor:
-        """The objective per example of this rank's slice of the global batch x₀ (labels y; with a trained schedule,
-        the ELBO estimator L̂); t (λ ~ p) and ε are drawn for the whole batch from the noise generator, so every rank
-        draws the same."""
+    def _loss(self, x0: Tensor, y: Tensor | None) -> tuple[Tensor, Draw]:
+        """The objective per example of this rank's slice of the global batch x₀ (labels y), and the slice's draw:
+        t (λ ~ p) and ε are drawn for the whole batch from the noise generator, so every rank draws the same."""
         s = self.shard
-        draws = self.objective.draws(x0.shape, self.noise_generator, x0.dtype, self.device)[s]
+        draw = self.objective.draw(x0.shape, self.noise_generator, x0.dtype, self.device)[s]
         x0 = x0[s].to(self.device, non_blocking=True)
         y = y[s].to(self.device, non_blocking=True) if y is not None else None
-        per_sample = self.objective.loss(self.train_model, x0, y, draws)
-        if self.learned is not None:
-            per_sample = self.learned.loss(x0, per_sample)
-        self._drawn = draws.lam, per_sample.detach()
-        return per_sample
+        return self.objective.loss(self.train_model, x0, y, draw), draw
 
     def _param_groups(self) -> list[dict]:
-        """The optimiser's groups: the network's parameters, and a trained schedule's in a group without weight
-        decay (decay would pull γ₀, γ₁ and the shape's raw weights toward 0, a prior nobody chose)."""
-        if self.learned is None:
+        """The optimiser's groups: the network's parameters, and the objective's own (a learned β(t)'s) in a group
+        without weight decay (decay would pull γ₀, γ₁ and the shape's raw weights toward 0, a prior nobody chose)."""
+        own = self.objective.parameters()
+        if not own:
             return [{"params": list(self.model.parameters())}]
-        learned = {id(p) for p in self.learned.parameters()}
-        network = [p for p in self.model.parameters() if id(p) not in learned]
-        return [{"params": network}, {"params": self.learned.parameters(), "weight_decay": 0.0}]
+        ids = {id(p) for p in own}
+        network = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": network}, {"params": own, "weight_decay": 0.0}]
 
     def _batch(self) -> tuple[Tensor, Tensor | None]:
         """The global batch x₀ and, for a conditional model, its labels with each replaced by ∅ (the index
