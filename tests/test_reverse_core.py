@@ -70,16 +70,16 @@ def test_specs_declare_their_options_and_nfe():
 
 
 def test_by_steps_defaults_cover_steps_up_to_their_bound():
-    @register("_probe", stochastic=False, nfe=lambda s, o: s, nfe_text="steps", spacing="logsnr",
+    @register("_probe", stochastic=False, nfe=lambda s, o: s, nfe_text="steps", grid="logsnr",
               by_steps={4: {"spacing": "karras"}, 9: {"spacing": "time_uniform"}})  # fmt: skip
-    def probe(sde, score_fn, x, t, *, generator=None, progress=False):
+    def probe(run, x, t):
         """A probe."""
 
     spec = SAMPLERS.pop("_probe")
     spacings = [spec.defaults(n)["spacing"] for n in (1, 4, 5, 9, 10, None)]
     assert spacings == ["karras", "karras", "time_uniform", "time_uniform", "logsnr", "logsnr"]
     with pytest.raises(TypeError, match="by_steps"):
-        register("_bad", stochastic=False, nfe=lambda s, o: s, nfe_text="", spacing="logsnr",
+        register("_bad", stochastic=False, nfe=lambda s, o: s, nfe_text="", grid="logsnr",
                  by_steps={4: {"spacing": "cosine"}})(probe)  # fmt: skip
     assert "_bad" not in SAMPLERS
 
@@ -93,7 +93,9 @@ def test_sampler_configs_carry_only_what_differs_from_the_python_defaults(path):
     assert list(cfg["options"]) == list(spec.options), f"{path.name}: list options {list(spec.options)}, as null"
     same = {k: v for k, v in cfg["options"].items() if v is not None and spec.defaults().get(k) == v}
     assert not same, f"{path.name}: set {sorted(same)} to null, their Python defaults"
-    assert (cfg["t_min"], cfg["denoise"]) == (1e-3, True), f"{path.name}: t_min and denoise as sample()'s defaults"
+    t_min = None if callable(spec.times) else 1e-3  # ancestral's chain takes none
+    assert (cfg["t_min"], cfg["denoise"]) == (t_min, True), f"{path.name}: t_min and denoise as sample()'s defaults"
+    assert (cfg["steps"] is None) == (spec.times == "span"), f"{path.name}: steps null exactly when adaptive"
 
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.nfe(s.min_steps, s.defaults()) is not None])
