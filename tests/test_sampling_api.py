@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.sampling import SAMPLERS, SolverError, sample, timesteps
+from sde_diffusion.inverse import Measurement
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SolverError, sample, timesteps
 
 SDE = VPSDE()
 MIX = eight_gaussians()
@@ -16,15 +17,20 @@ def image_score(x, t):
     return MIX.score_fn(SDE)(x.flatten(1), t).view_as(x)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+MEASURED = {"measurement": Measurement(torch.eye(2)[:1], torch.ones(1), 0.1), "particles": 2}  # x₁ = 1 seen
+
+
+@pytest.mark.parametrize("name", [*SAMPLERS, *INVERSE])
 def test_any_rank_dtype_reproducible_and_no_graph(name):
     def score(x, t):
-        assert not torch.is_grad_enabled() and t.shape == (x.shape[0],) and t.dtype == x.dtype
+        assert (not torch.is_grad_enabled() or name in ("dps", "tds")) and t.shape == (x.shape[0],)
+        assert t.dtype == x.dtype
         return image_score(x, t)
 
     def run(seed):
+        extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
         return sample(SDE, score, (6, 1, 2, 1), sampler=name, steps=STEPS.get(name, 8), dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                      generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
 
     a, b, c = run(0), run(0), run(1)
     assert a.x.shape == (6, 1, 2, 1) and a.x.dtype == torch.float64 and not a.x.requires_grad

@@ -28,7 +28,7 @@ def chain_times(sde: VPSDE, chain: DDPMSchedule) -> Tensor:
 
 
 def chain(sde: VPSDE, steps: int) -> Tensor:
-    """The DDPM chain's N = `steps` times, no `t_min`
+    """the DDPM chain's N = `steps` times, no `t_min`
     (`chain_times` of `sde.discretize(steps)`, from index N − 1 down to 0)."""
     return chain_times(sde, sde.discretize(steps)).flip(0)
 

@@ -110,6 +110,16 @@ class SamplerSpec:
     times: str | Callable[[SDE, int], Tensor] = "grid"
 
     @property
+    def takes_steps(self) -> bool:
+        """Whether `steps` sets its times (not for an adaptive sampler)."""
+        return self.times != "span"
+
+    @property
+    def takes_t_min(self) -> bool:
+        """Whether `t_min` sets its last time (not for the DDPM chain's own times)."""
+        return not callable(self.times)
+
+    @property
     def measured(self) -> bool:
         """Whether it samples p(x | y) of a `measurement` (an inverse method, in `INVERSE`)."""
         return "measurement" in self.options
@@ -210,12 +220,12 @@ def register(
 
 def _check_steps(spec: SamplerSpec, steps: Any, t_min: Any, T: float) -> None:
     """`steps` and `t_min` as the sampler's times take them (module docstring): None where it takes none."""
-    if spec.times == "span":
+    if not spec.takes_steps:
         if steps is not None:
             raise SamplerArgError(spec.name, "steps", steps, "None: an adaptive sampler picks its own steps")
     elif not (steps is None or (not isinstance(steps, bool) and isinstance(steps, int) and steps >= spec.min_steps)):
         raise SamplerArgError(spec.name, "steps", steps, f"an int >= {spec.min_steps}")
-    if callable(spec.times):
+    if not spec.takes_t_min:
         if t_min is not None:
             raise SamplerArgError(spec.name, "t_min", t_min, "None: its last time is its chain's, set by steps")
     elif t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < T):
