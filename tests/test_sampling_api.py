@@ -119,10 +119,12 @@ def test_tensors_stay_on_the_input_device(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", [*SAMPLERS, *INVERSE])
 def test_cuda_samples_stay_on_cuda(name):
     g = torch.Generator(device="cuda").manual_seed(0)
-    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda")
+    extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
+    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda",
+               **extra)  # fmt: skip
     assert r.x.device.type == "cuda" and torch.isfinite(r.x).all()
 
 

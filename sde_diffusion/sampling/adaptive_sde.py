@@ -24,6 +24,7 @@ SAFETY, EXPONENT, H_INIT = 0.9, 0.9, 0.01  # θ, r and h₀/T: the paper's and i
     stochastic=True,
     nfe=lambda steps, o: None,
     nfe_text="adaptive: 2 per tried step",
+    grid="span",
     rtol=POSITIVE,
     atol=POSITIVE,
     extrapolation=Option(choices=(True, False)),

@@ -15,6 +15,7 @@ from .specs import POSITIVE, register
     stochastic=False,
     nfe=lambda steps, o: None,
     nfe_text="adaptive",
+    grid="span",
     rtol=POSITIVE,
     atol=POSITIVE,
 )

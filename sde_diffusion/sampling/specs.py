@@ -170,8 +170,8 @@ class Timed:
 
 
 class SamplerArgError(ValueError):
-    """A bad sampler argument: `key` ("name", "steps", "t_min" or "options.<option>") held `value`; `allowed` says
-    what may go there."""
+    """A bad sampler argument: `key` ("name", "steps", "t_min", "options.<option>", one of `sample`'s own or, for an
+    inverse method, "measurement.<field>") held `value`; `allowed` says what may go there."""
 
     def __init__(self, sampler: str, key: str, value: Any, allowed: str):
         super().__init__(f"{sampler}: {key}={value!r}: {allowed}")
@@ -184,9 +184,9 @@ def register(
     stochastic: bool,
     nfe: Callable[[int, Mapping[str, Any]], int | None],
     nfe_text: str,
+    grid: str | Callable[[SDE, int], Tensor],
     min_steps: int = 1,
     requires: type[SDE] | None = None,
-    grid: str | Callable[[SDE, int], Tensor] = "span",
     by_steps: Mapping[int, Mapping[str, Any]] | None = None,
     **options: Option,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
