@@ -101,7 +101,7 @@ def _repaint(run: Reverse, x: Tensor, t: Tensor, measurement: Measurement, walk:
     for i, j in zip(walk[:-1], walk[1:], strict=True):
         if j == i + 1:
             x0 = p.tweedie(x, i)
-            run.report(i, p.t[i], x, x0)
+            run.report(i, t[i], x, x0)
             mean, std = p.step(x, x0, i, eta)
             x = mean + std * run.noise(x) if eta > 0 else mean
             a, s = (c[j].to(x.dtype) for c in (p.alpha, p.sigma))
@@ -111,7 +111,7 @@ def _repaint(run: Reverse, x: Tensor, t: Tensor, measurement: Measurement, walk:
             noise = (p.sigma[j] * lost.sqrt()).to(x.dtype) * run.noise(x)
             x = (p.alpha[j] / p.alpha[i]).to(x.dtype) * x + noise
     x0 = p.tweedie(x, steps)
-    run.report(steps, p.t[steps], x, x0)
+    run.report(steps, t[steps], x, x0)
     return project(x0, p.y)
 
 
@@ -185,12 +185,12 @@ def dps(run: Reverse, x: Tensor, t: Tensor, *, measurement: Measurement, zeta: f
             x_in = x.detach().requires_grad_(True)
             x0 = p.tweedie(x_in, i)
             (grad,) = torch.autograd.grad((p.y - p.measure(x0)).norm(dim=1).sum(), x_in)
-        run.report(i, p.t[i], x, x0.detach())
+        run.report(i, t[i], x, x0.detach())
         mean, std = p.step(x, x0.detach(), i, eta)
         x = (mean + std * run.noise(x) if eta > 0 else mean) - zeta * grad
     with torch.no_grad():
         x0 = p.tweedie(x, steps)
-    run.report(steps, p.t[steps], x, x0)
+    run.report(steps, t[steps], x, x0)
     return x0
 
 
@@ -295,7 +295,7 @@ def tds(
         ancestor, log_w = _resample(log_w, run.generator, float(p.t[i]), every=i == steps)
         idx = (ancestor + offset).flatten()
         x, x0 = x[idx], x0.detach()[idx]
-        run.report(i, p.t[i], x, x0)
+        run.report(i, t[i], x, x0)
         if i < steps:
             grad, ell_prev = grad[idx], ell.detach()[idx]
             x, log_pq = _shifted_step(p, x, x0, grad, i, max_shift, eta)

@@ -38,7 +38,6 @@ def chain(sde: VPSDE, steps: int) -> Tensor:
     stochastic=True,
     nfe=lambda steps, o: steps - 1,
     nfe_text="N − 1 (`steps` = N of the chain)",
-    min_steps=2,
     requires=VPSDE,
     grid=chain,
     variance=Option(choices=("beta", "beta_tilde")),

@@ -185,7 +185,6 @@ def register(
     nfe: Callable[[int, Mapping[str, Any]], int | None],
     nfe_text: str,
     grid: str | Callable[[SDE, int], Tensor],
-    min_steps: int = 1,
     requires: type[SDE] | None = None,
     by_steps: Mapping[int, Mapping[str, Any]] | None = None,
     **options: Option,
@@ -193,7 +192,7 @@ def register(
     """Declare the decorated function as sampler `name` (see SamplerSpec; in INVERSE if it takes a `measurement`):
     the options are its keyword-only arguments, each with its allowed values. `grid`: the default spacing of a grid
     sampler (which also takes GRID's options; one given here narrows GRID's), "span" for an adaptive one, or a
-    function (sde, steps) -> times of its own."""
+    function (sde, steps) -> times of its own, `steps` times (so at least 2: one step)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         params = inspect.signature(fn).parameters
@@ -206,6 +205,7 @@ def register(
         times = "grid" if spaced else grid
         if not (callable(times) or times in TIMES):
             raise TypeError(f"sampler {name}: grid={grid!r}: a spacing of {SPACINGS}, 'span' or a function")
+        min_steps = 2 if callable(times) else 1
         spec = SamplerSpec(name, fn, stochastic, nfe, nfe_text, min_steps, requires, allowed,
                            grid if spaced else None, by_steps or {}, times)  # fmt: skip
         for most, opts in spec.by_steps.items():
