@@ -15,12 +15,7 @@ from .specs import Option, register
 
 
 @register(
-    "ddim",
-    stochastic=True,
-    nfe=lambda steps, o: steps,
-    nfe_text="steps",
-    grid="logsnr",
-    eta=Option(low=0.0, high=1.0),
+    "ddim", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", grid="logsnr", eta=Option(low=0.0, high=1.0)
 )
 def ddim(run: Reverse, x: Tensor, t: Tensor, *, eta: float = 1.0) -> Tensor:
     """DDIM-η (Song et al. 2021a, eq. 12): x_t = (α_t/α_s) r x_s + α_t(1 − r) x̂₀ + σ_t η √(1 − e^{−2h}) z, any steps.

@@ -11,13 +11,7 @@ from .specs import POSITIVE, register
 
 
 @register(
-    "rk45",
-    stochastic=False,
-    nfe=lambda steps, o: None,
-    nfe_text="adaptive",
-    grid="span",
-    rtol=POSITIVE,
-    atol=POSITIVE,
+    "rk45", stochastic=False, nfe=lambda steps, o: None, nfe_text="adaptive", grid="span", rtol=POSITIVE, atol=POSITIVE
 )
 def rk45(run: Reverse, x: Tensor, t: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
     """Adaptive RK45 from t[0] = T to t[-1] = t_min to `rtol`/`atol` (scipy, through `scipy_ode.solve`).
