@@ -19,7 +19,7 @@ import time
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians, mixture
-from sde_diffusion.inverse import dps, repaint, replacement, tds
+from sde_diffusion.inverse import Measurement
 from sde_diffusion.metrics import energy_distance
 from sde_diffusion.sampling import sample
 
@@ -50,21 +50,21 @@ def metrics(x: torch.Tensor, exact: torch.Tensor, post, A: torch.Tensor, y: torc
 def methods(sde, prior, post, A, y, shape, budget: int, zeta: float, particles: int):
     """(method, options, run(generator) -> result) for one NFE budget."""
     steps, (rp_steps, jump, resample) = BUDGETS[budget]
-    score = prior.score_fn(sde)
+    score, m = prior.score_fn(sde), Measurement(A, y, NOISE_STD)
+
+    def solve(name: str, n_steps: int = steps, **options):
+        return lambda g: sample(sde, score, shape, name, n_steps, measurement=m, generator=g, **options)
+
     return [
         ("exact score (DDIM)", "η=1", lambda g: sample(sde, post.score_fn(sde), shape, "ddim", steps, generator=g)),
-        ("replacement", "η=1", lambda g: replacement(sde, score, A, y, shape, steps, generator=g)),
+        ("replacement", "η=1", solve("replacement")),
         (
             "RePaint",
             f"{rp_steps} steps, jump {jump}, resample {resample}, η=1",
-            lambda g: repaint(sde, score, A, y, shape, rp_steps, jump_length=jump, resample=resample, generator=g),
+            solve("repaint", rp_steps, jump_length=jump, resample=resample),
         ),
-        ("DPS", f"ζ={zeta:g} (tuned), η=1", lambda g: dps(sde, score, A, y, shape, steps, zeta=zeta, generator=g)),
-        (
-            "TDS",
-            f"{particles} particles, η=1",
-            lambda g: tds(sde, score, A, y, shape, steps, noise_std=NOISE_STD, particles=particles, generator=g),
-        ),
+        ("DPS", f"ζ={zeta:g} (tuned), η=1", solve("dps", zeta=zeta)),
+        ("TDS", f"{particles} particles, η=1", solve("tds", particles=particles)),
     ]
 
 
@@ -73,7 +73,8 @@ def tuned_zeta(sde, prior, post, A, y, n: int, steps: int, seed: int) -> float:
 
     def energy(zeta: float) -> float:
         g = torch.Generator().manual_seed(seed)
-        x = dps(sde, prior.score_fn(sde), A, y, (n, prior.dim), steps, zeta=zeta, generator=g).x
+        m = Measurement(A, y, NOISE_STD)
+        x = sample(sde, prior.score_fn(sde), (n, prior.dim), "dps", steps, measurement=m, zeta=zeta, generator=g).x
         return energy_distance(x.double(), post.sample(n, generator=g))
 
     return min(ZETAS, key=energy)

@@ -60,6 +60,7 @@ def overhead(args: argparse.Namespace) -> None:
     runs = [(name, {}) for name in SAMPLERS] + [(n, {"method": "singlestep"}) for n in ("dpm_solver", "sde_dpm_solver")]
     for name, opts in runs:
         steps = max(args.steps, 50) if name == "ancestral" else args.steps  # DDPM needs β(t)·T/N < 1
+        steps = steps if SAMPLERS[name].takes_steps else None  # adaptive: no steps
         walls = []
         for _ in range(args.repeats):
             g = torch.Generator().manual_seed(0)

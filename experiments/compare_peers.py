@@ -171,16 +171,16 @@ def run_diffusers(name: str, options: dict, sde: VPSDE, score, x_T: Tensor, budg
 def project_run(sampler: str, options: dict, sde: VPSDE, score, x_T: Tensor, budget: int, seed: int):
     """The largest `steps` whose NFE (+1 Tweedie step) fits the budget."""
     spec = SAMPLERS[sampler]
-    full = spec.defaults() | options
-    if spec.nfe(spec.min_steps, full) is None:  # adaptive: its own tolerance decides
-        r = sample(sde, score, tuple(x_T.shape), sampler, 1, EPS, x_T=x_T, dtype=torch.float64,
+    full, t_min = spec.defaults() | options, EPS if spec.takes_t_min else None
+    if not spec.takes_steps:  # adaptive: its own tolerance decides
+        r = sample(sde, score, tuple(x_T.shape), sampler, None, t_min, x_T=x_T, dtype=torch.float64,
                    generator=torch.Generator().manual_seed(seed), **options)  # fmt: skip
         return (r.x, r.nfe) if r.nfe <= budget else None
     fits = [n for n in range(spec.min_steps, budget + 1) if spec.nfe(n, full) + 1 <= budget]
     if not fits:
         return None
     try:
-        r = sample(sde, score, tuple(x_T.shape), sampler, max(fits), EPS, x_T=x_T, dtype=torch.float64,
+        r = sample(sde, score, tuple(x_T.shape), sampler, max(fits), t_min, x_T=x_T, dtype=torch.float64,
                    generator=torch.Generator().manual_seed(seed), **options)  # fmt: skip
     except ValueError:  # e.g. a DDPM chain too short for this β(t)
         return None

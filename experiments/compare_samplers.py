@@ -169,8 +169,8 @@ def runs(cfg: DictConfig, sdes: list[SDE]) -> tuple[list[Run], dict | None]:
         if cfg.get("timesteps") is not None:
             raise config_error("timesteps", cfg.timesteps, "needs sampler=NAME: one sampler at one budget")
         entries = OmegaConf.to_container(cfg.grid.runs, resolve=True)
-        one = [Run(e.get("label", e["name"]), f"grid.runs.{i}", SamplerRun(e["name"], steps, cfg.t_min, cfg.denoise,
-                                                                           e.get("options", {})))
+        one = [Run(e.get("label", e["name"]), f"grid.runs.{i}", SamplerRun(e["name"], steps, e.get("t_min", cfg.t_min),
+                                                                           cfg.denoise, e.get("options", {})))
                for i, e in enumerate(entries) for steps in e["steps"]]  # fmt: skip
     for r in one:
         for sde in sdes:

@@ -44,9 +44,11 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checks import ArgumentError
+from sde_diffusion.inverse import Measurement
 from sde_diffusion.masks import measurement_matrix
 from sde_diffusion.metrics import energy_distance
 from sde_diffusion.runtime import resolve_device
+from sde_diffusion.sampling import SamplerArgError, sample
 from sde_diffusion.sampling.timesteps import SPACINGS
 
 log = logging.getLogger("inpaint")
@@ -108,15 +110,18 @@ def consistency(x: Tensor, mask: Tensor, y: Tensor) -> float:
 
 
 def dry_run(method: partial, cfg: DictConfig, sde, A: Tensor, shape: tuple[int, ...], device: torch.device) -> int:
-    """Run the method once on the exact score of data at the origin, −x/σ(t)² (x̂₀ = 0, stable for every method): its
-    own checks of every argument (and of the options in conf/method/) fail here, before any output, as one
-    ConfigError naming the method. Returns its NFE per truth."""
+    """Run the method once on the exact score of data at the origin, −x/σ(t)² (x̂₀ = 0, stable for every method): the
+    library's checks of every argument (and of the options in conf/method/) fail here, before any output, as one
+    ConfigError naming the key (`method.<option>` for conf/method/'s). Returns its NFE per truth."""
 
     def origin(x: Tensor, t: Tensor) -> Tensor:
         return -x / sde.sigma(t).to(x.dtype).view(-1, *(1,) * (x.ndim - 1)) ** 2
 
     try:
         dry = run(method, cfg, sde, origin, A, A.new_zeros(len(A)), (cfg.n, *shape), 0, device)
+    except SamplerArgError as err:
+        key = err.key.removeprefix("options.").removeprefix("measurement.")
+        raise config_error(f"method.{key}" if key in method.keywords else key, err.value, err.allowed) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config error: method ({method.func.__name__}): {str(err).splitlines()[0]}") from None
     return dry.nfe
@@ -133,11 +138,12 @@ def counted(score_fn, bar: tqdm):
 
 
 def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, shape, seed: int, device):
-    """The method on measurement y with the base-step settings of `cfg`; a divergence it detects is a RunError."""
-    kwargs = {"eta": cfg.eta, "spacing": cfg.spacing, "device": device}
+    """The method (`sampling.INVERSE`) on measurement y with the base-step settings of `cfg`; a divergence it detects
+    is a RunError."""
+    options = {"eta": cfg.eta, "spacing": cfg.spacing, "measurement": Measurement(A, y, cfg.noise_std)}
     try:
-        return method(sde, score_fn, A, y, shape, cfg.steps, cfg.t_min,
-                      generator=torch.Generator(device).manual_seed(seed), **kwargs)  # fmt: skip
+        return sample(sde, score_fn, shape, method.func.__name__, cfg.steps, cfg.t_min, device=device,
+                      generator=torch.Generator(device).manual_seed(seed), **options, **method.keywords)  # fmt: skip
     except FloatingPointError as err:
         raise RunError(f"{method.func.__name__} diverged: {err}") from err
 

@@ -77,11 +77,11 @@ def sample_metrics(
 @dataclass(frozen=True)
 class SamplerRun:
     """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, t_min=t_min, denoise=denoise,
-    **options)`."""
+    **options)` (steps None for an adaptive sampler, t_min None for `ancestral`)."""
 
     name: str
-    steps: int
-    t_min: float = 1e-3
+    steps: int | None
+    t_min: float | None = 1e-3
     denoise: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 

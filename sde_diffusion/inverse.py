@@ -1,7 +1,12 @@
-"""Inverse problems: samples of p(x | y) for y = A x + noise_std·n, n ~ N(0, I), with an unconditional score, by
-replacement, RePaint, DPS and the twisted diffusion sampler (TDS), all on the DDIM-η base step (Song, Meng & Ermon
-2021, eq. 12) in α_t, σ_t, λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike. A (m, D) acts on x flattened (a mask
-is a row selection of the identity); NFE counts every score call, `vjp` the backward passes among them.
+"""Inverse problems: samples of p(x | y) for y = A x + noise_std·n, n ~ N(0, I) (a `Measurement`), with an
+unconditional score, by replacement, RePaint, DPS and the twisted diffusion sampler (TDS), all on the DDIM-η base
+step (Song, Meng & Ermon 2021, eq. 12) in α_t, σ_t, λ_t = log(α_t/σ_t), so VP, sub-VP and VE run alike. A (m, D)
+acts on x flattened (a mask is a row selection of the identity).
+
+Each method is a sampler of `sampling.INVERSE`, declared like the others (`sampling.specs`) and run by
+`sampling.sample(sde, score_fn, shape, "tds", steps, measurement=Measurement(A, y, 0.05), particles=16)`, which
+checks its options, builds its grid (logSNR by default) and counts NFE (every score call, the method's own final
+Tweedie step included) and vjp (the backward passes through the score among them).
 """
 
 from __future__ import annotations
@@ -13,38 +18,52 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sampling.common import randn_like, tweedie_denoise
+from .checks import ArgumentError, check_number
+from .sampling.common import Reverse, tweedie_denoise
 from .sampling.ddim import ddim_step
-from .sampling.timesteps import timesteps
-from .sde import SDE, ScoreFn
+from .sampling.specs import Option, SamplerArgError, register
+
+ETA = Option(low=0.0, high=1.0)  # the DDIM-η base step's noise
+AT_LEAST_ONE = Option(low=1, integer=True)
 
 
-@dataclass
-class InverseResult:
-    """x: the samples, of the requested shape; nfe: score evaluations per sample path (those differentiated through
-    included); vjp: backward passes through the score per sample path."""
+@dataclass(frozen=True)
+class Measurement:
+    """y = A x + noise_std·n, n ~ N(0, I): A (m, D) acting on x flattened (a mask: rows of the identity), y (m,).
 
-    x: Tensor
-    nfe: int
-    vjp: int = 0
+    The problem every inverse method is given as its `measurement` option (`sample(..., "dps", measurement=…)`);
+    replacement, RePaint and DPS do not model the noise (their docstrings), TDS needs noise_std > 0."""
 
-
-@dataclass
-class _Setup:
-    """The SDE, the prior draw x_T, the measurement in x's dtype and device, and the grid's α, σ, λ in float64."""
-
-    sde: SDE
-    x: Tensor
     A: Tensor
     y: Tensor
-    t: Tensor
-    alpha: Tensor
-    sigma: Tensor
-    lam: Tensor
+    noise_std: float = 0.0
 
-    def tweedie(self, score_fn: ScoreFn, x: Tensor, i: int) -> Tensor:
+    def __post_init__(self) -> None:
+        A, y = torch.as_tensor(self.A), torch.as_tensor(self.y)
+        if A.ndim != 2 or y.shape != A.shape[:1]:
+            raise ArgumentError("A", tuple(A.shape), f"an (m, D) matrix with y of shape (m,) (y: {tuple(y.shape)})")
+        check_number("noise_std", self.noise_std, ge=0)
+        object.__setattr__(self, "A", A)
+        object.__setattr__(self, "y", y)
+
+
+class _Chain:
+    """The DDIM-η base chain every method steps along: the grid t with its α, σ, λ (float64) and the measurement in
+    x's dtype, all on x's device."""
+
+    def __init__(self, run: Reverse, measurement: Measurement, x: Tensor, t: Tensor):
+        d = math.prod(x.shape[1:])
+        if measurement.A.shape[1] != d:
+            raise ValueError(
+                f"A must be (m, D={d}) and y (m,), got A {tuple(measurement.A.shape)} (x: {tuple(x.shape)})"
+            )
+        self.run, self.t = run, t.to(x.device)
+        self.A, self.y = (v.to(device=x.device, dtype=x.dtype) for v in (measurement.A, measurement.y))
+        self.alpha, self.sigma, self.lam = run.sde.scale(self.t), run.sde.sigma(self.t), run.sde.log_snr(self.t)
+
+    def tweedie(self, x: Tensor, i: int) -> Tensor:
         """x̂₀ = (x + σ_i² s(x, t_i))/α_i (Tweedie's formula, `SDE.tweedie`)."""
-        return tweedie_denoise(self.sde, score_fn, x, self.t[i])
+        return tweedie_denoise(self.run.sde, self.run.score_fn, x, self.t[i])
 
     def step(self, x: Tensor, x0: Tensor, i: int, eta: float) -> tuple[Tensor, Tensor]:
         """The DDIM-η step from t_i to t_{i+1} (`sampling.ddim.ddim_step`), h = λ_{i+1} − λ_i: its mean
@@ -56,44 +75,6 @@ class _Setup:
     def measure(self, x: Tensor) -> Tensor:
         """A x, shape (batch, m)."""
         return x.flatten(1) @ self.A.T
-
-
-def _setup(
-    sde: SDE,
-    A: Tensor,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int,
-    t_min: float,
-    eta: float,
-    spacing: str,
-    generator: torch.Generator | None,
-    x_T: Tensor | None,
-    dtype: torch.dtype,
-    device: torch.device | str | None,
-) -> _Setup:
-    """Every argument the methods share, checked (a ValueError naming the bad one), and the prior draw."""
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, …) with at least one data dimension, got {shape}")
-    d = math.prod(shape[1:])
-    A, y = torch.as_tensor(A), torch.as_tensor(y)
-    if A.ndim != 2 or A.shape[1] != d or y.shape != A.shape[:1]:
-        raise ValueError(f"A must be (m, D={d}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must be a number in (0, T={sde.T:g}), got {t_min!r}")
-    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    if x_T is None:
-        x_T = sde.prior_sampling(shape, generator, dtype, generator.device if generator is not None else device)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected shape={shape}")
-    x = x_T.to(device=device or x_T.device, dtype=dtype)
-    t = timesteps(sde, steps, t_min, spacing, device=x.device)
-    A, y = A.to(device=x.device, dtype=dtype), y.to(device=x.device, dtype=dtype)
-    return _Setup(sde, x, A, y, t, sde.scale(t), sde.sigma(t), sde.log_snr(t))
 
 
 def _walk(steps: int, jump_length: int, resample: int) -> list[int]:
@@ -109,118 +90,108 @@ def _walk(steps: int, jump_length: int, resample: int) -> list[int]:
     return walk
 
 
+def _repaint(run: Reverse, x: Tensor, t: Tensor, measurement: Measurement, walk: list[int], eta: float) -> Tensor:
+    """RePaint's chain (`repaint`) along the grid indices `walk`; every step down is reported where it starts."""
+    p, steps = _Chain(run, measurement, x, t), len(t) - 1
+    pinv = torch.linalg.pinv(p.A.to(torch.float64)).to(p.A.dtype)  # A⁺ (D, m); Aᵀ for a row selection
+
+    def project(x: Tensor, y_t: Tensor) -> Tensor:
+        return x + ((y_t - p.measure(x)) @ pinv.T).view_as(x)
+
+    for i, j in zip(walk[:-1], walk[1:], strict=True):
+        if j == i + 1:
+            x0 = p.tweedie(x, i)
+            run.report(i, t[i], x, x0)
+            mean, std = p.step(x, x0, i, eta)
+            x = mean + std * run.noise(x) if eta > 0 else mean
+            a, s = (c[j].to(x.dtype) for c in (p.alpha, p.sigma))
+            x = project(x, a * p.y + s * p.measure(run.noise(x)))
+        else:
+            lost = -torch.expm1(-2 * (p.lam[i] - p.lam[j]))
+            noise = (p.sigma[j] * lost.sqrt()).to(x.dtype) * run.noise(x)
+            x = (p.alpha[j] / p.alpha[i]).to(x.dtype) * x + noise
+    x0 = p.tweedie(x, steps)
+    run.report(steps, t[steps], x, x0)
+    return project(x0, p.y)
+
+
+@register(
+    "repaint",
+    stochastic=True,
+    nfe=lambda steps, o: steps * o["resample"],
+    nfe_text="steps·resample",
+    grid="logsnr",
+    measurement=Option(types=(Measurement,)),
+    jump_length=AT_LEAST_ONE,
+    resample=AT_LEAST_ONE,
+    eta=ETA,
+)
 def repaint(
-    sde: SDE,
-    score_fn: ScoreFn,
-    A: Tensor,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 250,
-    t_min: float = 1e-3,
+    run: Reverse,
+    x: Tensor,
+    t: Tensor,
     *,
+    measurement: Measurement,
     jump_length: int = 10,
     resample: int = 10,
     eta: float = 1.0,
-    spacing: str = "logsnr",
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> InverseResult:
+) -> Tensor:
     """RePaint (Lugmayr et al. 2022, Alg. 1): replacement, with each block of `jump_length` steps run down `resample`
     times and re-noised back up by the forward process in between, so the unknown part can adapt to the known.
 
     Down from t_i to t_{i+1}: the DDIM-η step of the unconditional score, then the measured part replaced by a
     forward-noised y, x ← x + A⁺(y_{i+1} − A x) with y_{i+1} = α_{i+1} y + σ_{i+1} A z (for a mask: the observed
     coordinates set to α y + σ z). Up from t_{i+1} to t_i: a draw of q(x_{t_i} | x_{t_{i+1}}),
-    x ← (α_i/α_{i+1}) x + σ_i √(1 − e^{−2h}) z. At t_min Tweedie's step, then A x̂₀ = y exactly; the noise in y is not
-    modelled. NFE = steps·resample + 1 (resample = 1: `replacement`).
+    x ← (α_i/α_{i+1}) x + σ_i √(1 − e^{−2h}) z. At t_min Tweedie's step, then A x̂₀ = y exactly (the last report's
+    x̂₀ is before that projection); the noise in y is not modelled. resample = 1: `replacement`.
     """
-    for name, v in (("jump_length", jump_length), ("resample", resample)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
-    pinv = torch.linalg.pinv(p.A.to(torch.float64)).to(p.A.dtype)  # A⁺ (D, m); Aᵀ for a row selection
-
-    def project(x: Tensor, y_t: Tensor) -> Tensor:
-        return x + ((y_t - p.measure(x)) @ pinv.T).view_as(x)
-
-    x, nfe, walk = p.x, 0, _walk(steps, jump_length, resample)
-    with torch.no_grad():
-        for i, j in zip(walk[:-1], walk[1:], strict=True):
-            if j == i + 1:
-                mean, std = p.step(x, p.tweedie(score_fn, x, i), i, eta)
-                x = mean + std * randn_like(x, generator) if eta > 0 else mean
-                a, s = (c[j].to(x.dtype) for c in (p.alpha, p.sigma))
-                x, nfe = project(x, a * p.y + s * p.measure(randn_like(x, generator))), nfe + 1
-            else:
-                lost = -torch.expm1(-2 * (p.lam[i] - p.lam[j]))
-                noise = (p.sigma[j] * lost.sqrt()).to(x.dtype) * randn_like(x, generator)
-                x = (p.alpha[j] / p.alpha[i]).to(x.dtype) * x + noise
-        x = project(p.tweedie(score_fn, x, steps), p.y)
-    return InverseResult(x, nfe + 1)
+    return _repaint(run, x, t, measurement, _walk(len(t) - 1, jump_length, resample), eta)
 
 
-def replacement(
-    sde: SDE,
-    score_fn: ScoreFn,
-    A: Tensor,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 1000,
-    t_min: float = 1e-3,
-    *,
-    eta: float = 1.0,
-    spacing: str = "logsnr",
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> InverseResult:
+@register(
+    "replacement",
+    stochastic=True,
+    nfe=lambda steps, o: steps,
+    nfe_text="steps",
+    grid="logsnr",
+    measurement=Option(types=(Measurement,)),
+    eta=ETA,
+)
+def replacement(run: Reverse, x: Tensor, t: Tensor, *, measurement: Measurement, eta: float = 1.0) -> Tensor:
     """Replacement / imputation (Song et al. 2021, App. I.2): after every step the measured part is replaced by a
     forward-noised y (`repaint` with resample = 1). Biased: the replaced part is drawn independently of the unknown
-    part's path, not from p_t(A x_t | x_t's unknown part, y). NFE = steps + 1."""
-    return repaint(
-        sde, score_fn, A, y, shape, steps, t_min, jump_length=1, resample=1, eta=eta, spacing=spacing,
-        generator=generator, x_T=x_T, dtype=dtype, device=device,
-    )  # fmt: skip
+    part's path, not from p_t(A x_t | x_t's unknown part, y)."""
+    return _repaint(run, x, t, measurement, list(range(len(t))), eta)
 
 
-def dps(
-    sde: SDE,
-    score_fn: ScoreFn,
-    A: Tensor,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 1000,
-    t_min: float = 1e-3,
-    *,
-    zeta: float = 1.0,
-    eta: float = 1.0,
-    spacing: str = "logsnr",
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> InverseResult:
+@register(
+    "dps",
+    stochastic=True,
+    nfe=lambda steps, o: steps,
+    nfe_text="steps (each also a backward pass)",
+    grid="logsnr",
+    measurement=Option(types=(Measurement,)),
+    zeta=Option(low=0.0),
+    eta=ETA,
+)
+def dps(run: Reverse, x: Tensor, t: Tensor, *, measurement: Measurement, zeta: float = 1.0, eta: float = 1.0) -> Tensor:
     """Diffusion posterior sampling (Chung et al. 2023, Alg. 1): the DDIM-η step, then x ← x − ζ ∇ₓ‖y − A x̂₀(x)‖
     through Tweedie's x̂₀, per sample: the reference code's step on the norm, i.e. the paper's ζ_i = ζ'/‖y − A x̂₀‖ on
-    the squared norm with ζ = 2ζ'. Approximate: p(y | x_t) is replaced by p(y | x̂₀(x_t)). NFE = steps + 1,
-    vjp = steps."""
-    if isinstance(zeta, bool) or not isinstance(zeta, int | float) or not (math.isfinite(zeta) and zeta >= 0):
-        raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
-    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
-    x = p.x
-    for i in range(steps):
+    the squared norm with ζ = 2ζ'. Approximate: p(y | x_t) is replaced by p(y | x̂₀(x_t)); the noise in y is not
+    modelled. One backward pass through the score per step."""
+    p, steps = _Chain(run, measurement, x, t), len(t) - 1
+    for i in run.steps(steps, desc="dps"):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            x0 = p.tweedie(score_fn, x_in, i)
+            x0 = p.tweedie(x_in, i)
             (grad,) = torch.autograd.grad((p.y - p.measure(x0)).norm(dim=1).sum(), x_in)
+        run.report(i, t[i], x, x0.detach())
         mean, std = p.step(x, x0.detach(), i, eta)
-        x = (mean + std * randn_like(x, generator) if eta > 0 else mean) - zeta * grad
+        x = (mean + std * run.noise(x) if eta > 0 else mean) - zeta * grad
     with torch.no_grad():
-        x = p.tweedie(score_fn, x, steps)
-    return InverseResult(x, steps + 1, steps)
+        x0 = p.tweedie(x, steps)
+    run.report(steps, t[steps], x, x0)
+    return x0
 
 
 def _resample(log_w: Tensor, generator: torch.Generator | None, t: float, every: bool) -> tuple[Tensor, Tensor]:
@@ -243,7 +214,7 @@ def _resample(log_w: Tensor, generator: torch.Generator | None, t: float, every:
     return torch.where(low[:, None], drawn, own), torch.where(low[:, None], 0.0, log_w)
 
 
-def _log_twist(p: _Setup, noise_std: float) -> Callable[[Tensor, int], Tensor]:
+def _log_twist(p: _Chain, noise_std: float) -> Callable[[Tensor, int], Tensor]:
     """log p̃_i(y | x_t) = log N(y; A x̂₀, noise_std² I + r_i² AAᵀ) up to a constant, (batch,) in float64, with
     r_i² = σ_i²/(α_i² + σ_i²) (ΠGDM's, Song et al. 2023) and r² = 0 at t_min: the likelihood itself."""
     d, u = torch.linalg.eigh(p.A.to(torch.float64) @ p.A.T.to(torch.float64))  # AAᵀ = U diag(d) Uᵀ
@@ -257,41 +228,46 @@ def _log_twist(p: _Setup, noise_std: float) -> Callable[[Tensor, int], Tensor]:
     return log_twist
 
 
-def _check_tds(noise_std: float, particles: int, max_shift: float, eta: float, batch: int) -> None:
-    """TDS's own arguments, a ValueError naming the bad one."""
-    if isinstance(noise_std, bool) or not isinstance(noise_std, int | float) or not (0 < noise_std < math.inf):
-        raise ValueError(f"noise_std must be a finite number > 0 for tds, got {noise_std!r}")
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1 or batch % particles:
-        raise ValueError(f"particles must be an int >= 1 that divides the batch {batch}, got {particles!r}")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not max_shift > 0:
-        raise ValueError(f"max_shift must be a number > 0 (inf: unbounded), got {max_shift!r}")
-    if not (isinstance(eta, int | float) and eta > 0):
-        raise ValueError(f"eta must be a number in (0, 1] for tds (its proposal needs noise), got {eta!r}")
+def _shifted_step(
+    p: _Chain, x: Tensor, x0: Tensor, grad: Tensor, i: int, max_shift: float, eta: float
+) -> tuple[Tensor, Tensor]:
+    """TDS's proposal from t_i: the base step's mean shifted by the twist, δ bounded to max_shift noise stds, a
+    draw of it, and log p/q of that draw (p the base step, q the proposal), float64 (batch,)."""
+    mean_p, std = p.step(x, x0, i, eta)
+    mean_q, _ = p.step(x, x0 + (p.sigma[i] ** 2 / p.alpha[i]).to(x.dtype) * grad, i, eta)
+    delta, sd = (mean_q - mean_p).flatten(1).to(torch.float64), std.to(torch.float64)
+    delta = delta * (max_shift * sd / delta.norm(dim=1, keepdim=True)).clamp(max=1)
+    z = p.run.noise(x)
+    log_pq = -(z.flatten(1).to(torch.float64) * delta).sum(1) / sd - delta.square().sum(1) / (2 * sd**2)
+    return mean_p + delta.to(x.dtype).view_as(x) + std * z, log_pq
 
 
+@register(
+    "tds",
+    stochastic=True,
+    nfe=lambda steps, o: steps,
+    nfe_text="steps (each also a backward pass)",
+    grid="logsnr",
+    measurement=Option(types=(Measurement,)),
+    particles=AT_LEAST_ONE,
+    max_shift=Option(low=0.0, open_low=True, infinite=True),
+    eta=Option(low=0.0, high=1.0, open_low=True),
+)
 def tds(
-    sde: SDE,
-    score_fn: ScoreFn,
-    A: Tensor,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 100,
-    t_min: float = 1e-3,
+    run: Reverse,
+    x: Tensor,
+    t: Tensor,
     *,
-    noise_std: float,
+    measurement: Measurement,
     particles: int = 16,
     max_shift: float = 2.0,
     eta: float = 1.0,
-    spacing: str = "logsnr",
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> InverseResult:
+) -> Tensor:
     """The twisted diffusion sampler (Wu et al. 2023, Alg. 1): SMC over the DDIM-η chain in groups of `particles`
     consecutive samples, twisted by p̃_t (`_log_twist`), asymptotically exact as particles → ∞. Proposal q: the step
     of the twisted score s + ∇ log p̃_t; weights p(x_{i+1} | x_i) p̃_{i+1}(x_{i+1}) / (p̃_i(x_i) q(x_{i+1} | x_i)), p the
-    base step; resampling by `_resample`. Needs η > 0 and noise_std > 0. NFE = steps + 1, vjp = steps.
+    base step; resampling by `_resample`. Needs η > 0 and the measurement's noise_std > 0. A step is reported with
+    the particles resampled.
 
     The proposal's shift δ from the base step's mean is bounded per sample, ‖δ‖ ≤ max_shift · std (the step's noise
     std); the weights use the bounded q, so the sampler stays exact, and their factor p/q has variance at most
@@ -300,29 +276,27 @@ def tds(
     unbounded proposal throws whole resampled groups off the data, and the network's extrapolation there diverges.
     max_shift = inf is Wu et al.'s proposal. A group whose weights all turn non-finite raises FloatingPointError.
     """
-    _check_tds(noise_std, particles, max_shift, eta, shape[0])
-    p = _setup(sde, A, y, shape, steps, t_min, eta, spacing, generator, x_T, dtype, device)
-    log_twist, groups = _log_twist(p, noise_std), shape[0] // particles
-    offset = particles * torch.arange(groups, device=p.x.device)[:, None]
-    x, log_w = p.x, torch.zeros(groups, particles, dtype=torch.float64, device=p.x.device)
-    ell_prev = log_pq = torch.zeros(shape[0], dtype=torch.float64, device=p.x.device)
+    if not measurement.noise_std > 0:
+        raise SamplerArgError("tds", "measurement.noise_std", measurement.noise_std, "a number > 0 for tds")
+    if len(x) % particles:
+        raise SamplerArgError("tds", "options.particles", particles, f"an int >= 1 that divides the batch {len(x)}")
+    p, steps = _Chain(run, measurement, x, t), len(t) - 1
+    log_twist, groups = _log_twist(p, measurement.noise_std), len(x) // particles
+    offset = particles * torch.arange(groups, device=x.device)[:, None]
+    log_w = torch.zeros(groups, particles, dtype=torch.float64, device=x.device)
+    ell_prev = log_pq = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     for i in range(steps + 1):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(i < steps)
-            x0 = p.tweedie(score_fn, x_in, i)
+            x0 = p.tweedie(x_in, i)
             ell = log_twist(x0, i)
             grad = torch.autograd.grad(ell.sum(), x_in)[0] if i < steps else None
         log_w = log_w + (ell.detach() - ell_prev + log_pq).view(groups, particles)
-        ancestor, log_w = _resample(log_w, generator, float(p.t[i]), every=i == steps)
+        ancestor, log_w = _resample(log_w, run.generator, float(p.t[i]), every=i == steps)
         idx = (ancestor + offset).flatten()
-        if i == steps:
-            break
-        x, x0, grad, ell_prev = x[idx], x0.detach()[idx], grad[idx], ell.detach()[idx]
-        mean_p, std = p.step(x, x0, i, eta)
-        mean_q, _ = p.step(x, x0 + (p.sigma[i] ** 2 / p.alpha[i]).to(x.dtype) * grad, i, eta)
-        delta, sd = (mean_q - mean_p).flatten(1).to(torch.float64), std.to(torch.float64)
-        delta = delta * (max_shift * sd / delta.norm(dim=1, keepdim=True)).clamp(max=1)
-        z = randn_like(x, generator)
-        log_pq = -(z.flatten(1).to(torch.float64) * delta).sum(1) / sd - delta.square().sum(1) / (2 * sd**2)
-        x = mean_p + delta.to(x.dtype).view_as(x) + std * z
-    return InverseResult(x0.detach()[idx], steps + 1, steps)
+        x, x0 = x[idx], x0.detach()[idx]
+        run.report(i, t[i], x, x0)
+        if i < steps:
+            grad, ell_prev = grad[idx], ell.detach()[idx]
+            x, log_pq = _shifted_step(p, x, x0, grad, i, max_shift, eta)
+    return x0

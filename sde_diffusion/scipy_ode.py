@@ -31,11 +31,15 @@ def solve(
     atol: float = 1e-5,
     progress: bool = False,
     desc: str = "ode",
+    *,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[Tensor, int]:
     """y(t1) of dy/dt = fn(y, t), y(t0) = y0, by scipy's `method` (RK45: Dormand–Prince 5(4); DOP853: 8(5,3)).
 
-    Returns y(t1) in y0's shape, dtype and device and the number of fn evaluations. A non-finite fn(y, t) or a
-    failed step raises SolverError naming `desc`, the span and the time reached.
+    Returns y(t1) in y0's shape, dtype and device and the number of fn evaluations. `on_step(n, t)`: before each
+    accepted step n, at the time t it starts from (fn has been evaluated there: scipy's first call, or the last
+    stage of the step before). A non-finite fn(y, t) or a failed step raises SolverError naming `desc`, the span and
+    the time reached.
     """
     shape, dtype, device = y0.shape, y0.dtype, y0.device
 
@@ -53,8 +57,12 @@ def solve(
         solver = METHODS[method](fun, t0, y, t1, rtol=rtol, atol=atol)
     except FloatingPointError as e:
         raise stopped(t0, e) from e
+    step = 0
     with tqdm(total=abs(t1 - t0), disable=not progress, desc=desc) as bar:
-        while solver.status == "running":
+        while solver.status == "running":  # scipy's step() retries a rejected step until one is accepted
+            if on_step is not None:
+                on_step(step, solver.t)
+            step += 1
             try:
                 message = solver.step()
             except FloatingPointError as e:

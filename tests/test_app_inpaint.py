@@ -75,13 +75,13 @@ BAD = {
     "mask=box mask.size=1.5": "config error: mask.size=1.5: must be a number in (0, 1)",
     "mask=random mask.fraction=0": "config error: mask.fraction=0: must be a number in (0, 1)",
     "mask.side=middle": "config error: mask.side='middle': must be one of ['top', 'bottom', 'left', 'right']",
-    "method=dps method.zeta=-1": "config error: method (dps): zeta must be a finite number >= 0, got -1",
-    "method=repaint method.resample=0": "config error: method (repaint): resample must be an int >= 1, got 0",
-    "method=tds noise_std=0": "config error: method (tds): noise_std must be a finite number > 0 for tds",
-    "method=tds n=100": "config error: method (tds): particles must be an int >= 1 that divides the batch 100",
-    "method=tds eta=0": "config error: method (tds): eta must be a number in (0, 1] for tds",
-    "method=tds method.max_shift=0": "config error: method (tds): max_shift must be a number > 0 (inf: unbounded)",
-    "+method.zeta=1": "config error: method (replacement): replacement() got an unexpected keyword argument 'zeta'",
+    "method=dps method.zeta=-1": "config error: method.zeta=-1: a number >= 0",
+    "method=repaint method.resample=0": "config error: method.resample=0: an int >= 1",
+    "method=tds noise_std=0": "config error: noise_std=0: a number > 0 for tds",
+    "method=tds n=100": "config error: method.particles=16: an int >= 1 that divides the batch 100",
+    "method=tds eta=0": "config error: eta=0: a number in (0, 1]",
+    "method=tds method.max_shift=0": "config error: method.max_shift=0: a number > 0 (inf: unbounded)",
+    "+method.zeta=1": "config error: method.zeta=1: replacement takes options: measurement, eta, spacing",
 }
 
 

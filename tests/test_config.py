@@ -118,7 +118,8 @@ def test_every_experiment_preset_composes_and_builds():
     for grid in options("grid"):  # every sampler and option of every grid of runs exists
         for entry in OmegaConf.to_container(load(f"grid={grid}", config_name="compare").grid.runs):
             for steps in entry["steps"]:
-                check_sampler(entry["name"], steps=steps, t_min=versus.t_min, options=entry.get("options", {}),
+                check_sampler(entry["name"], steps=steps, t_min=entry.get("t_min", versus.t_min),
+                              options=entry.get("options", {}),
                               sde_type=VPSDE, T=1.0)  # fmt: skip
 
 

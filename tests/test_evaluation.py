@@ -12,7 +12,7 @@ ORACLE, SDE = eight_gaussians(), VPSDE()
 
 
 def test_the_exact_score_solved_accurately_sits_on_the_floor_and_the_exact_flow_map():
-    runs = {"rk45": {"name": "rk45", "steps": 1, "options": {"rtol": 1e-6, "atol": 1e-6}}}
+    runs = {"rk45": {"name": "rk45", "steps": None, "options": {"rtol": 1e-6, "atol": 1e-6}}}
     ev = Evaluator(runs, n_samples=1000, flow_error=True)(SDE, ORACLE.score_fn(SDE), ORACLE.sample, (2,), ORACLE)
     row = ev.rows["rk45"]
     assert row["flow_error"] < 1e-3  # the probability-flow ODE of the exact score is the exact flow map
@@ -42,7 +42,7 @@ def test_a_failing_sampler_is_named_by_its_slot():
     def not_finite(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x, float("nan"))
 
-    evaluator = Evaluator({"em": SamplerRun("euler_maruyama", 2), "ode": SamplerRun("rk45", 1)}, n_samples=8)
+    evaluator = Evaluator({"em": SamplerRun("euler_maruyama", 2), "ode": SamplerRun("rk45", None)}, n_samples=8)
     with pytest.raises(SamplerFailed, match=r"^sampler ode \(rk45\): ") as info:
         evaluator(SDE, not_finite, ORACLE.sample, (2,), ORACLE)
     assert (info.value.slot, info.value.name) == ("ode", "rk45")

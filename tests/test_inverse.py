@@ -10,9 +10,10 @@ import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
 from sde_diffusion.data import EightGaussians
-from sde_diffusion.inverse import _resample, dps, repaint, replacement, tds
+from sde_diffusion.inverse import Measurement, _resample
 from sde_diffusion.metrics import energy_distance
 from sde_diffusion.models import MLP, ScoreModel
+from sde_diffusion.sampling import sample
 from sde_diffusion.training import Trainer
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -39,8 +40,19 @@ def problem(kind: str = "mask"):
     return prior, A, y, noise_std, prior.posterior(A, y, noise_std)
 
 
-def run(method, sde, prior, A, y, seed=1, **kw):
-    return method(sde, prior.score_fn(sde), A, y, (N, D), generator=torch.Generator().manual_seed(seed), **F64, **kw)
+def run(method, sde, prior, A, y, seed=1, noise_std=0.0, steps=None, **kw):
+    m = Measurement(A, y, noise_std)
+    return sample(
+        sde,
+        prior.score_fn(sde),
+        (N, D),
+        method,
+        steps,
+        measurement=m,
+        generator=torch.Generator().manual_seed(seed),
+        **F64,
+        **kw,
+    )
 
 
 def mean_error(x, post) -> float:
@@ -54,15 +66,15 @@ def test_tds_reaches_the_exact_posterior_mean(sde_name, kind):
     the prior's; measured 0.006–0.054); a single particle (the twisted proposal alone, ΠGDM-like) misses by > 0.15."""
     sde = SDES[sde_name]
     prior, A, y, noise_std, post = problem(kind)
-    assert mean_error(run(tds, sde, prior, A, y, steps=100, noise_std=noise_std, particles=64).x, post) < 0.1
-    assert mean_error(run(tds, sde, prior, A, y, steps=100, noise_std=noise_std, particles=1).x, post) > 0.15
+    assert mean_error(run("tds", sde, prior, A, y, steps=100, noise_std=noise_std, particles=64).x, post) < 0.1
+    assert mean_error(run("tds", sde, prior, A, y, steps=100, noise_std=noise_std, particles=1).x, post) > 0.15
 
 
 def test_tds_error_shrinks_as_particles_grow():
     """Asymptotically exact: the mean's error falls with the particle count (measured 0.48, 0.23, 0.07, 0.012)."""
     prior, A, y, noise_std, post = problem()
     errors = [
-        mean_error(run(tds, VPSDE(), prior, A, y, steps=100, noise_std=noise_std, particles=k).x, post)
+        mean_error(run("tds", VPSDE(), prior, A, y, steps=100, noise_std=noise_std, particles=k).x, post)
         for k in (1, 4, 16, 64)
     ]
     assert all(a > 1.5 * b for a, b in zip(errors, errors[1:], strict=False)), errors
@@ -77,7 +89,7 @@ def test_replacement_is_biased_toward_the_prior_and_consistent():
     unknown = torch.tensor([False, True, False, True])
     shift = (post.mean - prior.mean)[unknown]
     for eta, steps, lo, hi in ((1.0, 100, 0.5, 0.7), (1.0, 1000, 0.5, 0.7), (0.0, 100, 0.33, 0.5)):
-        x = run(replacement, VPSDE(), prior, A, y, steps=steps, eta=eta).x
+        x = run("replacement", VPSDE(), prior, A, y, steps=steps, eta=eta).x
         f = float((x.mean(0) - prior.mean)[unknown] @ shift / shift.square().sum())
         assert lo < f < hi, (eta, steps, f)
         se = float(x[:, unknown].std(0).max()) / math.sqrt(N)
@@ -90,7 +102,8 @@ def test_repaint_resampling_shrinks_the_replacement_bias():
     count at 50 steps, jump length 5 (measured 1.11, 0.34, 0.081 for r = 1, 5, 20), though it does not vanish."""
     prior, A, y, _, post = problem()
     errors = [
-        mean_error(run(repaint, VPSDE(), prior, A, y, steps=50, jump_length=5, resample=r).x, post) for r in (1, 5, 20)
+        mean_error(run("repaint", VPSDE(), prior, A, y, steps=50, jump_length=5, resample=r).x, post)
+        for r in (1, 5, 20)
     ]
     assert errors[0] > 0.9 and errors[1] < errors[0] / 2 and errors[2] < errors[1] / 2, errors
     assert errors[2] > 0.04, errors
@@ -102,7 +115,7 @@ def test_dps_is_biased_beyond_monte_carlo_error():
     the prior's (3.8 away); its consistency error ‖A x − y‖ RMS grows with ζ (0.04 at ζ = 0.1, 1.1 at ζ = 3)."""
     prior, A, y, _, post = problem()
     for zeta in (0.1, 1.0):
-        x = run(dps, VPSDE(), prior, A, y, steps=1000, zeta=zeta).x
+        x = run("dps", VPSDE(), prior, A, y, steps=1000, zeta=zeta).x
         err, se = mean_error(x, post), float(x.std(0).max()) / math.sqrt(N)
         assert 0.3 < err < 0.7 and err > 40 * se, (zeta, err, se)
     assert float((x @ A.T - y).square().mean().sqrt()) > 0.2
@@ -126,10 +139,10 @@ class _Counter(torch.autograd.Function):
 @pytest.mark.parametrize(
     "method, kw, nfe, vjp",
     [
-        (replacement, dict(steps=7), 8, 0),
-        (repaint, dict(steps=7, jump_length=3, resample=4), 7 * 4 + 1, 0),
-        (dps, dict(steps=7), 8, 7),
-        (tds, dict(steps=7, noise_std=0.1, particles=4), 8, 7),
+        ("replacement", dict(steps=7), 8, 0),
+        ("repaint", dict(steps=7, jump_length=3, resample=4), 7 * 4 + 1, 0),
+        ("dps", dict(steps=7), 8, 7),
+        ("tds", dict(steps=7, particles=4), 8, 7),
     ],
 )
 def test_nfe_counts_every_score_call_and_backward_pass(method, kw, nfe, vjp):
@@ -141,7 +154,7 @@ def test_nfe_counts_every_score_call_and_backward_pass(method, kw, nfe, vjp):
         calls.append(len(x))
         return prior.score_fn(sde)(_Counter.apply(x), t)
 
-    r = method(sde, score, A, y, (16, D), **kw)
+    r = sample(sde, score, (16, D), method, measurement=Measurement(A, y, 0.1), **kw)
     assert (r.nfe, r.vjp) == (nfe, vjp) == (len(calls), _Counter.backward_calls)
     assert set(calls) == {16} and r.x.shape == (16, D)
 
@@ -150,21 +163,28 @@ def test_bad_arguments_are_named():
     prior, A, y, _, _ = problem()
     sde, score = VPSDE(), prior.score_fn(VPSDE())
     cases = [
-        (replacement, dict(A=A[:, :3]), "A must be"),
-        (replacement, dict(steps=0), "steps"),
-        (replacement, dict(t_min=2.0), "t_min.*2.0"),
-        (replacement, dict(eta=1.5), "eta"),
-        (repaint, dict(resample=0), "resample"),
-        (dps, dict(zeta=-1.0), "zeta"),
-        (tds, dict(noise_std=0.0), "noise_std"),
-        (tds, dict(noise_std=0.1, particles=3), "particles"),
-        (tds, dict(noise_std=0.1, eta=0.0), "eta"),
-        (tds, dict(noise_std=0.1, max_shift=0.0), "max_shift.*0.0"),
+        ("replacement", dict(A=A[:, :3]), "A must be"),
+        ("replacement", dict(steps=0), "steps"),
+        ("replacement", dict(t_min=2.0), "t_min.*2.0"),
+        ("replacement", dict(eta=1.5), "eta"),
+        ("replacement", dict(denoise=False), "denoise=False: True"),
+        ("repaint", dict(resample=0), "resample"),
+        ("dps", dict(zeta=-1.0), "zeta"),
+        ("dps", dict(measurement=None), "measurement=None: Measurement"),
+        ("tds", dict(noise_std=0.0), "noise_std"),
+        ("tds", dict(particles=3), "particles"),
+        ("tds", dict(eta=0.0), "eta"),
+        ("tds", dict(max_shift=0.0), "max_shift.*0.0"),
     ]
     for method, kw, match in cases:
-        args = dict(A=A, y=y) | kw
+        args = dict(A=A, y=y, noise_std=0.1) | kw
+        m = Measurement(args.pop("A"), args.pop("y"), args.pop("noise_std"))
         with pytest.raises(ValueError, match=match):
-            method(sde, score, args.pop("A"), args.pop("y"), (16, D), **args)
+            sample(sde, score, (16, D), method, **{"measurement": m} | args)
+    with pytest.raises(ValueError, match="noise_std must be a number >= 0"):
+        Measurement(A, y, -0.1)
+    with pytest.raises(ValueError, match=r"A must be an \(m, D\) matrix with y of shape \(m,\)"):
+        Measurement(A, y[:1])
 
 
 def test_resampling_drops_non_finite_weights_and_names_a_dead_group():
@@ -203,14 +223,14 @@ def test_tds_on_a_trained_network_stays_finite_and_consistent(trained_score):
     A, oracle = torch.tensor([[0.0, 1.0]]), eight_gaussians()
     for y in (-2.8, 0.1, 2.8):
         y = torch.tensor([y])
-        kw = dict(noise_std=0.05, particles=16, generator=torch.Generator().manual_seed(1))
-        x = tds(sde, score, A, y, (256, 2), 100, **kw).x
+        kw = dict(measurement=Measurement(A, y, 0.05), particles=16, generator=torch.Generator().manual_seed(1))
+        x = sample(sde, score, (256, 2), "tds", 100, **kw).x
         assert torch.isfinite(x).all() and x.abs().max() < 10
         assert 0.8 * 0.05 < float((x[:, 1] - y).square().mean().sqrt()) < 1.25 * 0.05
         exact = oracle.posterior(A.double(), y.double(), 0.05).sample(256, torch.Generator().manual_seed(2))
         assert energy_distance(x.double(), exact) < 0.1
         try:
-            wild = tds(sde, score, A, y, (256, 2), 100, max_shift=math.inf, **kw).x
+            wild = sample(sde, score, (256, 2), "tds", 100, max_shift=math.inf, **kw).x
             assert (~torch.isfinite(wild) | (wild.abs() > 100)).any(1).sum() >= 16  # a whole group at least
         except FloatingPointError:
             pass

@@ -9,8 +9,9 @@ import torch
 from omegaconf import OmegaConf
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians
+from sde_diffusion.inverse import Measurement
 from sde_diffusion.likelihood import _rhs
-from sde_diffusion.sampling import SAMPLERS, sample, sampler_table
+from sde_diffusion.sampling import INVERSE, SAMPLERS, sample, sampler_table
 from sde_diffusion.sampling.common import drift, tweedie_denoise
 from sde_diffusion.sampling.dpm_solver import _Model
 from sde_diffusion.sampling.specs import register
@@ -62,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_specs_declare_their_options_and_nfe():
-    for name, spec in SAMPLERS.items():
+    for name, spec in {**SAMPLERS, **INVERSE}.items():
         assert spec.name == name and spec.summary()
         for steps in (None, *spec.by_steps, *(n + 1 for n in spec.by_steps)):
             for key, default in spec.defaults(steps).items():  # every default is itself allowed
@@ -70,16 +71,16 @@ def test_specs_declare_their_options_and_nfe():
 
 
 def test_by_steps_defaults_cover_steps_up_to_their_bound():
-    @register("_probe", stochastic=False, nfe=lambda s, o: s, nfe_text="steps", spacing="logsnr",
+    @register("_probe", stochastic=False, nfe=lambda s, o: s, nfe_text="steps", grid="logsnr",
               by_steps={4: {"spacing": "karras"}, 9: {"spacing": "time_uniform"}})  # fmt: skip
-    def probe(sde, score_fn, x, t, *, generator=None, progress=False):
+    def probe(run, x, t):
         """A probe."""
 
     spec = SAMPLERS.pop("_probe")
     spacings = [spec.defaults(n)["spacing"] for n in (1, 4, 5, 9, 10, None)]
     assert spacings == ["karras", "karras", "time_uniform", "time_uniform", "logsnr", "logsnr"]
     with pytest.raises(TypeError, match="by_steps"):
-        register("_bad", stochastic=False, nfe=lambda s, o: s, nfe_text="", spacing="logsnr",
+        register("_bad", stochastic=False, nfe=lambda s, o: s, nfe_text="", grid="logsnr",
                  by_steps={4: {"spacing": "cosine"}})(probe)  # fmt: skip
     assert "_bad" not in SAMPLERS
 
@@ -93,20 +94,27 @@ def test_sampler_configs_carry_only_what_differs_from_the_python_defaults(path):
     assert list(cfg["options"]) == list(spec.options), f"{path.name}: list options {list(spec.options)}, as null"
     same = {k: v for k, v in cfg["options"].items() if v is not None and spec.defaults().get(k) == v}
     assert not same, f"{path.name}: set {sorted(same)} to null, their Python defaults"
-    assert (cfg["t_min"], cfg["denoise"]) == (1e-3, True), f"{path.name}: t_min and denoise as sample()'s defaults"
+    t_min = None if callable(spec.times) else 1e-3  # ancestral's chain takes none
+    assert (cfg["t_min"], cfg["denoise"]) == (t_min, True), f"{path.name}: t_min and denoise as sample()'s defaults"
+    assert (cfg["steps"] is None) == (spec.times == "span"), f"{path.name}: steps null exactly when adaptive"
 
 
-@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.nfe(s.min_steps, s.defaults()) is not None])
+SPECS = {**SAMPLERS, **INVERSE}
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.nfe(s.min_steps, s.defaults()) is not None])
 def test_nfe_is_what_the_spec_declares(name):
-    spec = SAMPLERS[name]
+    """NFE = the spec's + 1: sample's Tweedie step, or an inverse method's own."""
+    spec, sde = SPECS[name], VPSDE()
     steps = max(spec.min_steps, 50)  # DDPM's chain needs β_i = β(t_i)/N < 1
-    sde = VPSDE()
-    r = sample(sde, MIX.score_fn(sde), (3, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0))
-    assert r.nfe == spec.nfe(steps, spec.defaults()) + 1  # + the Tweedie step
+    measured = {"measurement": Measurement(torch.eye(2)[:1], torch.zeros(1), 0.1)} if spec.measured else {}
+    r = sample(sde, MIX.score_fn(sde), (16, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0),
+               **measured)  # fmt: skip
+    assert r.nfe == spec.nfe(steps, spec.defaults()) + 1
 
 
 def test_readme_table_is_the_specs():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = sampler_table()
     assert table in readme, "README.md's sampler table is stale: paste sde_diffusion.sampling.sampler_table()"
-    assert len(re.findall(r"^\| `", table, re.M)) == len(SAMPLERS)
+    assert len(re.findall(r"^\| `", table, re.M)) == len(SAMPLERS) + len(INVERSE) == 17

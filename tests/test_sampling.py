@@ -13,8 +13,8 @@ from sde_diffusion.sampling.ancestral import chain_times, ddpm_posterior
 
 SDE = VPSDE()
 MIX = eight_gaussians()
-GENEROUS = {  # the steps at which each sampler reaches the floor (rk45 and adaptive_sde are adaptive: steps unused)
-    **dict.fromkeys(["rk45", "adaptive_sde"], 1),
+GENEROUS = {  # the steps at which each sampler reaches the floor (rk45 and adaptive_sde are adaptive: no steps)
+    **dict.fromkeys(["rk45", "adaptive_sde"], None),
     **dict.fromkeys(["ode_heun", "dpm_solver", "sde_dpm_solver", "sa_solver", "edm"], 50),
     "ddim": 100,
     **dict.fromkeys(["euler_maruyama", "pc", "ode_euler", "torchsde"], 500),

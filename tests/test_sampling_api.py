@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.sampling import SAMPLERS, SolverError, sample, timesteps
+from sde_diffusion.inverse import Measurement
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SolverError, sample, timesteps
 
 SDE = VPSDE()
 MIX = eight_gaussians()
-STEPS = {"ancestral": 50}  # DDPM's chain needs β_i = β(t_i)/N < 1
+STEPS = {"ancestral": 50, "rk45": None, "adaptive_sde": None}  # DDPM's chain needs β_i = β(t_i)/N < 1; adaptive
 
 
 def image_score(x, t):
@@ -16,15 +17,20 @@ def image_score(x, t):
     return MIX.score_fn(SDE)(x.flatten(1), t).view_as(x)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+MEASURED = {"measurement": Measurement(torch.eye(2)[:1], torch.ones(1), 0.1), "particles": 2}  # x₁ = 1 seen
+
+
+@pytest.mark.parametrize("name", [*SAMPLERS, *INVERSE])
 def test_any_rank_dtype_reproducible_and_no_graph(name):
     def score(x, t):
-        assert not torch.is_grad_enabled() and t.shape == (x.shape[0],) and t.dtype == x.dtype
+        assert (not torch.is_grad_enabled() or name in ("dps", "tds")) and t.shape == (x.shape[0],)
+        assert t.dtype == x.dtype
         return image_score(x, t)
 
     def run(seed):
+        extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
         return sample(SDE, score, (6, 1, 2, 1), sampler=name, steps=STEPS.get(name, 8), dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                      generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
 
     a, b, c = run(0), run(0), run(1)
     assert a.x.shape == (6, 1, 2, 1) and a.x.dtype == torch.float64 and not a.x.requires_grad
@@ -76,7 +82,7 @@ def test_batch_size_chunks_give_the_same_samples_for_deterministic_solvers(name,
     """float64: fixed grids agree to rounding; rk45 picks its steps per chunk, so to its tolerance (global error
     of a 1e-9 local tolerance over one unit of time, with room)."""
     x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    run = dict(sampler=name, steps=10, x_T=x_T, dtype=torch.float64, **opts)
+    run = dict(sampler=name, steps=STEPS.get(name, 10), x_T=x_T, dtype=torch.float64, **opts)
     whole = sample(SDE, MIX.score_fn(SDE), (10, 2), **run)
     chunked = sample(SDE, MIX.score_fn(SDE), (10, 2), batch_size=3, **run)
     torch.testing.assert_close(chunked.x, whole.x, rtol=0, atol=atol)
@@ -113,10 +119,12 @@ def test_tensors_stay_on_the_input_device(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", [*SAMPLERS, *INVERSE])
 def test_cuda_samples_stay_on_cuda(name):
     g = torch.Generator(device="cuda").manual_seed(0)
-    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda")
+    extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
+    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda",
+               **extra)  # fmt: skip
     assert r.x.device.type == "cuda" and torch.isfinite(r.x).all()
 
 
@@ -136,7 +144,10 @@ def test_cuda_samples_stay_on_cuda(name):
         ({"sampler": "pc", "corrector_steps": -1}, r"options\.corrector_steps=-1: an int >= 0"),
         ({"sampler": "pc", "corrector_steps": 1.5}, r"options\.corrector_steps=1\.5: an int >= 0"),
         ({"sampler": "ancestral", "variance": "learned"}, r"options\.variance='learned': one of \['beta'"),
-        ({"sampler": "rk45", "rtol": 0.0}, r"options\.rtol=0\.0: a number > 0"),
+        ({"sampler": "rk45", "steps": None, "rtol": 0.0}, r"options\.rtol=0\.0: a number > 0"),
+        ({"sampler": "rk45"}, r"rk45: steps=10: None: an adaptive sampler picks its own steps"),
+        ({"sampler": "ancestral", "t_min": 0.01}, r"ancestral: t_min=0\.01: None: its last time is its chain's"),
+        ({"sampler": "torchsde", "spacing": "logsnr"}, r"options\.spacing='logsnr': one of \['time_uniform', 'cus"),
         ({"sampler": "torchsde", "method": "heun"}, r"options\.method='heun': one of \['euler'"),
         ({"steps": 0}, r"steps=0: an int >= 1"),
         ({"steps": 2.5}, r"steps=2\.5: an int >= 1"),
@@ -158,11 +169,13 @@ def test_ancestral_needs_a_vp_sde():
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.spacing])
 def test_a_custom_grid_is_the_grid_it_names(name):
-    """timesteps = the logSNR grid (with or without spacing="custom") is the logSNR run, sample for sample."""
-    grid = timesteps(SDE, 6, 1e-3, "logsnr").tolist()
+    """timesteps = the logSNR grid (with or without spacing="custom") is the logSNR run, sample for sample (the
+    uniform grid for torchsde, which takes no other)."""
+    spacing = "time_uniform" if name == "torchsde" else "logsnr"
+    grid = timesteps(SDE, 6, 1e-3, spacing).tolist()
     runs = [
         sample(SDE, MIX.score_fn(SDE), (5, 2), sampler=name, steps=6, generator=torch.Generator().manual_seed(0), **o)
-        for o in ({"spacing": "logsnr"}, {"spacing": "custom", "timesteps": grid}, {"timesteps": grid})
+        for o in ({"spacing": spacing}, {"spacing": "custom", "timesteps": grid}, {"timesteps": grid})
     ]
     for run in runs[1:]:
         torch.testing.assert_close(run.x, runs[0].x, rtol=0, atol=0)

@@ -1,28 +1,34 @@
-"""Samplers of the reverse SDE and the probability-flow ODE, behind one entry point `sample`.
+"""Samplers of the reverse SDE and the probability-flow ODE, and of posteriors p(x | y), behind one entry point
+`sample`.
 
-Every module here that declares a sampler (`specs.register`) is imported below, so adding a sampler is adding
-its module; `SAMPLERS` maps each name to its spec and `DETERMINISTIC` lists the ODE solvers.
+Every module here that declares a sampler (`specs.register`) is imported below, and so is `sde_diffusion.inverse`,
+whose inverse methods register in `INVERSE`: adding a sampler is adding its module. `SAMPLERS` maps each name to
+its spec and `DETERMINISTIC` lists the ODE solvers.
 """
 
 import importlib
 import pkgutil
 
 from ..scipy_ode import SolverError
-from .common import tweedie_denoise
+from .common import Callback, Reverse, tweedie_denoise
 from .optimize import TunedGrid, optimize_timesteps
 from .sample import SampleResult, sample
-from .specs import SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
+from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+importlib.import_module("sde_diffusion.inverse")
 
 DETERMINISTIC = tuple(name for name, spec in SAMPLERS.items() if not spec.stochastic)
 
 __all__ = [
     "DETERMINISTIC",
+    "INVERSE",
     "SAMPLERS",
     "SPACINGS",
+    "Callback",
+    "Reverse",
     "SampleResult",
     "SamplerArgError",
     "SamplerSpec",

@@ -13,61 +13,58 @@ from tqdm import tqdm
 
 from ..scipy_ode import SolverError
 from ..sde import SDE, ScoreFn, expand_as
-from .common import randn_like
+from .common import Reverse
 from .specs import POSITIVE, Option, register
 
 SAFETY, EXPONENT, H_INIT = 0.9, 0.9, 0.01  # θ, r and h₀/T: the paper's and its code's values
-
-
-def _drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """The reverse-SDE drift at per-sample float64 times t (`SDE.reverse_drift`)."""
-    return sde.reverse_drift(x, t, score_fn(x, t.to(x.dtype)))
 
 
 @register(
     "adaptive_sde",
     stochastic=True,
     nfe=lambda steps, o: None,
-    nfe_text="adaptive: 2 per tried step (`steps` unused)",
+    nfe_text="adaptive: 2 per tried step",
+    grid="span",
     rtol=POSITIVE,
     atol=POSITIVE,
     extrapolation=Option(choices=(True, False)),
     per_sample=Option(choices=(True, False)),
 )
 def adaptive_sde(
-    sde: SDE,
-    score_fn: ScoreFn,
+    run: Reverse,
     x: Tensor,
-    steps: int,
-    t_min: float,
+    t: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
     rtol: float = 0.25,
     atol: float = 0.02,
     extrapolation: bool = True,
     per_sample: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """EM / stochastic improved Euler with adaptive steps to `rtol`/`atol` (Jolicoeur-Martineau et al. 2021, Alg. 1).
+) -> Tensor:
+    """EM / stochastic improved Euler with adaptive steps to `rtol`/`atol` from t[0] = T to t[-1] = t_min
+    (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
-    Two NFE per tried step, rejected ones included; `steps` is unused. With `extrapolation` an accepted step keeps
-    x″, else x′ (x′ and x″ then swap roles in δ, as in the authors' code). `per_sample=True` is the authors' code:
-    every sample has its own t, h and E over its own D entries, which needs D large (on 2-D data one sample's E is
-    one or two Gaussian draws; docs/samplers.md); `per_sample=False` takes one t and h for the batch and E over all
-    its entries (D → batch·D), stable at any D, so a sample's path depends on the rest of its batch. A non-finite
-    error estimate raises `SolverError` naming the time reached.
+    Two NFE per tried step, rejected ones included. With `extrapolation` an accepted step keeps x″, else x′ (x′ and
+    x″ then swap roles in δ, as in the authors' code). `per_sample=True` is the authors' code: every sample has its
+    own t, h and E over its own D entries, which needs D large (on 2-D data one sample's E is one or two Gaussian
+    draws; docs/samplers.md); `per_sample=False` takes one t and h for the batch and E over all its entries
+    (D → batch·D), stable at any D, so a sample's path depends on the rest of its batch. Every tried step is
+    reported where it starts (with per_sample, t is each sample's time, shape (batch,)). A non-finite error
+    estimate raises `SolverError` naming the time reached.
     """
-    t = torch.full((x.shape[0],), sde.T, dtype=torch.float64, device=x.device)
+    sde, t_min = run.sde, float(t[-1])
+    t = torch.full((x.shape[0],), float(t[0]), dtype=torch.float64, device=x.device)
     h = torch.full_like(t, H_INIT * sde.T)
-    x_prev = x
-    bar = tqdm(disable=not progress, desc="adaptive_sde", unit="tried step")
+    x_prev, tried = x, 0
+    bar = tqdm(disable=not run.progress, desc="adaptive_sde", unit="tried step")
     while bool((t > t_min).any()):
-        z = randn_like(x, generator)
+        z = run.noise(x)
         g, g_next = (expand_as(sde.g(u).to(x.dtype), x) for u in (t, t - h))
         dt = expand_as(h.to(x.dtype), x)
-        a = _drift(sde, score_fn, x, t)
+        score = run.score_fn(x, t.to(x.dtype))
+        run.report_score(tried, t if per_sample else t[0], x, score)
+        a = sde.reverse_drift(x, t, score)
         x_em = x - dt * a + g * dt.sqrt() * z
-        x_heun = x - 0.5 * dt * (a + _drift(sde, score_fn, x_em, t - h)) + 0.5 * (g + g_next) * dt.sqrt() * z
+        x_heun = x - 0.5 * dt * (a + _drift(sde, run.score_fn, x_em, t - h)) + 0.5 * (g + g_next) * dt.sqrt() * z
         x_new, x_check = (x_heun, x_em) if extrapolation else (x_em, x_heun)
         delta = torch.clamp(rtol * torch.maximum(x_check.abs(), x_prev.abs()), min=atol)
         sq = ((x_em - x_heun) / delta).flatten(1).square()
@@ -79,6 +76,12 @@ def adaptive_sde(
         x, x_prev = torch.where(keep, x_new, x), torch.where(keep, x_check, x_prev)
         t = torch.where(accept, torch.where(h >= t - t_min, t_min, t - h), t)
         h = torch.minimum(t - t_min, torch.where(h > 0, SAFETY * h * err.pow(-EXPONENT), 0.0))
+        tried += 1
         bar.update()
     bar.close()
-    return x, torch.tensor(t_min, dtype=torch.float64, device=x.device)
+    return x
+
+
+def _drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    """The reverse-SDE drift at per-sample float64 times t (`SDE.reverse_drift`)."""
+    return sde.reverse_drift(x, t, score_fn(x, t.to(x.dtype)))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import VPSDE, DDPMSchedule, ScoreFn
-from .common import at, randn_like
+from ..sde import VPSDE, DDPMSchedule
+from .common import Reverse
 from .specs import Option, register
 
 
@@ -28,36 +27,38 @@ def chain_times(sde: VPSDE, chain: DDPMSchedule) -> Tensor:
     return sde.log_snr_inverse(0.5 * (alpha_bar.log() - torch.log1p(-alpha_bar)))
 
 
+def chain(sde: VPSDE, steps: int) -> Tensor:
+    """the DDPM chain's N = `steps` times, no `t_min`
+    (`chain_times` of `sde.discretize(steps)`, from index N − 1 down to 0)."""
+    return chain_times(sde, sde.discretize(steps)).flip(0)
+
+
 @register(
     "ancestral",
     stochastic=True,
     nfe=lambda steps, o: steps - 1,
     nfe_text="N − 1 (`steps` = N of the chain)",
-    min_steps=2,
     requires=VPSDE,
+    grid=chain,
     variance=Option(choices=("beta", "beta_tilde")),
 )
-def ancestral(
-    sde: VPSDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    steps: int,
-    t_min: float,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    variance: str = "beta",
-) -> tuple[Tensor, Tensor]:
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on the chain `sde.discretize(steps)`, σ_i² = β_i or β̃_i.
+def ancestral(run: Reverse, x: Tensor, t: Tensor, *, variance: str = "beta") -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on the chain `sde.discretize(N)`, σ_i² = β_i or β̃_i.
 
-    Runs i = N−1, …, 1 to x at index 0; the score is evaluated at the continuous time with the chain's ᾱ_i. The
-    Tweedie step at index 0 that `denoise=True` adds, (x + (1−ᾱ_0)∇log p)/√ᾱ_0, is exactly Alg. 2's last,
-    noise-free step (ᾱ_0 = α_0), so denoise=True with N = 1000 and LinearBeta() is DDPM. `t_min` is not used.
+    t: the chain's N times (`chain(sde, N)`). Runs i = N−1, …, 1 to x at index 0; the score is evaluated at the
+    continuous time with the chain's ᾱ_i. The Tweedie step at index 0 that `denoise=True` adds,
+    (x + (1−ᾱ_0)∇log p)/√ᾱ_0, is exactly Alg. 2's last, noise-free step (ᾱ_0 = α_0), so denoise=True with N = 1000
+    and LinearBeta() is DDPM. The chain fixes its last time: there is no t_min.
     """
-    chain = sde.discretize(steps)
-    t = chain_times(sde, chain).to(x.device)
-    chain = DDPMSchedule(*(v.to(x.device) for v in (chain.t, chain.betas, chain.alphas, chain.alphas_cumprod)))
-    for i in trange(steps - 1, 0, -1, disable=not progress, desc="ancestral"):
-        mean, std = ddpm_posterior(x, score_fn(x, at(t[i], x)), chain, i, variance)
-        x = mean + std * randn_like(x, generator)
-    return x, t[0]
+    steps = len(t)
+    if not torch.equal(t, chain(run.sde, steps)):
+        raise ValueError(f"ancestral walks the DDPM chain's own times: t = chain(sde, {steps})")
+    ddpm = run.sde.discretize(steps)
+    ddpm = DDPMSchedule(*(v.to(x.device) for v in (ddpm.t, ddpm.betas, ddpm.alphas, ddpm.alphas_cumprod)))
+    for k in run.steps(steps - 1, desc="ancestral"):
+        i = steps - 1 - k
+        score = run.score(x, t[k])
+        run.report_score(k, t[k], x, score)
+        mean, std = ddpm_posterior(x, score, ddpm, i, variance)
+        x = mean + std * run.noise(x)
+    return x

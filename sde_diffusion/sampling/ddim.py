@@ -9,41 +9,27 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import randn_like, tweedie_denoise
+from .common import Reverse, tweedie_denoise
 from .specs import Option, register
 
 
 @register(
-    "ddim",
-    stochastic=True,
-    nfe=lambda steps, o: steps,
-    nfe_text="steps",
-    spacing="logsnr",
-    eta=Option(low=0.0, high=1.0),
+    "ddim", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", grid="logsnr", eta=Option(low=0.0, high=1.0)
 )
-def ddim(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    t: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    eta: float = 1.0,
-) -> Tensor:
+def ddim(run: Reverse, x: Tensor, t: Tensor, *, eta: float = 1.0) -> Tensor:
     """DDIM-η (Song et al. 2021a, eq. 12): x_t = (α_t/α_s) r x_s + α_t(1 − r) x̂₀ + σ_t η √(1 − e^{−2h}) z, any steps.
 
     One NFE per step on the grid t; η = 0 draws no noise.
     """
+    sde = run.sde
     alpha, sigma, lam = sde.scale(t), sde.sigma(t), sde.log_snr(t)
-    for i in trange(len(t) - 1, disable=not progress, desc="ddim"):
-        x0 = tweedie_denoise(sde, score_fn, x, t[i])
+    for i in run.steps(len(t) - 1, desc="ddim"):
+        x0 = tweedie_denoise(sde, run.score_fn, x, t[i])
+        run.report(i, t[i], x, x0)
         x, std = ddim_step(x, x0, alpha[i], alpha[i + 1], sigma[i + 1], lam[i + 1] - lam[i], eta)
         if eta > 0:
-            x = x + std * randn_like(x, generator)
+            x = x + std * run.noise(x)
     return x
 
 

@@ -13,10 +13,9 @@ from itertools import accumulate
 
 import torch
 from torch import Tensor
-from tqdm import trange
 
 from ..sde import SDE, ScoreFn
-from .common import at
+from .common import Reverse, at
 from .specs import Option, register
 
 
@@ -35,6 +34,13 @@ class _Model:
         if self.data_prediction:
             return self.sde.tweedie(x, t, score)
         return -self.coefs(t)[1].to(x.dtype) * score
+
+    def reported(self, run: Reverse, i: int, x: Tensor, t: Tensor) -> Tensor:
+        """The model's output at (x, t), reported as step i with x̂₀ = (x − σ ε̂)/α when it is ε̂."""
+        m = self(x, t)
+        alpha, sigma, _ = self.coefs(t)
+        run.report(i, t, x, m if self.data_prediction else lambda: (x - sigma.to(x.dtype) * m) / alpha.to(x.dtype))
+        return m
 
 
 def _first_order(model: _Model, x: Tensor, m_s: Tensor, s: Tensor, t: Tensor) -> Tensor:
@@ -115,13 +121,13 @@ def multistep_order(order: int, n: int, steps: int, lower_order_final: bool) -> 
 
 
 def singlestep(
-    step: Callable[[Tensor, int, int, int], Tensor], x: Tensor, steps: int, order: int, progress: bool, desc: str
+    run: Reverse, step: Callable[[Tensor, int, int, int], Tensor], x: Tensor, steps: int, order: int
 ) -> Tensor:
     """The singlestep driver: x ← step(x, i, j, k) over grid intervals i → j of k = 1–3 NFE (`singlestep_orders`),
     so every NFE covers the same stretch of the `steps`-interval grid."""
     orders = singlestep_orders(steps, order)
     idx = [0, *accumulate(orders)]
-    for n in trange(len(orders), disable=not progress, desc=desc):
+    for n in run.steps(len(orders), desc=step.__name__):
         x = step(x, idx[n], idx[n + 1], orders[n])
     return x
 
@@ -144,17 +150,14 @@ BY_STEPS = {
     method=Option(choices=("multistep", "singlestep")),
     algorithm=Option(choices=("dpmsolver", "dpmsolver++")),
     lower_order_final=Option(choices=(True, False)),
-    spacing="logsnr",
+    grid="logsnr",
     by_steps=BY_STEPS,
 )
 def dpm_solver(
-    sde: SDE,
-    score_fn: ScoreFn,
+    run: Reverse,
     x: Tensor,
     t: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
     order: int = 3,
     method: str = "multistep",
     algorithm: str = "dpmsolver++",
@@ -165,15 +168,18 @@ def dpm_solver(
     multistep: warms up with orders 1, 2, …; with `lower_order_final` the last steps drop to order 1, 2 (the
     reference's default). singlestep: intervals of 1–3 NFE each (`singlestep`).
     """
-    model = _Model(sde, score_fn, data_prediction=algorithm == "dpmsolver++")
+    model = _Model(run.sde, run.score_fn, data_prediction=algorithm == "dpmsolver++")
     steps = len(t) - 1
+
+    def dpm_solver(x: Tensor, i: int, j: int, k: int) -> Tensor:
+        return _singlestep_update(model, x, model.reported(run, i, x, t[i]), t[i], t[j], k)
+
     if method == "singlestep":
-        return singlestep(lambda x, i, j, k: _singlestep_update(model, x, model(x, t[i]), t[i], t[j], k), x, steps,
-                          order, progress, "dpm_solver")  # fmt: skip
-    ms, ts = [model(x, t[0])], [t[0]]
-    for i in trange(1, steps + 1, disable=not progress, desc="dpm_solver"):
+        return singlestep(run, dpm_solver, x, steps, order)
+    ms, ts = [model.reported(run, 0, x, t[0])], [t[0]]
+    for i in run.steps(1, steps + 1, desc="dpm_solver"):
         k = multistep_order(order, i - 1, steps, lower_order_final)
         x = _multistep_update(model, x, ms[-k:], ts[-k:], t[i])
         if i < steps:
-            ms, ts = [*ms[-2:], model(x, t[i])], [*ts[-2:], t[i]]
+            ms, ts = [*ms[-2:], model.reported(run, i, x, t[i])], [*ts[-2:], t[i]]
     return x

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import at, coef, randn_like
+from ..sde import SDE
+from .common import Reverse, coef, randn_like
 from .specs import register
 
 
@@ -17,17 +16,11 @@ def em_step(sde: SDE, x: Tensor, score: Tensor, t: Tensor, t_next: Tensor, gener
     return x - sde.reverse_drift(x, t, score) * h + coef(sde.g, t, x) * h.sqrt() * randn_like(x, generator)
 
 
-@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_uniform")
-def euler_maruyama(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    t: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> Tensor:
+@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", grid="time_uniform")
+def euler_maruyama(run: Reverse, x: Tensor, t: Tensor) -> Tensor:
     """x ← x − [f x − g² ∇log p] h + g √h z, h = t_i − t_{i+1} > 0, on the grid t (Song et al. 2021, eq. 6)."""
-    for i in trange(len(t) - 1, disable=not progress, desc="euler_maruyama"):
-        x = em_step(sde, x, score_fn(x, at(t[i], x)), t[i], t[i + 1], generator)
+    for i in run.steps(len(t) - 1, desc="euler_maruyama"):
+        score = run.score(x, t[i])
+        run.report_score(i, t[i], x, score)
+        x = em_step(run.sde, x, score, t[i], t[i + 1], run.generator)
     return x

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import drift
+from .common import Reverse
 from .specs import register
 
 
-@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", spacing="time_quadratic")
-def ode_euler(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    t: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> Tensor:
+@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", grid="time_quadratic")
+def ode_euler(run: Reverse, x: Tensor, t: Tensor) -> Tensor:
     """Explicit Euler, x ← x + (t_{i+1} − t_i)·dx/dt(x, t_i), on the grid t."""
-    for i in trange(len(t) - 1, disable=not progress, desc="ode_euler"):
-        x = x + (t[i + 1] - t[i]).to(x.dtype) * drift(sde, score_fn, x, t[i], True)
+    for i in run.steps(len(t) - 1, desc="ode_euler"):
+        score = run.score(x, t[i])
+        run.report_score(i, t[i], x, score)
+        x = x + (t[i + 1] - t[i]).to(x.dtype) * run.sde.reverse_drift(x, t[i], score, True)
     return x

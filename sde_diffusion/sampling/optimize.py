@@ -19,7 +19,7 @@ from torch import Tensor
 from ..checks import check_number
 from ..metrics import flow_error
 from ..sde import SDE, ScoreFn
-from .common import tweedie_denoise
+from .common import Reverse, tweedie_denoise
 from .sample import sample
 from .specs import GRID, SAMPLERS, check_sampler
 from .timesteps import SPACINGS, timesteps
@@ -50,7 +50,8 @@ def rk45_reference(sde: SDE, score_fn: ScoreFn, t_min: float, tol: float = 1e-7)
     """x_T ↦ the probability-flow ODE solved by adaptive RK45 to rtol = atol = `tol`, then Tweedie's step at t_min."""
 
     def reference(x_T: Tensor) -> Tensor:
-        return sample(sde, score_fn, tuple(x_T.shape), "rk45", 1, t_min, x_T=x_T, dtype=x_T.dtype, rtol=tol, atol=tol).x
+        tols = {"rtol": tol, "atol": tol}
+        return sample(sde, score_fn, tuple(x_T.shape), "rk45", t_min=t_min, x_T=x_T, dtype=x_T.dtype, **tols).x
 
     return reference
 
@@ -123,9 +124,9 @@ def optimize_timesteps(
     timesteps; the rest default as in `sample` at `steps`). Run it in float64 on an exact oracle.
     """
     options = dict(options or {})
-    spec = check_sampler(sampler, steps=steps, t_min=t_min, options=options, sde_type=type(sde), T=sde.T)
     if sampler not in tunable():
         raise ValueError(f"sampler={sampler!r}: one of {tunable()} (deterministic, on a time grid)")
+    spec = check_sampler(sampler, steps=steps, t_min=t_min, options=options, sde_type=type(sde), T=sde.T)
     if fixed := {k for k, v in options.items() if k in GRID and v is not None}:
         raise ValueError(f"options={options}: {sorted(fixed)} are set by optimize_timesteps; leave them out")
     check_number("iters", iters, integer=True, ge=1)
@@ -134,7 +135,7 @@ def optimize_timesteps(
     reference = reference or rk45_reference(sde, score_fn, t_min)
 
     def solve(x: Tensor, grid: Tensor) -> Tensor:
-        return tweedie_denoise(sde, score_fn, spec.fn(sde, score_fn, x, grid, **options), grid[-1])
+        return tweedie_denoise(sde, score_fn, spec.fn(Reverse(sde, score_fn), x, grid, **options), grid[-1])
 
     def errors(x: Tensor, target: Tensor, grids: dict[str, Tensor]) -> dict[str, float]:
         with torch.no_grad():

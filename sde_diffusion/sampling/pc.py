@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import at, coef, randn_like
+from ..sde import SDE
+from .common import Reverse, coef
 from .euler_maruyama import em_step
 from .specs import POSITIVE, Option, register
 
@@ -26,16 +24,13 @@ def transition(sde: SDE, t: Tensor, u: Tensor, x: Tensor) -> tuple[Tensor, Tenso
     predictor=Option(choices=("reverse_diffusion", "euler_maruyama")),
     corrector_steps=Option(low=0, integer=True),
     snr=POSITIVE,
-    spacing="time_uniform",
+    grid="time_uniform",
 )
 def pc(
-    sde: SDE,
-    score_fn: ScoreFn,
+    run: Reverse,
     x: Tensor,
     t: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
     predictor: str = "reverse_diffusion",
     corrector_steps: int = 1,
     snr: float = 0.16,
@@ -46,16 +41,17 @@ def pc(
     + G z; a = √(1−β_i), G² = β_i for VP; a = 1, G² = σ_t² − σ_u² for VE); `euler_maruyama` is the EM step.
     The corrector runs at the new time with step ε = 2α(snr·‖z‖/‖∇log p‖)², α = a² (score_sde's LangevinCorrector).
     """
-    for i in trange(len(t) - 1, disable=not progress, desc="pc"):
-        score = score_fn(x, at(t[i], x))
-        a, G2 = transition(sde, t[i], t[i + 1], x)
+    for i in run.steps(len(t) - 1, desc="pc"):
+        score = run.score(x, t[i])
+        run.report_score(i, t[i], x, score)
+        a, G2 = transition(run.sde, t[i], t[i + 1], x)
         if predictor == "reverse_diffusion":
-            x = (2 - a) * x + G2 * score + G2.sqrt() * randn_like(x, generator)
+            x = (2 - a) * x + G2 * score + G2.sqrt() * run.noise(x)
         else:
-            x = em_step(sde, x, score, t[i], t[i + 1], generator)
+            x = em_step(run.sde, x, score, t[i], t[i + 1], run.generator)
         for _ in range(corrector_steps):
-            grad = score_fn(x, at(t[i + 1], x))
-            z = randn_like(x, generator)
+            grad = run.score(x, t[i + 1])
+            z = run.noise(x)
             ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
             step = 2 * a**2 * (snr * ratio) ** 2
             x = x + step * grad + (2 * step).sqrt() * z

@@ -12,10 +12,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import at, randn_like
+from .common import Reverse
 from .specs import Option, register
 
 
@@ -64,16 +62,13 @@ def _adams_step(
     tau_sigma_min=Option(low=0.0),
     predictor_order=Option(choices=(1, 2, 3, 4)),
     corrector_order=Option(choices=(0, 1, 2, 3, 4)),
-    spacing="logsnr",
+    grid="logsnr",
 )
 def sa_solver(
-    sde: SDE,
-    score_fn: ScoreFn,
+    run: Reverse,
     x: Tensor,
     t: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
     tau: float = 1.0,
     tau_sigma_min: float = 0.5,
     predictor_order: int = 2,
@@ -84,19 +79,22 @@ def sa_solver(
     τ applies to the steps that end at σ/s ≥ `tau_sigma_min` and the steps below are noise-free: the paper's τ(t)
     is > 0 only on a middle stretch of t; its lower edge, here in EDM's σ̃ = σ/s so that it means the same noise
     level on every SDE (docs/samplers.md). Warms up with orders 1, 2, …; one NFE per step (PEC: the corrected x is
-    not re-evaluated); the last step is the predictor alone (its output would only feed a corrector).
+    not re-evaluated); the last step is the predictor alone (its output would only feed a corrector). A step is
+    reported at the predicted x it evaluates the model on, not at the corrected x it carries on.
     """
-    steps = len(t) - 1
+    sde, steps = run.sde, len(t) - 1
     grid = sde.log_snr(t), sde.scale(t), sde.sigma(t)
     taus = tau * (grid[2] / grid[1] >= tau_sigma_min).to(t.dtype)  # τ of the step to each time
-    ms = [sde.tweedie(x, t[0], score_fn(x, at(t[0], x)))]
-    for i in trange(1, steps + 1, disable=not progress, desc="sa_solver"):
-        z = randn_like(x, generator)
+    ms = [sde.tweedie(x, t[0], run.score(x, t[0]))]
+    run.report(0, t[0], x, ms[0])
+    for i in run.steps(1, steps + 1, desc="sa_solver"):
+        z = run.noise(x)
         p = min(predictor_order, i)
         x_p = _adams_step(x, ms[-p:], grid[0][i - p : i], grid, i - 1, i, taus[i], z)
         if i == steps:
             return x_p
-        m = sde.tweedie(x_p, t[i], score_fn(x_p, at(t[i], x_p)))
+        m = sde.tweedie(x_p, t[i], run.score(x_p, t[i]))
+        run.report(i, t[i], x_p, m)
         k = min(corrector_order, i + 1)
         x = _adams_step(x, [*ms, m][-k:], grid[0][i + 1 - k : i + 1], grid, i - 1, i, taus[i], z) if k else x_p
         ms = [*ms[-3:], m]

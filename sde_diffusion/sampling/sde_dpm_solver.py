@@ -13,10 +13,8 @@ import math
 import torch
 import torchsde
 from torch import Tensor
-from tqdm import trange
 
-from ..sde import SDE, ScoreFn
-from .common import at, randn_like
+from .common import Reverse
 from .dpm_solver import multistep_order, singlestep
 from .specs import Option, register
 
@@ -24,9 +22,9 @@ from .specs import Option, register
 class _Integrator:
     """D(x̃, t), the exact linear flow e^{−H}x̃ + (1 − e^{−H})D of the η-family and its noise, for x̃ like x."""
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, x: Tensor, eta: float, lam: Tensor, generator, bm):
-        self.sde, self.score_fn, self.x, self.eta, self.k = sde, score_fn, x, eta, 1 + eta
-        self.generator, self.bm = generator, bm
+    def __init__(self, run: Reverse, x: Tensor, eta: float, lam: Tensor, bm: torchsde.BrownianInterval | None):
+        self.run, self.sde, self.x, self.eta, self.k = run, run.sde, x, eta, 1 + eta
+        self.bm = bm
         if bm is not None:  # the path's clock u = (λ − λ_T)/(λ_min − λ_T), in floats
             self.l_T, self.l_range = float(lam[0]), float(lam[-1] - lam[0])
 
@@ -34,10 +32,13 @@ class _Integrator:
         """A float64 scalar coefficient in x's dtype."""
         return v.to(self.x.dtype)
 
-    def data(self, xt: Tensor, t: Tensor) -> Tensor:
-        """D(x̃, t) = E[x₀ | x_t = α_t x̃] by Tweedie's formula."""
+    def data(self, xt: Tensor, t: Tensor, step: int | None = None) -> Tensor:
+        """D(x̃, t) = E[x₀ | x_t = α_t x̃] by Tweedie's formula; reported as `step` (at x = α_t x̃) if given."""
         x = self.c(self.sde.scale(t.reshape(1))[0]) * xt
-        return self.sde.tweedie(x, t, self.score_fn(x, at(t, x)))
+        d = self.sde.tweedie(x, t, self.run.score(x, t))
+        if step is not None:
+            self.run.report(step, t, x, d)
+        return d
 
     def time(self, lam: Tensor) -> Tensor:
         return self.sde.log_snr_inverse(lam.reshape(1))[0]
@@ -56,7 +57,7 @@ class _Integrator:
             return torch.zeros((), dtype=self.x.dtype, device=self.x.device)
         std = self.c(torch.exp(-l_b) * torch.sqrt(-torch.expm1(-2 * self.eta * (l_b - l_a))))
         if self.bm is None:
-            return std * randn_like(self.x, self.generator)
+            return std * self.run.noise(self.x)
         u_a, u_b = ((float(v) - self.l_T) / self.l_range for v in (l_a, l_b))
         return std * (self.bm(u_a, u_b) / math.sqrt(u_b - u_a)).reshape(self.x.shape).to(self.x.dtype)
 
@@ -80,10 +81,11 @@ def _multistep(m: _Integrator, xt: Tensor, ds: list[Tensor], ls: list[Tensor], l
     return out + m.c(phi_2) * d1 - m.c(phi_3) * d2
 
 
-def _singlestep(m: _Integrator, xt: Tensor, s: Tensor, l_s: Tensor, l_t: Tensor, order: int) -> Tensor:
-    """One singlestep step λ_s → λ_t of `order`, stages at r = ½ (order 2) or ⅓, ⅔ (order 3), noise included."""
+def _singlestep(m: _Integrator, xt: Tensor, s: Tensor, l_s: Tensor, l_t: Tensor, order: int, step: int) -> Tensor:
+    """One singlestep step λ_s → λ_t of `order`, stages at r = ½ (order 2) or ⅓, ⅔ (order 3), noise included;
+    reported as `step`."""
     h = l_t - l_s
-    d_s = m.data(xt, s)
+    d_s = m.data(xt, s, step)
     if order == 1:
         return m.linear(xt, d_s, h) + m.noise(l_s, l_t)
     r1 = 0.5 if order == 2 else 1 / 3
@@ -113,16 +115,13 @@ def _singlestep(m: _Integrator, xt: Tensor, s: Tensor, l_s: Tensor, l_t: Tensor,
     eta=Option(low=0.0, high=1.0),
     bm=Option(types=(torchsde.BrownianInterval, type(None))),
     lower_order_final=Option(choices=(True, False)),
-    spacing="time_quadratic",
+    grid="time_quadratic",
 )
 def sde_dpm_solver(
-    sde: SDE,
-    score_fn: ScoreFn,
+    run: Reverse,
     x: Tensor,
     t: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
     order: int = 3,
     method: str = "multistep",
     eta: float = 0.5,
@@ -137,17 +136,20 @@ def sde_dpm_solver(
     the clock u = (λ − λ_T)/(λ_min − λ_T) are the noise (k-diffusion's `BrownianTreeNoiseSampler`, in λ rather
     than σ̃ so that the tree resolves every step), reused across step counts for the same sample path.
     """
-    steps = len(t) - 1
+    sde, steps = run.sde, len(t) - 1
     lam = sde.log_snr(t)
-    m = _Integrator(sde, score_fn, x, eta, lam, generator, bm)
+    m = _Integrator(run, x, eta, lam, bm)
     xt = x / m.c(sde.scale(t[:1])[0])
+
+    def sde_dpm_solver(xt: Tensor, i: int, j: int, k: int) -> Tensor:
+        return _singlestep(m, xt, t[i], lam[i], lam[j], k, i)
+
     if method == "singlestep":
-        xt = singlestep(lambda xt, i, j, k: _singlestep(m, xt, t[i], lam[i], lam[j], k), xt, steps, order, progress,
-                        "sde_dpm_solver")  # fmt: skip
+        xt = singlestep(run, sde_dpm_solver, xt, steps, order)
     else:
         ds: list[Tensor] = []
-        for i in trange(steps, disable=not progress, desc="sde_dpm_solver"):
-            ds = [*ds[-2:], m.data(xt, t[i])]
+        for i in run.steps(steps, desc="sde_dpm_solver"):
+            ds = [*ds[-2:], m.data(xt, t[i], i)]
             k = multistep_order(order, i, steps, lower_order_final)
             xt = _multistep(m, xt, ds[-k:], list(lam[max(i + 1 - k, 0) : i + 1]), lam[i + 1])
             xt = xt + m.noise(lam[i], lam[i + 1])

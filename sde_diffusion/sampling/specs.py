@@ -1,8 +1,15 @@
 """Samplers declared as specs: what each one is, how `steps` maps to NFE, what it needs, and its allowed options.
 
-A sampler module registers its function with `@register(name, …)`; the registry `SAMPLERS`, the list of
-deterministic samplers, `sample`'s validation, the apps' config validation, the README table (`sampler_table`)
-and the tests' parametrisation are all read off these specs.
+A sampler module registers its function with `@register(name, …)`; the registries `SAMPLERS` (of the prior) and
+`INVERSE` (of a posterior p(x | y): the samplers that take a `measurement`), the list of deterministic samplers,
+`sample`'s validation, the apps' config validation, the README table (`sampler_table`) and the tests'
+parametrisation are all read off these specs.
+
+One protocol (k-diffusion's samplers on `sigmas`): every sampler is `fn(run, x, t, **options) -> x`, with `run` a
+`common.Reverse` (the SDE, the score, the noise generator, the callback, the progress bar), x the state at t[0] = T
+and t the descending float64 times its spec builds (`SamplerSpec.times`): the grid T = t_0 > … > t_steps = t_min
+of a grid sampler, [T, t_min] for an adaptive one (no `steps`), the DDPM chain's own times for `ancestral` (no
+`t_min`); it returns the state at t[-1], which `sample` then denoises.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ..sde import SDE
-from .timesteps import SPACINGS
+from .timesteps import SPACINGS, timesteps
 
 SAMPLERS: dict[str, SamplerSpec] = {}
+INVERSE: dict[str, SamplerSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,7 @@ class Option:
     integer: bool = False
     open_low: bool = False
     open_high: bool = False
+    infinite: bool = False  # +inf is allowed too (a bound that may be switched off)
 
     def accepts(self, value: Any) -> bool:
         """Whether `value` is allowed."""
@@ -42,7 +54,7 @@ class Option:
             return False
         above = value > self.low if self.open_low else value >= self.low
         below = value < self.high if self.open_high else value <= self.high
-        return math.isfinite(value) and above and below
+        return (math.isfinite(value) or (self.infinite and value == math.inf)) and above and below
 
     def allowed(self) -> str:
         """What is allowed, in words: "one of [1, 2, 3]", "a number in [0, 1]", "an int >= 0"."""
@@ -57,7 +69,8 @@ class Option:
             left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
             return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
         if lo:
-            return f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
+            unbounded = " (inf: unbounded)" if self.infinite else ""
+            return f"{kind} {'>' if self.open_low else '>='} {self.low:g}{unbounded}"
         if hi:
             return f"{kind} {'<' if self.open_high else '<='} {self.high:g}"
         return kind
@@ -67,18 +80,21 @@ POSITIVE = Option(low=0.0, open_low=True)
 # The options of every sampler that walks a time grid, which `sample` builds from them: spacing, rho, custom times.
 GRID = {"spacing": Option(choices=SPACINGS), "rho": POSITIVE, "timesteps": Option(types=(list, tuple, type(None)))}
 RHO = 7.0  # EDM's ρ of the karras spacing (Karras et al. 2022, eq. 5)
+STEPS, T_MIN = 1000, 1e-3  # `steps` and `t_min` when given as None, for the samplers that take them
+# How a sampler's times are built (`SamplerSpec.times`): "grid" from steps, t_min and the GRID options; "span" is
+# [T, t_min] (adaptive: no steps); or a function (sde, steps) -> times of its own (ancestral's DDPM chain: no t_min).
+TIMES = ("grid", "span")
+REQUIRED = inspect.Parameter.empty  # the default of an option that must be given (an inverse method's measurement)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler, whether it draws noise, the smallest `steps`, its NFE without the final Tweedie step
     (`nfe(steps, options)`, None when adaptive; `nfe_text` in words), the SDE class it needs (None: any linear SDE),
-    its options, and, for a sampler that walks a time grid, the grid's default `spacing` and its `by_steps` defaults.
-
-    A grid sampler is `fn(sde, score_fn, x, t, *, generator, progress, **options) -> x` on the descending float64
-    times t = (T, …, t_min) that `sample` builds (k-diffusion's samplers on `sigmas`); any other sampler is
-    `fn(sde, score_fn, x, steps, t_min, *, generator, progress, **options) -> (x, t_final)`. `by_steps` maps a
-    largest `steps` to the options that are best up to it (ascending; chosen by experiments/bench_samplers.py).
+    its options, how its times are built (`times`, one of TIMES), for a grid sampler the grid's default `spacing`
+    and its `by_steps` defaults, and whether it samples a posterior (`measured`: it takes a `measurement` and ends
+    with its own Tweedie step). `by_steps` maps a largest `steps` to the options that are best up to it
+    (ascending; chosen by experiments/bench_samplers.py). The protocol of `fn`: the module docstring.
     """
 
     name: str
@@ -91,13 +107,31 @@ class SamplerSpec:
     options: Mapping[str, Option] = field(default_factory=dict)
     spacing: str | None = None
     by_steps: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    times: str | Callable[[SDE, int], Tensor] = "grid"
+
+    @property
+    def takes_steps(self) -> bool:
+        """Whether `steps` sets its times (not for an adaptive sampler)."""
+        return self.times != "span"
+
+    @property
+    def takes_t_min(self) -> bool:
+        """Whether `t_min` sets its last time (not for the DDPM chain's own times)."""
+        return not callable(self.times)
+
+    @property
+    def measured(self) -> bool:
+        """Whether it samples p(x | y) of a `measurement` (an inverse method, in `INVERSE`)."""
+        return "measurement" in self.options
 
     def defaults(self, steps: int | None = None) -> dict[str, Any]:
         """Each option's default at `steps`: the function's signature (and the grid's spacing, ρ = 7, no custom
-        times), overridden by the first `by_steps` entry that covers `steps` (none when steps is None)."""
+        times), overridden by the first `by_steps` entry that covers `steps` (none when steps is None). A required
+        option (the measurement) has none."""
         params = inspect.signature(self.fn).parameters
         grid = {"spacing": self.spacing, "rho": RHO, "timesteps": None} if self.spacing else {}
-        out = grid | {k: params[k].default for k in self.options if k not in grid}
+        own = {k: params[k].default for k in self.options if k not in grid}
+        out = grid | {k: v for k, v in own.items() if v is not REQUIRED}
         covering = [opts for most, opts in self.by_steps.items() if steps is not None and steps <= most]
         return out | dict(covering[0] if covering else {})
 
@@ -110,10 +144,34 @@ class SamplerSpec:
         """The first line of the function's docstring."""
         return (self.fn.__doc__ or "").strip().splitlines()[0]
 
+    def grid(self, sde: SDE, steps: int | None, t_min: float | None, options: Mapping[str, Any]) -> Timed:
+        """The float64 CPU times this sampler walks (module docstring) and its other options, from checked arguments
+        (`check_sampler`; None: STEPS, T_MIN). `timesteps` given without `spacing` means "custom"."""
+        steps, t_min = STEPS if steps is None else steps, T_MIN if t_min is None else t_min
+        opts = self.resolve(steps, options)
+        if self.times == "span":
+            return Timed(torch.tensor([sde.T, t_min], dtype=torch.float64), opts)
+        if callable(self.times):
+            return Timed(self.times(sde, steps), opts)
+        if options.get("timesteps") is not None and options.get("spacing") is None:
+            opts["spacing"] = "custom"
+        spacing, rho, custom = (opts.pop(k) for k in GRID)
+        if not self.options["spacing"].accepts(spacing):
+            raise SamplerArgError(self.name, "options.spacing", spacing, self.options["spacing"].allowed())
+        return Timed(timesteps(sde, steps, t_min, spacing, rho, custom=custom), opts)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A sampler's times t (module docstring) and the options it is called with besides them."""
+
+    t: Tensor
+    options: dict[str, Any]
+
 
 class SamplerArgError(ValueError):
-    """A bad sampler argument: `key` ("name", "steps", "t_min" or "options.<option>") held `value`; `allowed` says
-    what may go there."""
+    """A bad sampler argument: `key` ("name", "steps", "t_min", "options.<option>", one of `sample`'s own or, for an
+    inverse method, "measurement.<field>") held `value`; `allowed` says what may go there."""
 
     def __init__(self, sampler: str, key: str, value: Any, allowed: str):
         super().__init__(f"{sampler}: {key}={value!r}: {allowed}")
@@ -126,44 +184,64 @@ def register(
     stochastic: bool,
     nfe: Callable[[int, Mapping[str, Any]], int | None],
     nfe_text: str,
-    min_steps: int = 1,
+    grid: str | Callable[[SDE, int], Tensor],
     requires: type[SDE] | None = None,
-    spacing: str | None = None,
     by_steps: Mapping[int, Mapping[str, Any]] | None = None,
     **options: Option,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare the decorated function as sampler `name` (see SamplerSpec); the options are its keyword-only
-    arguments, each with its allowed values, plus GRID's when it walks a grid of default `spacing`."""
+    """Declare the decorated function as sampler `name` (see SamplerSpec; in INVERSE if it takes a `measurement`):
+    the options are its keyword-only arguments, each with its allowed values. `grid`: the default spacing of a grid
+    sampler (which also takes GRID's options; one given here narrows GRID's), "span" for an adaptive one, or a
+    function (sde, steps) -> times of its own, `steps` times (so at least 2: one step)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         params = inspect.signature(fn).parameters
-        declared = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY} - {"generator", "progress"}
-        if declared != set(options):
-            raise TypeError(f"sampler {name}: options {sorted(options)} must be its keyword-only arguments")
-        allowed = options | (GRID if spacing else {})
-        spec = SamplerSpec(name, fn, stochastic, nfe, nfe_text, min_steps, requires, allowed, spacing, by_steps or {})
+        declared = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        spaced = isinstance(grid, str) and grid in SPACINGS
+        own = {k: v for k, v in options.items() if not (spaced and k in GRID)}
+        if declared != set(own) or list(params)[:3] != ["run", "x", "t"]:
+            raise TypeError(f"sampler {name}: fn(run, x, t, *, <options {sorted(own)}>) is the protocol")
+        allowed = own | ({k: options.get(k, v) for k, v in GRID.items()} if spaced else {})
+        times = "grid" if spaced else grid
+        if not (callable(times) or times in TIMES):
+            raise TypeError(f"sampler {name}: grid={grid!r}: a spacing of {SPACINGS}, 'span' or a function")
+        min_steps = 2 if callable(times) else 1
+        spec = SamplerSpec(name, fn, stochastic, nfe, nfe_text, min_steps, requires, allowed,
+                           grid if spaced else None, by_steps or {}, times)  # fmt: skip
         for most, opts in spec.by_steps.items():
             bad = {k: v for k, v in opts.items() if k not in allowed or not allowed[k].accepts(v)}
             if bad or list(spec.by_steps) != sorted(spec.by_steps):
                 raise TypeError(f"sampler {name}: by_steps[{most}] = {dict(opts)}: bad {bad} or not ascending")
-        SAMPLERS[name] = spec
+        (INVERSE if spec.measured else SAMPLERS)[name] = spec
         return fn
 
     return wrap
 
 
+def _check_steps(spec: SamplerSpec, steps: Any, t_min: Any, T: float) -> None:
+    """`steps` and `t_min` as the sampler's times take them (module docstring): None where it takes none."""
+    if not spec.takes_steps:
+        if steps is not None:
+            raise SamplerArgError(spec.name, "steps", steps, "None: an adaptive sampler picks its own steps")
+    elif not (steps is None or (not isinstance(steps, bool) and isinstance(steps, int) and steps >= spec.min_steps)):
+        raise SamplerArgError(spec.name, "steps", steps, f"an int >= {spec.min_steps}")
+    if not spec.takes_t_min:
+        if t_min is not None:
+            raise SamplerArgError(spec.name, "t_min", t_min, "None: its last time is its chain's, set by steps")
+    elif t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < T):
+        raise SamplerArgError(spec.name, "t_min", t_min, f"a number in (0, T={T:g})")
+
+
 def check_sampler(
     name: str, *, steps: Any, t_min: Any, options: Mapping[str, Any], sde_type: type[SDE], T: float
 ) -> SamplerSpec:
-    """The spec of sampler `name` after checking every argument against it (an option given as None takes its
-    default); the first bad one raises SamplerArgError (a ValueError) naming the key, the value and what is allowed."""
-    if name not in SAMPLERS:
-        raise SamplerArgError("sample", "name", name, f"one of {list(SAMPLERS)}")
-    spec = SAMPLERS[name]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < spec.min_steps:
-        raise SamplerArgError(name, "steps", steps, f"an int >= {spec.min_steps}")
-    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < T:
-        raise SamplerArgError(name, "t_min", t_min, f"a number in (0, T={T:g})")
+    """The spec of sampler `name` (in SAMPLERS or INVERSE) after checking every argument against it (an option
+    given as None takes its default; steps and t_min given as None take STEPS and T_MIN where the sampler takes
+    them); the first bad one raises SamplerArgError (a ValueError) naming the key, the value and what is allowed."""
+    spec = SAMPLERS.get(name) or INVERSE.get(name)
+    if spec is None:
+        raise SamplerArgError("sample", "name", name, f"one of {[*SAMPLERS, *INVERSE]}")
+    _check_steps(spec, steps, t_min, T)
     if spec.requires is not None and not issubclass(sde_type, spec.requires):
         raise SamplerArgError(
             name, "name", name, f"needs a {spec.requires.__name__}, got {sde_type.__name__}: use another sampler"
@@ -173,20 +251,27 @@ def check_sampler(
             raise SamplerArgError(name, f"options.{key}", value, f"{name} takes options: {', '.join(spec.options)}")
         if value is not None and not spec.options[key].accepts(value):
             raise SamplerArgError(name, f"options.{key}", value, spec.options[key].allowed())
+    for key in spec.options.keys() - spec.defaults().keys():
+        if options.get(key) is None:
+            raise SamplerArgError(name, f"options.{key}", None, spec.options[key].allowed())
     return spec
 
 
 def sampler_table() -> str:
-    """The markdown table of every sampler's spec (README.md carries it; a test keeps the two equal)."""
+    """The markdown table of every sampler's spec, the inverse methods last (README.md carries it; a test keeps
+    the two equal)."""
     rows = [
         "| sampler | kind | NFE (+1 with denoise) | needs | time grid | options | defaults by steps |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in sorted(SAMPLERS.values(), key=lambda s: (not s.stochastic, s.name)):
+    specs = sorted([*SAMPLERS.values(), *INVERSE.values()], key=lambda s: (s.measured, not s.stochastic, s.name))
+    for s in specs:
         own = ", ".join(f"`{k}` {o.allowed()}" for k, o in s.options.items() if k not in GRID) or "—"
-        grid = f"`spacing` ({s.spacing}), `rho`, `timesteps`" if s.spacing else "—"
+        spacings = "" if s.options.get("spacing") in (None, GRID["spacing"]) else f": {s.options['spacing'].allowed()}"
+        grid = {"grid": f"`spacing` ({s.spacing}{spacings}), `rho`, `timesteps`", "span": "[T, `t_min`], adaptive"}
         needs = s.requires.__name__ if s.requires else "any SDE"
         by = "; ".join(f"≤ {n}: " + ", ".join(f"{k}={v}" for k, v in o.items()) for n, o in s.by_steps.items())
-        kind = "SDE" if s.stochastic else "ODE"
-        rows.append(f"| `{s.name}` | {kind} | {s.nfe_text} | {needs} | {grid} | {own} | {by or '—'} |")
+        kind = "inverse" if s.measured else "SDE" if s.stochastic else "ODE"
+        times = grid.get(s.times) if isinstance(s.times, str) else (s.times.__doc__ or "").strip().splitlines()[0]
+        rows.append(f"| `{s.name}` | {kind} | {s.nfe_text} | {needs} | {times} | {own} | {by or '—'} |")
     return "\n".join(rows) + "\n"

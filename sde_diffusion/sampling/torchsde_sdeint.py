@@ -7,59 +7,67 @@ import torchsde
 from torch import Tensor
 
 from ..sde import SDE, ScoreFn
-from .common import coef, drift
+from .common import Reverse, at, coef
 from .specs import Option, register
 
 
 class _ReverseInS(torch.nn.Module):
-    """The reverse SDE in s = T − t, forward in s as torchsde needs: dy = −[f y − g² ∇log p] ds + g dW_s."""
+    """The reverse SDE in s = T − t, forward in s as torchsde needs: dy = −[f y − g² ∇log p] ds + g dW_s.
+
+    With a `run`, every `per_step`-th drift call after torchsde's shape check, a step's first stage at its start
+    (s_n, y_n), is reported as step n."""
 
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...]):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], run: Reverse | None = None, per_step=1):
         super().__init__()
         self.forward_sde, self.score_fn, self.shape = sde, score_fn, shape
+        self.run, self.per_step, self.calls = run, per_step, -1
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
         t = (self.forward_sde.T - s.to(torch.float64)).reshape(())
-        return -drift(self.forward_sde, self.score_fn, y.view(self.shape), t, False).flatten(1)
+        x = y.view(self.shape)
+        score = self.score_fn(x, at(t, x))
+        if self.run is not None and self.calls >= 0 and self.calls % self.per_step == 0:
+            self.run.report_score(self.calls // self.per_step, t, x, score)
+        self.calls += 1
+        return -self.forward_sde.reverse_drift(x, t, score).flatten(1)
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
         t = (self.forward_sde.T - s.to(torch.float64)).reshape(())
         return coef(self.forward_sde.g, t, y).expand_as(y)
 
 
+PER_STEP = {"euler": 1, "milstein": 1, "srk": 10}  # drift calls per step (torchsde's solvers)
+
+
 @register(
     "torchsde",
     stochastic=True,
-    nfe=lambda steps, o: 1 + steps * {"euler": 1, "milstein": 1, "srk": 10}[o["method"]],
+    nfe=lambda steps, o: 1 + steps * PER_STEP[o["method"]],
     nfe_text="1 + steps·(1, or 10 for srk)",
-    method=Option(choices=("euler", "milstein", "srk")),
+    grid="time_uniform",
+    spacing=Option(choices=("time_uniform", "custom")),
+    method=Option(choices=tuple(PER_STEP)),
     bm=Option(types=(torchsde.BrownianInterval, type(None))),
 )
 def torchsde_sampler(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    steps: int,
-    t_min: float,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    method: str = "euler",
-    bm: torchsde.BrownianInterval | None = None,
-) -> tuple[Tensor, Tensor]:
-    """`torchsde.sdeint` (Li et al. 2020) on the reverse SDE in s = T − t ∈ [0, T − t_min], step (T − t_min)/steps.
+    run: Reverse, x: Tensor, t: Tensor, *, method: str = "euler", bm: torchsde.BrownianInterval | None = None
+) -> Tensor:
+    """`torchsde.sdeint` (Li et al. 2020) on the reverse SDE in s = T − t over [0, T − t_min], on the uniform grid t.
 
-    `bm` reuses one Brownian path (a torchsde.BrownianInterval on [0, T − t_min] of size (batch, D)) across step
-    counts; without it one is made with entropy drawn from `generator`. torchsde makes one extra drift call to
-    check shapes. `progress` is not shown (torchsde has none).
+    torchsde takes one step size, (T − t_min)/steps: a custom grid must be uniform. `bm` reuses one Brownian path
+    (a torchsde.BrownianInterval on [0, T − t_min] of size (batch, D)) across step counts; without it one is made
+    with entropy drawn from `generator`. torchsde makes one extra drift call to check shapes. `progress` is not
+    shown (torchsde has none).
     """
-    s1 = sde.T - t_min
+    steps, s1 = len(t) - 1, float(t[0] - t[-1])
+    if not torch.allclose(t.diff(), t.diff()[:1], rtol=1e-9, atol=0):
+        raise ValueError(f"torchsde steps uniformly in t: timesteps={t.tolist()} are not evenly spaced")
     y = x.flatten(1)
     if bm is None:
-        entropy = int(torch.randint(2**62, (1,), generator=generator))
+        entropy = int(torch.randint(2**62, (1,), generator=run.generator))
         bm = torchsde.BrownianInterval(
             t0=0.0,
             t1=s1,
@@ -71,5 +79,5 @@ def torchsde_sampler(
         )
     ts = torch.tensor([0.0, s1], dtype=torch.float64, device=x.device)
     dt = s1 / steps * (1 + 1e-9)  # so that rounding in torchsde's t += dt cannot add a sliver of a step at the end
-    ys = torchsde.sdeint(_ReverseInS(sde, score_fn, x.shape), y, ts, bm=bm, method=method, dt=dt)
-    return ys[-1].view(x.shape), torch.tensor(t_min, dtype=torch.float64, device=x.device)
+    reverse = _ReverseInS(run.sde, run.score_fn, x.shape, run, PER_STEP[method])
+    return torchsde.sdeint(reverse, y, ts, bm=bm, method=method, dt=dt)[-1].view(x.shape)
