@@ -56,7 +56,8 @@ from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, 
 
 log = logging.getLogger("train")
 
-LOOP_KEYS = ("log_every", "eval_every", "ckpt_every", "keep_last", "guide_at", "threads", "resume")  # train.*: not the Trainer's
+# train.*: not the Trainer's
+LOOP_KEYS = ("log_every", "eval_every", "ckpt_every", "keep_last", "guide_at", "threads", "resume")
 
 
 def check(cfg: DictConfig) -> None:
@@ -67,7 +68,10 @@ def check(cfg: DictConfig) -> None:
     for key in ("eval_every", "ckpt_every", "keep_last"):
         require_number(cfg, f"train.{key}", integer=True, ge=0)
     require_number(cfg, "train.threads", integer=True, ge=1, optional=True)
-    require_number(cfg, "train.guide_at", integer=True, ge=1, le=cfg.train.steps, optional=True)
+    require_number(cfg, "train.guide_at", integer=True, ge=1, optional=True)
+    guide_at, steps = cfg.train.get("guide_at"), cfg.train.steps
+    if isinstance(guide_at, int) and isinstance(steps, int) and guide_at > steps:
+        log.warning("train.guide_at=%d is past train.steps=%d: no guide is saved", guide_at, steps)
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
