@@ -41,3 +41,10 @@ def frechet_distance(x: Tensor, y: Tensor) -> float:
     root_x = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
     cross = torch.linalg.eigvalsh(root_x @ cov_y @ root_x).clamp(min=0).sqrt().sum()
     return float((mu_x - mu_y).square().sum() + cov_x.trace() + cov_y.trace() - 2 * cross)
+
+
+def class_recall(real: Tensor, real_labels: Tensor, samples: Tensor, labels: Tensor, k: int = 3) -> list[float]:
+    """Per class c, `recall` of the real examples of c by the samples asked for c."""
+    real_labels, labels = real_labels.cpu(), labels.cpu()
+    classes = sorted(set(labels.tolist()))
+    return [recall(real[real_labels == c], samples[labels == c], k) for c in classes]
