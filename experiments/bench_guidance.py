@@ -163,8 +163,10 @@ def figure(rows: list[dict], kind: str, marks: dict[str, float], path: str, titl
     for label, value in marks.items():
         ax.axvline(value, color="k" if "exact" in label else "grey", ls=":" if "exact" in label else "--", lw=1,
                    label=label)  # fmt: skip
-    if kind == "mixture":
-        ax.set_xscale("symlog", linthresh=10)
+    if kind == "mixture":  # the interesting range: from 25 nats below the exact draws' precision to just above it
+        top = marks["exact draws of p(x | y)"]
+        ax.set_xlim(top - 25, top + 1.5)
+        ax.set_ylim(0, 0.5)
     ax.set_xlabel(
         {"precision": "precision: E log p(x | y), nats (higher: more typical)", "accuracy": "class accuracy"}[x]
     )
@@ -206,7 +208,7 @@ def main() -> None:
     for name, (w, value, top, best) in matched(rows, x, y, target).items():
         print(f"| {name} | {w:.2f} | {value:.4f} | {top:.4g} | {best:.4f} |")
     if args.figure:
-        source = "exact scores" if args.exact else args.checkpoint
+        source = "the oracle's exact scores" if args.exact else "a trained model"
         figure(rows, kind, marks, args.figure, f"{kind}, {source}\nn = {args.n}, DDIM η = 0, {args.steps} steps")
 
 
