@@ -126,9 +126,10 @@ def row_text(r: dict, kind: str) -> str:
 
 
 def curve(rows: list[dict], name: str) -> list[dict]:
-    """A method's rows in order of w, starting from the unguided model (CFG's w = 0, the same for every method)."""
-    start = next(r for r in rows if r["method"] == "cfg" and r["w"] == 0)
-    return [start] + sorted((r for r in rows if r["method"] == name and r["w"] > 0), key=lambda r: r["w"])
+    """A method's rows in order of w, starting from the unguided model (CFG's w = 0, every method's w = 0 but CFG++'s,
+    whose λ = 0 is the unconditional model)."""
+    start = [] if name == "cfgpp" else [next(r for r in rows if r["method"] == "cfg" and r["w"] == 0)]
+    return start + sorted((r for r in rows if r["method"] == name and r["w"] > 0), key=lambda r: r["w"])
 
 
 def matched(rows: list[dict], x: str, y: str, target: float) -> dict[str, tuple[float, float, float, float]]:

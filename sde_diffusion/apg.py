@@ -1,6 +1,6 @@
 """Adaptive projected guidance (Sadat et al. 2024, "Eliminating oversaturation and artifacts of high guidance scales
-in diffusion models", Alg. 1 without momentum): classifier-free guidance on the denoised estimates D = E[x₀ | x_t],
-with the update ΔD = D(x | y) − D(x | ∅) clipped to norm ≤ r and its component parallel to D(x | y) damped by η."""
+in diffusion models", without its momentum): classifier-free guidance on the denoised estimates D = E[x₀ | x_t], with
+the update ΔD = D(x | y) − D(x | ∅) clipped to norm ≤ r and its component parallel to D(x | y) damped by η."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def adaptive_projected(pair: PairFn, sde: SDE, w: float, eta: float = 0.0, threshold: float = math.inf) -> ScoreFn:
-    """D̂ = D_c + w·(ΔD_⊥ + η·ΔD_∥) (Sadat et al. 2024, eq. 9 and Alg. 1, their w − 1 = this w), with
-    ΔD = (D_c − D_u)·min(1, r/‖D_c − D_u‖) (eq. 10, r = `threshold`), ΔD_∥ = (⟨ΔD, D_c⟩/‖D_c‖²)·D_c and
-    ΔD_⊥ = ΔD − ΔD_∥ (eq. 8), per sample; D = (x + σ²s)/s(t) (Tweedie) and the returned score (s(t)·D̂ − x)/σ².
+    """D̂ = D_c + w·(ΔD_⊥ + η·ΔD_∥) (Sadat et al. 2024's APG update, their w − 1 = this w), with
+    ΔD = (D_c − D_u)·min(1, r/‖D_c − D_u‖) (their norm threshold r = `threshold`), ΔD_∥ = (⟨ΔD, D_c⟩/‖D_c‖²)·D_c and
+    ΔD_⊥ = ΔD − ΔD_∥ (their projection), per sample; D = (x + σ²s)/s(t) (Tweedie), the score returned
+    (s(t)·D̂ − x)/σ².
     η = 1 and r = ∞ give classifier-free guidance at w; the paper's defaults are η = 0 and a data-dependent r.
     The paper's momentum on ΔD is left out: it carries state from one call to the next, which multi-stage and
     adaptive samplers do not call in step order. Each call is one `pair` call (two network evaluations)."""

@@ -1,6 +1,6 @@
-"""CFG++ (Chung et al. 2024, "CFG++: manifold-constrained classifier free guidance for diffusion models", Alg. 1):
-DDIM whose Tweedie estimate uses the guided ε̂_λ = ε̂_∅ + λ(ε̂_c − ε̂_∅), λ ∈ [0, 1], and whose re-noising uses the
-unconditional ε̂_∅: x_t = α_t x̂₀(ε̂_λ) + σ_t ε̂_∅ (η = 0). It is defined for the DDIM-η step of
+"""CFG++ (Chung et al. 2024, "CFG++: manifold-constrained classifier free guidance for diffusion models",
+arXiv:2406.08070): DDIM whose Tweedie estimate uses the guided ε̂_λ = ε̂_∅ + λ(ε̂_c − ε̂_∅), λ ∈ [0, 1], and whose
+re-noising uses the unconditional ε̂_∅: x_t = α_t x̂₀(ε̂_λ) + σ_t ε̂_∅ (η = 0). It is defined for the DDIM-η step of
 `sampling.ddim.ddim_step` (in λ(t), any linear SDE), which it reuses: the step is DDIM's, taken from
 x_s + σ_s²·λ(s_c − s_∅) = α_s x̂₀(ε̂_λ) + σ_s ε̂_∅ towards x̂₀(ε̂_λ). Not a score transform: the re-noising term is
 O(1) per step, so it is CFG at a scale that depends on the step size (at h = λ_t − λ_s, x̂₀ = x̂₀_∅ +
@@ -36,9 +36,9 @@ def cfgpp_ddim(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """CFG++ on the grid t (Chung et al. 2024, Alg. 1 for η = 0; with η > 0 DDIM-η's noise replaces part of the
-    re-noising ε̂_∅). `pair(x, t)` -> (s_c, s_∅) (`guidance.cond_uncond`); with `interval` (in λ) the steps outside it
-    are plain conditional DDIM steps with `cond` (one network evaluation instead of two)."""
+    """CFG++ on the grid t (Chung et al. 2024's DDIM with CFG++ for η = 0; with η > 0 DDIM-η's noise replaces part
+    of the re-noising ε̂_∅). `pair(x, t)` -> (s_c, s_∅) (`guidance.cond_uncond`); with `interval` (in λ) the steps
+    outside it are plain conditional DDIM steps with `cond` (one network evaluation instead of two)."""
     alpha, sigma, log_snr = sde.scale(t), sde.sigma(t), sde.log_snr(t)
     for i in trange(len(t) - 1, disable=not progress, desc="cfgpp"):
         x_from, x0 = cfgpp_target(sde, pair, cond, lam, x, t[i], interval)

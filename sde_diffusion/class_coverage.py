@@ -1,7 +1,8 @@
 """Coverage of a class by its samples where no density is known (digits): the improved recall of Kynkäänniemi et al.
-(2019, eq. 1–2), the share of the class's real examples that lie in the k-NN balls of the samples, i.e. that have a
-sample near them; and the Fréchet distance of Gaussians fitted to two sets (Heusel et al. 2017, eq. 6), here on the
-raw pixels (8×8 digits have no feature network).
+(2019, "Improved precision and recall metric for assessing generative models"), the share of the class's real
+examples that lie in the k-NN balls of the samples, i.e. that have a sample near them; and the Fréchet distance of
+Gaussians fitted to two sets (Heusel et al. 2017, FID's distance), here on the raw pixels (8×8 digits have no feature
+network).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ def knn_radii(x: Tensor, k: int = 3) -> Tensor:
 
 def recall(real: Tensor, samples: Tensor, k: int = 3) -> float:
     """Share of the real points within the k-NN ball of some sample: ‖x − g‖ ≤ NN_k(g) among the samples
-    (Kynkäänniemi et al. 2019, eq. 1–2 with the roles of eq. 1's precision swapped; k = 3 as in the paper)."""
+    (Kynkäänniemi et al. 2019's recall: their precision with the two sets' roles swapped; k = 3 as in the paper)."""
     real, samples = _flat(real), _flat(samples)
     inside = torch.cdist(real, samples) <= knn_radii(samples, k)[None, :]
     return float(inside.any(1).double().mean())
 
 
 def frechet_distance(x: Tensor, y: Tensor) -> float:
-    """‖μ_x − μ_y‖² + tr(Σ_x + Σ_y − 2(Σ_x Σ_y)^½) (Heusel et al. 2017, eq. 6) of the Gaussians fitted to x and y;
+    """‖μ_x − μ_y‖² + tr(Σ_x + Σ_y − 2(Σ_x Σ_y)^½) (Heusel et al. 2017) of the Gaussians fitted to x and y;
     tr (Σ_x Σ_y)^½ as Σ √eig(Σ_x^½ Σ_y Σ_x^½), which is symmetric positive semi-definite."""
     x, y = _flat(x), _flat(y)
     mu_x, mu_y = x.mean(0), y.mean(0)

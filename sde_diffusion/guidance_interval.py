@@ -1,7 +1,7 @@
 """A guidance interval (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
-distribution quality", eq. 5): guide only at middle noise levels, σ ∈ (σ_lo, σ_hi], and use the unguided score
-elsewhere. Given in λ = log(s(t)/σ(t)) = −log σ̃ (σ̃ the VE-equivalent noise level, EDM's σ), so one interval means
-the same noise levels under every SDE, β(t) and time grid; EDM's σ ∈ (σ_lo, σ_hi] is λ ∈ [−log σ_hi, −log σ_lo).
+distribution quality"): guide only at middle noise levels, σ ∈ (σ_lo, σ_hi], and use the unguided score elsewhere.
+Given in λ = log(s(t)/σ(t)) = −log σ̃ (σ̃ the VE-equivalent noise level, EDM's σ), so one interval means the same
+noise levels under every SDE, β(t) and time grid; EDM's σ ∈ (σ_lo, σ_hi] is λ ∈ [−log σ_hi, −log σ_lo).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def in_interval(sde: SDE, t: Tensor, interval: tuple[float, float]) -> Tensor:
 
 
 def guidance_interval(guided: ScoreFn, unguided: ScoreFn, sde: SDE, interval: tuple[float, float]) -> ScoreFn:
-    """s = guided(x, t) where λ(t) ∈ [λ_lo, λ_hi], else unguided(x, t) (Kynkäänniemi et al. 2024, eq. 5; `unguided`
+    """s = guided(x, t) where λ(t) ∈ [λ_lo, λ_hi], else unguided(x, t) (Kynkäänniemi et al. 2024's w(σ); `unguided`
     the conditional score). Only the score needed is evaluated: a batch wholly inside calls `guided` alone, so an
     interval covering every λ returns exactly the un-intervalled guidance, and outside it costs the unguided score's
     network evaluations only."""

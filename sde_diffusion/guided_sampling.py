@@ -2,9 +2,9 @@
 class-conditional samples with it and counts the network evaluations each sample cost (the model's and the guide's).
 
   cfg    classifier-free guidance (Ho & Salimans 2022, eq. 6): `guidance.classifier_free`, 2 evaluations a call;
-  auto   autoguidance (Karras et al. 2024, eq. 1) by a weaker conditional `guide`: 1 + 1 (the guide's) a call;
-  cfgpp  CFG++ (Chung et al. 2024, Alg. 1), DDIM only (`cfgpp`): 2 a step, `w` is the paper's λ ∈ [0, 1];
-  apg    adaptive projected guidance (Sadat et al. 2024, Alg. 1 without momentum): 2 a call, with `eta`, `threshold`.
+  auto   autoguidance (Karras et al. 2024) by a weaker conditional `guide`: 1 + 1 (the guide's) a call;
+  cfgpp  CFG++ (Chung et al. 2024), DDIM only (`cfgpp`): 2 a step, `w` is the paper's λ ∈ [0, 1];
+  apg    adaptive projected guidance (Sadat et al. 2024, without momentum): 2 a call, with `eta`, `threshold`.
 
 `interval` = [λ_lo, λ_hi] (Kynkäänniemi et al. 2024) restricts any of them to λ(t) in it, using the conditional
 score (1 evaluation) elsewhere.

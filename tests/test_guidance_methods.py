@@ -1,7 +1,7 @@
 """Guidance beyond CFG against the exact oracle and the papers' formulas, each written out here independently:
 autoguidance with the exact class score as model and the exact p(x) score as guide is CFG; a λ interval covering
 every λ is the un-intervalled guidance bitwise and switches at the same λ under every SDE and β(t); CFG++'s step is
-Chung et al.'s Alg. 1 in ᾱ notation; APG is Sadat et al.'s Alg. 1 per sample."""
+Chung et al.'s DDIM update in ᾱ notation; APG is Sadat et al.'s update per sample."""
 
 import math
 
@@ -103,7 +103,7 @@ def test_network_evaluations_count_two_per_guided_call_and_one_outside_the_inter
 
 
 def test_cfgpp_step_is_the_papers_formula():
-    """Chung et al. 2024, Alg. 1 in ᾱ (VP): ε̂_λ = ε̂_∅ + λ(ε̂_c − ε̂_∅), x̂₀ = (x_s − √(1 − ᾱ_s) ε̂_λ)/√ᾱ_s,
+    """Chung et al. 2024's DDIM with CFG++ in ᾱ (VP): ε̂_λ = ε̂_∅ + λ(ε̂_c − ε̂_∅), x̂₀ = (x_s − √(1 − ᾱ_s) ε̂_λ)/√ᾱ_s,
     x_t = √ᾱ_t x̂₀ + √(1 − ᾱ_t) ε̂_∅, with ε̂ = −σ(s)·score."""
     sde, lam = VPSDE(), 0.6
     x, _, y = draws(sde, MIX, n=12)
@@ -135,7 +135,7 @@ def test_cfgpp_outside_its_interval_is_conditional_ddim_and_covering_it_changes_
 
 
 def apg_by_hand(sde, x, t, y, w, eta, r):
-    """Sadat et al. 2024, Alg. 1 (no momentum), one sample at a time: D = (x + σ²s)/α; ΔD = D_c − D_u, scaled to
+    """Sadat et al. 2024's APG (no momentum), one sample at a time: D = (x + σ²s)/α; ΔD = D_c − D_u, scaled to
     norm r if longer; ΔD_∥ = (ΔD·D_c / D_c·D_c) D_c; D̂ = D_c + w(ΔD − ΔD_∥ + η ΔD_∥)."""
     out = []
     for i in range(len(x)):
