@@ -150,13 +150,14 @@ def matched(rows: list[dict], x: str, y: str, target: float) -> dict[str, tuple[
 
 
 def figure(rows: list[dict], kind: str, marks: dict[str, float], path: str, title: str) -> None:
-    """Each method's curve over w: x the precision (digits: accuracy), y the recall error (digits: FD)."""
+    """Each method's precision–recall curve over w: x the precision (digits: class accuracy), y the in-class
+    mode-weight error (digits: the recall of the training digits)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _, x, y = COLUMNS[kind]
+    x, y = COLUMNS[kind][1], {"mixture": "recall_error", "digits": "recall"}[kind]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name in dict.fromkeys(r["method"] for r in rows):
         c = curve(rows, name)
@@ -168,10 +169,13 @@ def figure(rows: list[dict], kind: str, marks: dict[str, float], path: str, titl
         top = marks["exact draws of p(x | y)"]
         ax.set_xlim(top - 25, top + 1.5)
         ax.set_ylim(0, 0.5)
+    else:  # the accuracy saturates at 1: the scales that reach 0.97 or more
+        ax.set_xlim(0.97, 1.002)
     ax.set_xlabel(
         {"precision": "precision: E log p(x | y), nats (higher: more typical)", "accuracy": "class accuracy"}[x]
     )
-    ax.set_ylabel({"recall_error": "in-class mode-weight error (lower: better recall)", "fd": "FD (pixels)"}[y])
+    ax.set_ylabel({"recall_error": "in-class mode-weight error (lower: better recall)",
+                   "recall": "recall of the training digits (k = 3)"}[y])  # fmt: skip
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()

@@ -76,3 +76,23 @@ def test_frechet_distance_of_gaussian_draws_is_the_closed_form():
     x, y = torch.randn(n, d, generator=g), m + 2 * torch.randn(n, d, generator=g)
     assert frechet_distance(x, y) == pytest.approx(float(m.square().sum()) + d, rel=0.02)
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_benchmark_reads_each_method_at_cfg_w1_precision_along_its_curve():
+    """bench_guidance.matched: linear between the bracketing scales of a curve that starts at the conditional model."""
+    import sys
+
+    from apps import ROOT
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from bench_guidance import matched
+
+    rows = [{"method": "cfg", "w": 0.0, "precision": -10.0, "recall_error": 0.0},
+            {"method": "cfg", "w": 1.0, "precision": -8.0, "recall_error": 0.2},
+            {"method": "auto", "w": 1.0, "precision": -6.0, "recall_error": 0.1},
+            {"method": "apg", "w": 1.0, "precision": -9.0, "recall_error": 0.05}]  # fmt: skip
+    out = matched(rows, "precision", "recall_error", -8.0)
+    assert out["cfg"] == (1.0, 0.2, -8.0, 0.2)
+    assert out["auto"] == pytest.approx((0.5, 0.05, -6.0, 0.1))
+    w, value, top, best = out["apg"]
+    assert math.isnan(w) and math.isnan(value) and top == -9.0 and math.isnan(best)

@@ -18,6 +18,7 @@ from sde_diffusion.guidance import classifier, classifier_free, cond_uncond, con
 from sde_diffusion.guidance_interval import guidance_interval
 from sde_diffusion.guided_sampling import Guidance, guided_sample
 from sde_diffusion.sampling import sample, timesteps
+from sde_diffusion.sampling.ddim import ddim
 from sde_diffusion.schedules import CosineBeta
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "vp-cosine": VPSDE(CosineBeta())}
@@ -183,3 +184,18 @@ def test_bad_guidance_settings_are_named():
     with pytest.raises(ValueError, match="^sampler must be ddim"):
         guided_sample(Guidance("cfgpp", 0.5), VPSDE(), oracle_model(MIX, VPSDE()), torch.zeros(2, dtype=torch.long),
                       NULL, torch.zeros(2, 4), SamplerRun("dpm_solver", 2))  # fmt: skip
+
+
+def test_a_cfgpp_step_is_a_ddim_cfg_step_at_a_scale_set_by_the_step_size():
+    """With r = e^{−h}, h = λ_t − λ_s: x̂₀' = x̂₀_∅ + λ/(1 − r)·(x̂₀_c − x̂₀_∅) in DDIM's update, i.e. CFG at
+    1 + w = λ/(1 − r); the steps' lengths set the scale."""
+    sde, lam = VPSDE(), 0.3
+    x, _, y = draws(sde, MIX, n=12)
+    model = oracle_model(MIX, sde)
+    for s, t in [(0.7, 0.6), (0.7, 0.3)]:
+        grid = torch.tensor([s, t], dtype=torch.float64)
+        h = sde.log_snr(grid[1:]) - sde.log_snr(grid[:1])
+        w = float(lam / -torch.expm1(-h)) - 1
+        cfg_step = ddim(sde, classifier_free(model, y, w, NULL), x, grid, eta=0.0)
+        got = cfgpp_ddim(sde, cond_uncond(model, y, NULL), conditional(model, y), lam, x, grid)
+        torch.testing.assert_close(got, cfg_step, atol=1e-10, rtol=1e-10)
