@@ -18,7 +18,6 @@ from sde_diffusion.guidance import classifier, classifier_free, cond_uncond, con
 from sde_diffusion.guidance_interval import guidance_interval
 from sde_diffusion.guided_sampling import Guidance, guided_sample
 from sde_diffusion.sampling import sample, timesteps
-from sde_diffusion.sampling.ddim import ddim
 from sde_diffusion.schedules import CosineBeta
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "vp-cosine": VPSDE(CosineBeta())}
@@ -196,6 +195,8 @@ def test_a_cfgpp_step_is_a_ddim_cfg_step_at_a_scale_set_by_the_step_size():
         grid = torch.tensor([s, t], dtype=torch.float64)
         h = sde.log_snr(grid[1:]) - sde.log_snr(grid[:1])
         w = float(lam / -torch.expm1(-h)) - 1
-        cfg_step = ddim(sde, classifier_free(model, y, w, NULL), x, grid, eta=0.0)
+        (a_s, a_t), (s_s, s_t) = sde.scale(grid), sde.sigma(grid)
+        x0 = sde.tweedie(x, grid[:1].expand(len(x)), classifier_free(model, y, w, NULL)(x, grid[:1].expand(len(x))))
+        cfg_step = a_t * x0 + s_t * (x - a_s * x0) / s_s  # DDIM, η = 0: α_t x̂₀ + σ_t ε̂ (Song et al. 2021a, eq. 12)
         got = cfgpp_ddim(sde, cond_uncond(model, y, NULL), conditional(model, y), lam, x, grid)
         torch.testing.assert_close(got, cfg_step, atol=1e-10, rtol=1e-10)
