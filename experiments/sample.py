@@ -4,6 +4,8 @@
     python experiments/sample.py checkpoint=... sampler=ddim steps=50 sampler.options.eta=0.5 n=10000 metrics=true
     python experiments/sample.py checkpoint=... sampler=dpm_solver steps=9 timesteps=tuned  # tune_timesteps.py's grid
     python experiments/sample.py checkpoint=... labels=all w=2  # a class-conditional run: n/C of every class, guided
+    python experiments/sample.py checkpoint=... labels=all w=2 guidance=auto guide=RUN/checkpoints/guide.pt
+    python experiments/sample.py checkpoint=... labels=all w=3 guidance=apg guidance.interval=[-2,1]
     python experiments/sample.py -m checkpoint=... sampler=ddim,dpm_solver steps=10,20      # one job per pair
 
 The sampler is a conf/sampler/ file with its options; `steps` is its number of steps (`steps=10` is
@@ -13,11 +15,12 @@ with a scaler such as images, as sampled, and then also `quantised`: rounded and
 beside a held-out data draw; titled with data, SDE, β(t), sampler and NFE), metrics.json (sampler, steps, NFE, wall
 time, the tuned grid if any; with metrics=true every metric of sde_diffusion.evaluation against a held-out draw of n
 points, the floor and a legend) and an offline wandb run. NFE counts score calls; with labels each is two network
-evaluations (classifier-free guidance). The seeds are sde_diffusion.evaluation's: x_T from `seed`, the sampler's
-noise from `seed + 1`, the held-out draw from `seed + 500`, so an unconditional run draws what train.py's
-evaluation with eval.seed = seed draws. `eval` is train.yaml's node (sde_diffusion.evaluation.Evaluator) with n, seed
-and batch_size from here. A progress bar counts samples (chunks) or steps. Returns SW₂ with metrics=true (for Hydra
-sweepers), else None.
+evaluations for classifier-free guidance (`guidance` picks the method, conf/guidance/; metrics.json's `network_evals`
+counts the model's and the guide's evaluations per sample). The seeds are sde_diffusion.evaluation's: x_T from
+`seed`, the sampler's noise from `seed + 1`, the held-out draw from `seed + 500`, so an unconditional run draws what
+train.py's evaluation with eval.seed = seed draws. `eval` is train.yaml's node (sde_diffusion.evaluation.Evaluator)
+with n, seed and batch_size from here. A progress bar counts samples (chunks) or steps. Returns SW₂ with
+metrics=true (for Hydra sweepers), else None.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from sde_diffusion.apps import (
 from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.evaluation import SamplerRun, legend
-from sde_diffusion.guidance import classifier_free
+from sde_diffusion.guided_sampling import Guidance, guided_sample
 from sde_diffusion.runtime import resolve_device
 from sde_diffusion.sampling import sample
 from sde_diffusion.sde import SDE
@@ -73,6 +76,30 @@ def check(cfg: DictConfig) -> None:
     require_number(cfg, "batch_size", integer=True, ge=1, optional=True)
     require_number(cfg, "seed", integer=True, ge=0)
     require_number(cfg, "w", ge=0)
+    require_run(cfg, "guide")
+
+
+def guidance(cfg: DictConfig, model: torch.nn.Module, run: SamplerRun, labels: torch.Tensor | None, device):
+    """The `guidance` method (conf/guidance/) at scale w and the weak guide of guide=PATH (loaded, or None); a
+    setting that cannot apply is a one-line error naming its key."""
+    with config_errors("guidance"):
+        g = Guidance(w=float(cfg.w), **OmegaConf.to_container(cfg.guidance, resolve=True))
+    if labels is None and (g.method != "cfg" or g.interval is not None or cfg.guide is not None):
+        raise config_error("labels", None, "must be a class or 'all' for guidance other than cfg, an interval, a guide")
+    if g.method == "cfgpp" and run.name != "ddim":
+        raise config_error("sampler", run.name, "must be ddim for guidance=cfgpp (CFG++ is defined for DDIM's step)")
+    if (g.method == "auto") != (cfg.guide is not None):
+        raise config_error("guide", cfg.guide, "must be a checkpoint with guidance=auto, and null with any other")
+    if cfg.guide is None:
+        return g, None
+    try:
+        guide = load_run(cfg.guide, device)[0]
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
+    if guide.num_classes != model.num_classes:
+        raise config_error("guide", cfg.guide, f"must be conditional on the run's {model.num_classes} classes, has "
+                           f"num_classes={guide.num_classes}")  # fmt: skip
+    return g, guide
 
 
 def sampler_run(cfg: DictConfig, sde: SDE) -> tuple[SamplerRun, dict | None]:
@@ -104,27 +131,30 @@ def class_labels(cfg: DictConfig, num_classes: int | None) -> torch.Tensor | Non
 
 def draw(
     cfg: DictConfig, model: torch.nn.Module, sde: SDE, run: SamplerRun, shape: tuple[int, ...],
-    labels: torch.Tensor | None, device: torch.device,
-) -> tuple[torch.Tensor, int, float]:  # fmt: skip
+    labels: torch.Tensor | None, device: torch.device, guided: tuple[Guidance, torch.nn.Module | None],
+) -> tuple[torch.Tensor, int, float, dict]:  # fmt: skip
     """n samples of `run` (model space, on the CPU) from x_T (seed `seed`) with the sampler's noise (`seed + 1`),
-    `batch_size` at a time, each chunk guided with its own labels; their NFE and the wall time in seconds."""
+    `batch_size` at a time, each chunk guided (`guided`: the method and its guide) with its own labels; their NFE,
+    the wall time in seconds and, with labels, the network evaluations per sample of the model and the guide."""
     x_T = sde.prior_sampling((cfg.n, *shape), generator=torch.Generator().manual_seed(cfg.seed))
     generator = torch.Generator(device).manual_seed(cfg.seed + 1)
-    chunks, outs, nfe, done = x_T.split(cfg.batch_size or cfg.n), [], 0, 0
+    chunks, outs, nfe, done, evals = x_T.split(cfg.batch_size or cfg.n), [], 0, 0, {}
     start = time.perf_counter()
     with tqdm(total=cfg.n, unit="sample", desc=run.name, disable=not cfg.progress or len(chunks) == 1) as bar:
         for chunk in chunks:
-            score = model
-            if labels is not None:
+            kwargs = {"device": device, "progress": cfg.progress and len(chunks) == 1}
+            if labels is None:
+                res = sample(sde, model, tuple(chunk.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
+                             denoise=run.denoise, x_T=chunk, generator=generator, **kwargs, **run.options)  # fmt: skip
+            else:
                 y = labels[done : done + len(chunk)].to(device)
-                score = classifier_free(model, y, cfg.w, null_label=model.num_classes)
-            res = sample(sde, score, tuple(chunk.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                         denoise=run.denoise, x_T=chunk, generator=generator, device=device,
-                         progress=cfg.progress and len(chunks) == 1, **run.options)  # fmt: skip
+                res, e = guided_sample(guided[0], sde, model, y, model.num_classes, chunk, run, guided[1], generator,
+                                       **kwargs)  # fmt: skip
+                evals = {k: max(v, evals.get(k, 0.0)) for k, v in e.items()}
             outs.append(res.x.float().cpu())
             nfe, done = max(nfe, res.nfe), done + len(chunk)
             bar.update(len(chunk))
-    return torch.cat(outs), nfe, time.perf_counter() - start
+    return torch.cat(outs), nfe, time.perf_counter() - start, evals
 
 
 def data_space(x: torch.Tensor, scaler) -> dict[str, np.ndarray]:
@@ -163,28 +193,32 @@ def main(cfg: DictConfig) -> float | None:
         raise RunError(str(err)) from err
     run, grid = sampler_run(cfg, sde)
     labels = class_labels(cfg, model.num_classes)
+    guided = guidance(cfg, model, run, labels, device)
     evaluator = None
     if cfg.metrics:
         evaluator = instantiate_node(cfg, "eval", samplers={run.name: asdict(run)}, _convert_="all")
     shape = tuple(data.shape)
     out.mkdir(parents=True, exist_ok=True)
     with start_tracker(cfg, out, job_type="sample") as tracker:
-        x, nfe, wall = draw(cfg, model, sde, run, shape, labels, device)
+        x, nfe, wall, evals = draw(cfg, model, sde, run, shape, labels, device, guided)
         arrays = data_space(x, data.scaler) | ({"labels": labels.numpy()} if labels is not None else {})
         np.savez(out / "samples.npz", **arrays)
         result = {"source": str(cfg.checkpoint), "sampler": run.name, "steps": run.steps, "t_min": run.t_min,
                   "denoise": run.denoise, "options": dict(run.options), "timesteps": grid, "nfe": nfe, "wall_s": wall,
                   "n": cfg.n, "seed": cfg.seed, "labels": cfg.labels, "w": cfg.w}  # fmt: skip
+        if labels is not None:
+            result |= {"guidance": asdict(guided[0]) | {"guide": cfg.guide}, "network_evals": evals}
         if evaluator is not None:
             reference = evaluator.reference(data.reference)
             floor, floor_sd = evaluator.floor(data.reference, reference, data.oracle)
             row = evaluator.metrics(x, reference, floor, data.oracle)
             result |= {"metrics": row, "floor": floor, "floor_sd": floor_sd, "legend": legend(row)}
             result["main_metric"] = {"name": "sw2", "value": row["sw2"]}
-        guided = f", labels={cfg.labels}, w={cfg.w:g}" if labels is not None else ""
+        method = guided[0].method + (f" λ∈{list(guided[0].interval)}" if guided[0].interval is not None else "")
+        guided_text = f", labels={cfg.labels}, {method} w={cfg.w:g}" if labels is not None else ""
         tuned = f" (grid tuned for {grid['budget']} NFE)" if grid else ""
         title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
-        title += f"\n{run.name}, {run.steps} steps{tuned}, {nfe} NFE{guided}"
+        title += f"\n{run.name}, {run.steps} steps{tuned}, {nfe} NFE{guided_text}"
         png = figure(x, data, labels, cfg, title, out / "samples.png")
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         log.info("%d samples of %s: %d NFE, %.1f s; wrote %s", cfg.n, run.name, nfe, wall,

@@ -56,7 +56,8 @@ from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, 
 
 log = logging.getLogger("train")
 
-LOOP_KEYS = ("log_every", "eval_every", "ckpt_every", "keep_last", "threads", "resume")  # train.*: not the Trainer's
+# train.*: not the Trainer's
+LOOP_KEYS = ("log_every", "eval_every", "ckpt_every", "keep_last", "guide_at", "threads", "resume")
 
 
 def check(cfg: DictConfig) -> None:
@@ -67,6 +68,10 @@ def check(cfg: DictConfig) -> None:
     for key in ("eval_every", "ckpt_every", "keep_last"):
         require_number(cfg, f"train.{key}", integer=True, ge=0)
     require_number(cfg, "train.threads", integer=True, ge=1, optional=True)
+    require_number(cfg, "train.guide_at", integer=True, ge=1, optional=True)
+    guide_at, steps = cfg.train.get("guide_at"), cfg.train.steps
+    if isinstance(guide_at, int) and isinstance(steps, int) and guide_at > steps:
+        log.warning("train.guide_at=%d is past train.steps=%d: no guide is saved", guide_at, steps)
     require_file(cfg, "train.resume", "allowed: null, auto, or the path of an existing checkpoint file", (None, "auto"))
 
 
@@ -215,6 +220,10 @@ class StepHooks:
             self.tracker.log(series(self.evaluate(trainer)), step=step)
         if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
             self.save(trainer)
+        if step == t.get("guide_at"):  # autoguidance's weak guide: this run's own early state (Karras et al. 2024)
+            self.save(trainer, self.path.with_name("guide.pt"))
+            log.info("saved the weak guide (step %d of %d, no extra training) to %s", step, t.steps,
+                     self.path.with_name("guide.pt"))  # fmt: skip
 
     def evaluate(self, trainer: Trainer) -> Evaluation:
         """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
@@ -237,12 +246,13 @@ class StepHooks:
                 "a smaller eval.batch_size bounds memory)"
             ) from err
 
-    def save(self, trainer: Trainer) -> None:
-        """checkpoints/last.pt (rank 0: every rank holds the same state, docs/scaling.md)."""
+    def save(self, trainer: Trainer, path: Path | None = None) -> None:
+        """checkpoints/last.pt, or `path` (rank 0: every rank holds the same state, docs/scaling.md)."""
         if trainer.rank == 0:
             config = OmegaConf.to_container(self.cfg, resolve=True)
             state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history, self.window)
-            save_checkpoint(self.path, state.to_state(), keep_last=self.cfg.train.keep_last)
+            keep = self.cfg.train.keep_last if path is None else 0
+            save_checkpoint(path or self.path, state.to_state(), keep_last=keep)
 
 
 def report(

@@ -32,15 +32,17 @@ class Judge:
 
 
 def fit_judge(data: Any, n_reference: int = 10_000, seed: int = 0) -> Judge:
-    """The judge of a labelled data set: with an oracle (a mixture whose components are the classes) its Bayes
-    classifier argmax_k p(k | x), which no classifier beats, scored on `n_reference` oracle draws (seed `seed`); else an
+    """The judge of a labelled data set: with an oracle its Bayes classifier argmax_y p(y | x) (p(y | x) the
+    responsibility of the component y, or the summed ones of the class's `data.classes` where classes group
+    components), which no classifier beats, scored on `n_reference` oracle draws (seed `seed`); else an
     RBF SVC (gamma="scale") fitted on the training split, scored on the held-out one. That accuracy on real data is
     what a perfect sampler would score."""
     if data.oracle is not None:
-        oracle = data.oracle
+        oracle, classes = data.oracle, getattr(data, "classes", None)
 
         def bayes(x: Tensor) -> Tensor:
-            return oracle.responsibilities(x.flatten(1).double()).argmax(1).cpu()
+            r = oracle.responsibilities(x.flatten(1).double())
+            return (r if classes is None else torch.stack([r[:, c].sum(1) for c in classes], 1)).argmax(1).cpu()
 
         x, y = data.reference_with_labels(n_reference, torch.Generator().manual_seed(seed))
         return Judge(bayes, float((bayes(x) == y).double().mean()), "the oracle's Bayes classifier")

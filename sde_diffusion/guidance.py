@@ -1,5 +1,7 @@
 """Guidance: a class-conditional `score_fn(x, t)` from a conditional model (classifier-free, Ho & Salimans 2022, eq. 6)
-or from a classifier (Song et al. 2021, eq. 14), so that every sampler runs it unchanged. A conditional model is
+or from a classifier (Song et al. 2021, eq. 14), so that every sampler runs it unchanged; the conditional score and
+the (conditional, unconditional) pair that the guidance of `autoguidance`, `apg`, `guidance_interval` and `cfgpp`
+combine. A conditional model is
 called model(x, t, y) with (batch,) long labels y; the label `null_label` asks for the unconditional s(x, t | ∅).
 """
 
@@ -45,6 +47,36 @@ def _per_sample(labels: int | Tensor, x: Tensor) -> Tensor:
     return labels.to(device=x.device, dtype=torch.long)
 
 
+PairFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def conditional(model: CondScoreFn, labels: int | Tensor) -> ScoreFn:
+    """The plain score_fn(x, t) = s(x, t | y) of a conditional model with its labels bound: one network evaluation
+    per call (the model or guide of `autoguidance.autoguidance`)."""
+    _check(labels, 0.0)
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        return model(x, t.expand(x.shape[0]), _per_sample(labels, x))
+
+    return score
+
+
+def cond_uncond(model: CondScoreFn, labels: int | Tensor, null_label: int) -> PairFn:
+    """pair(x, t) -> (s(x, t | y), s(x, t | ∅)): one model call on the doubled batch [x; x] with labels [y; ∅], two
+    network evaluations. Every guidance built from the two scores takes this pair."""
+    _check(labels, 0.0)
+    if isinstance(null_label, bool) or not isinstance(null_label, int):
+        raise ValueError(f"null_label must be an int, got {null_label!r}")
+
+    def pair(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        y = _per_sample(labels, x)
+        t = t.expand(x.shape[0])
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+        return both.chunk(2)
+
+    return pair
+
+
 def classifier_free(model: CondScoreFn, labels: int | Tensor, w: float, null_label: int) -> ScoreFn:
     """s = (1 + w)·s(x, t | y) − w·s(x, t | ∅) (Ho & Salimans 2022, eq. 6); w = 0 is the conditional score. It samples
     ∝ p_t(x | y)^{1+w} p_t(x)^{−w} = p_t(x) p_t(y | x)^{1+w}: classifier guidance of scale 1 + w.
@@ -52,15 +84,10 @@ def classifier_free(model: CondScoreFn, labels: int | Tensor, w: float, null_lab
     Each call is one model call on the doubled batch [x; x] with labels [y; ∅]: two network evaluations.
     """
     _check(labels, w)
-    if isinstance(null_label, bool) or not isinstance(null_label, int):
-        raise ValueError(f"null_label must be an int, got {null_label!r}")
+    pair = cond_uncond(model, labels, null_label)
 
     def score(x: Tensor, t: Tensor) -> Tensor:
-        y = _per_sample(labels, x)
-        t = t.expand(x.shape[0])
-        cond, uncond = model(
-            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)])
-        ).chunk(2)
+        cond, uncond = pair(x, t)
         return (1 + w) * cond - w * uncond
 
     return score
