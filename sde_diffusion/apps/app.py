@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -64,8 +65,8 @@ def hydra_app(
                 apply_policy(OmegaConf.select(cfg, threads, default=1), threads)
                 return task(cfg)
             except (ConfigError, RunError) as err:
-                if not cli or HydraConfig.get().mode == RunMode.MULTIRUN:
-                    raise  # a sweep's other jobs still run; RecordFailure records this one
+                if not cli or HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise  # a sweep's other jobs still run (RecordFailure records this one), or a traceback is wanted
                 write_failure(Path(HydraConfig.get().runtime.output_dir), err, HydraConfig.get().overrides.task)
                 raise SystemExit(str(err)) from None  # past Hydra's "Error executing job" and HYDRA_FULL_ERROR lines
 

@@ -5,7 +5,7 @@ the valid ones: `config error: train.stpes=100: unknown key 'stpes' of train; va
 
 A `+node.key=...` is allowed where the node's `_target_` (the command line's, else the config's) takes `key` as a
 named argument, e.g. `model._target_=my_pkg.MyNet +model.width=64`; a target outside sde_diffusion that takes
-`**kwargs` takes any key. `++` (force-add), deletions, `hydra.*` and keys whose node is not a mapping of the composed
+`**kwargs` takes any key. Sampler options (app.check_option_overrides), `++` (force-add), deletions, `hydra.*` and keys whose node is not a mapping of the composed
 config are left to Hydra."""
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def check_key_overrides(overrides: list[str], conf: Path, config_name: str) -> N
         if o in groups or o.is_delete() or o.is_force_add() or key.split(".")[0] == "hydra":
             continue
         parent, _, leaf = key.rpartition(".")
+        if parent.endswith(".options") or parent == "options":
+            continue  # a sampler's options: app.check_option_overrides, or the sampler's spec when it is built
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if not isinstance(node, DictConfig) or leaf in node:
             continue
