@@ -339,8 +339,8 @@ def test_unknown_group_option_lists_the_available_ones(override):
     assert f"Could not find '{group}/nope'" in str(info.value) and f"Available options in '{group}'" in str(info.value)
 
 
-# A misspelt key in any node, with or without Hydra's "+": the key, and the keys its node holds (tests/test_reliability.py
-# has the process's whole stderr for train.stpes).
+# A misspelt key in any node, with or without Hydra's "+": the key, and the keys its node holds
+# (tests/test_reliability.py has the process's whole stderr for train.stpes).
 TYPOS = {
     "train.stpes=100": ("train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, lr,",),
     "+train.stpes=100": ("train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, lr,",),
@@ -351,8 +351,9 @@ TYPOS = {
     "model.hiden=8": ("model.hiden=8: unknown key 'hiden' of model; valid keys: hidden, layers",),
     "seeed=3": ("seeed=3: unknown key 'seeed' at the top level; valid keys:", "seed"),
     "-m loss=edm,sigmoid eval.sed=2": ("eval.sed=2: unknown key 'sed' of eval;",),
-    "model._target_=torch.nn.Linear model.bias=false": ("model.bias=False: not in the config, but torch.nn.Linear "
-                                                        "takes it: add it with +model.bias=...",),  # fmt: skip
+    "model._target_=torch.nn.Linear model.bias=false": (
+        "model.bias=False: not in the config, but torch.nn.Linear takes it: add it with +model.bias=...",
+    ),  # fmt: skip
 }
 
 

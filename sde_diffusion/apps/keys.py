@@ -5,8 +5,8 @@ the valid ones: `config error: train.stpes=100: unknown key 'stpes' of train; va
 
 A `+node.key=...` is allowed where the node's `_target_` (the command line's, else the config's) takes `key` as a
 named argument, e.g. `model._target_=my_pkg.MyNet +model.width=64`; a target outside sde_diffusion that takes
-`**kwargs` takes any key. Sampler options (app.check_option_overrides), `++` (force-add), deletions, `hydra.*` and keys whose node is not a mapping of the composed
-config are left to Hydra."""
+`**kwargs` takes any key. Sampler options (app.check_option_overrides), `++` (force-add), deletions, `hydra.*` and
+keys whose node is not a mapping of the composed config are left to Hydra."""
 
 from __future__ import annotations
 
