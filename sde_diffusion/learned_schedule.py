@@ -27,6 +27,8 @@ class LearnedBeta(nn.Module, BetaSchedule):
     Trainer's optimiser would train it on its own loss, while VDM's split gradients (endpoints on E[L], shape on
     E[L²]) are experiments/learned_schedule.py's loop."""
 
+    label = "learned"
+
     def __init__(
         self,
         gamma_0: float = -13.81,
