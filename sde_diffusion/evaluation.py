@@ -185,12 +185,11 @@ class Evaluator:
                            oracle, **self.metric_kw)
             for k in range(self.floor_repeats)
         ]  # fmt: skip
-        for r in rows if oracle is not None else ():
-            r["nll_excess"] = r["oracle_nll"] - statistics.mean(q["oracle_nll"] for q in rows)
-        return (
-            {k: statistics.mean(r[k] for r in rows) for k in rows[0]},
-            {k: statistics.stdev(r[k] for r in rows) for k in rows[0]},
-        )
+        mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
+        sd = {k: statistics.stdev(r[k] for r in rows) for k in rows[0]}
+        if oracle is not None:  # the data's own NLL excess: 0 by definition, with the spread of its NLL
+            mean["nll_excess"], sd["nll_excess"] = 0.0, sd["oracle_nll"]
+        return mean, sd
 
     def __call__(
         self,

@@ -350,6 +350,10 @@ TYPOS = {
     "data.radus=3": ("data.radus=3: unknown key 'radus' of data; valid keys: none", "also takes: radius, std"),
     "model.hiden=8": ("model.hiden=8: unknown key 'hiden' of model; valid keys: hidden, layers",),
     "seeed=3": ("seeed=3: unknown key 'seeed' at the top level; valid keys:", "seed"),
+    "eval.samplers.extra={steps:1}": (
+        "eval.samplers.extra={'steps': 1}: not in the config: eval.samplers is a "
+        "collection of entries, add one with +eval.samplers.extra=...",
+    ),
     "-m loss=edm,sigmoid eval.sed=2": ("eval.sed=2: unknown key 'sed' of eval;",),
     "model._target_=torch.nn.Linear model.bias=false": (
         "model.bias=False: not in the config, but torch.nn.Linear takes it: add it with +model.bias=...",
@@ -376,6 +380,7 @@ def test_an_unknown_key_in_any_node_is_one_line_naming_it_and_the_valid_keys(ove
         "+data.radius=3",  # the config's target takes it
         "++train.stpes=1 ~train.warmup hydra.run.dir=x",  # force-add, deletion, Hydra's own keys: Hydra's
         "eval.samplers.dpm_solver.options.ordr=2",  # sampler options: check_option_overrides and the sampler's spec
+        "+eval.samplers.extra={name: rk45, steps: 1}",  # an entry added to a collection
     ],
 )
 def test_known_keys_and_added_keys_a_target_takes_pass(overrides):

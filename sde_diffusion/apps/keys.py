@@ -4,7 +4,8 @@ struct error and the advice "To append to your config use +train.stpes=100", and
 the valid ones: `config error: train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, ...`.
 
 A `+node.key=...` is allowed where the node's `_target_` (the command line's, else the config's) takes `key` as a
-named argument, e.g. `model._target_=my_pkg.MyNet +model.width=64`; a target outside sde_diffusion that takes
+named argument, e.g. `model._target_=my_pkg.MyNet +model.width=64`, or the node is a collection of entries
+(`+perturbations.big={kind: scale, size: 3}`); a target outside sde_diffusion that takes
 `**kwargs` takes any key. Sampler options (app.check_option_overrides), `++` (force-add), deletions, `hydra.*` and
 keys whose node is not a mapping of the composed config are left to Hydra."""
 
@@ -52,7 +53,7 @@ def check_key_overrides(overrides: list[str], conf: Path, config_name: str) -> N
         if not isinstance(node, DictConfig) or leaf in node:
             continue
         target = targets.get(parent, node.get("_target_"))
-        if o.is_add() and _takes(target, leaf):
+        if o.is_add() and (_takes(target, leaf) or _collection(node, target)):
             continue
         value = o.get_value_element_as_str() if o.is_sweep_override() else o.value()
         raise config_error(key, value, _unknown(node, parent, leaf, target))
@@ -63,6 +64,8 @@ def _unknown(node: DictConfig, parent: str, leaf: str, target: Any) -> str:
     where = f"of {parent}" if parent else "at the top level"
     if target is not None and _takes(target, leaf):
         return f"not in the config, but {target} takes it: add it with +{parent}.{leaf}=..."
+    if _collection(node, target):
+        return f"not in the config: {parent} is a collection of entries, add one with +{parent}.{leaf}=..."
     held = [str(k) for k in node if k not in _SPECIAL]
     more = [k for k in _named(target) if k not in held] if not node.get("_partial_") else []  # the app adds the rest
     text = f"unknown key {leaf!r} {where}; valid keys: {', '.join(held) or 'none'}"
@@ -95,6 +98,12 @@ def _compose(conf: Path, config_name: str, overrides: list[str]) -> DictConfig |
         GlobalHydra.instance().clear()
 
 
+def _collection(node: DictConfig, target: Any) -> bool:
+    """Whether `node` is a collection its user adds entries to (eval.samplers, perturbations, checkpoints): no
+    target, and empty or every entry a mapping."""
+    return target is None and all(isinstance(v, DictConfig) for v in node.values())
+
+
 def _named(target: Any) -> list[str]:
     """The named keyword arguments with defaults of `target` (a dotted name; none if it cannot be imported): those
     without one the app passes (a model's `shape`)."""
@@ -109,6 +118,8 @@ def _named(target: Any) -> list[str]:
 def _takes(target: Any, key: str) -> bool:
     """Whether `target` (a dotted name) takes `key` as a keyword argument; an unimportable target is left to the
     app, which reports it while building."""
+    if target is None:
+        return False
     try:
         fn: Callable = get_object(str(target))
         params = inspect.signature(fn).parameters
