@@ -184,7 +184,9 @@ def sampler_table() -> str:
     ]
     for s in sorted(SAMPLERS.values(), key=lambda s: (not s.stochastic, s.name)):
         own = ", ".join(f"`{k}` {o.allowed()}" for k, o in s.options.items() if k not in GRID) or "—"
-        grid = f"`spacing` ({s.spacing}), `rho`, `timesteps`" if s.spacing else "—"
+        beyond = f"beyond {max(s.by_steps)} steps; below, the last column's" if any(
+            "spacing" in o for o in s.by_steps.values()) else ""  # fmt: skip
+        grid = f"`spacing` ({s.spacing}{' ' + beyond if beyond else ''}), `rho`, `timesteps`" if s.spacing else "—"
         needs = s.requires.__name__ if s.requires else "any SDE"
         by = "; ".join(f"≤ {n}: " + ", ".join(f"{k}={v}" for k, v in o.items()) for n, o in s.by_steps.items())
         kind = "SDE" if s.stochastic else "ODE"
