@@ -278,7 +278,7 @@ def test_no_prior_mismatch_warning_for_the_defaults(schedule):
         (SigmoidBeta(), "sigmoid (start = -3, end = 3, τ = 1)"),
         (LogSNRLinearBeta(), "log-SNR linear (λ_max = 6.65, λ_min = -5)"),
         (EDMBeta(), "EDM (σ_min = 0.002, σ_max = 80, ρ = 7)"),
-        (CallableBeta(lambda t: 1 + t), "callable"),
+        (CallableBeta(lambda t: 10 + t), "callable"),
     ],
 )
 def test_every_schedule_is_named_as_a_person_would_in_figure_titles(schedule, name):
