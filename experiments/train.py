@@ -370,7 +370,7 @@ def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, tit
     rows = [{"step": k, "lam": lam, "excess": e, "se": se} for k, c in curves.items()
             for lam, e, se in zip(c.lam, c.excess, c.se, strict=True)]  # fmt: skip
     tracker.log_table("eval/score_error", rows)
-    tracker.log_images({"eval/score_error": path})
+    tracker.log_images({"eval/score_error_plot": path})  # not the table's key: one key holds one kind
     return {"score_error": {str(step): c.as_dict() for step, c in curves.items()}}
 
 

@@ -80,8 +80,8 @@ def _log_axes(ax: plt.Axes, metric: str) -> None:
     if metric in ("mmd2", "energy"):  # unbiased estimates, below zero near the floor: linear around 0
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_ylim(bottom=-1e-3)
-    elif metric in ("oracle_nll", "nll_excess"):  # nats, of either sign
-        ax.set_yscale("linear")
+    elif metric in ("oracle_nll", "nll_excess"):  # nats, of either sign, tens of them at a few NFE
+        ax.set_yscale("symlog", linthresh=1.0)
     else:
         ax.set_yscale("log")
 
