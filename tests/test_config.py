@@ -385,3 +385,7 @@ def test_an_unknown_key_in_any_node_is_one_line_naming_it_and_the_valid_keys(ove
 )
 def test_known_keys_and_added_keys_a_target_takes_pass(overrides):
     check_key_overrides(overrides.split(), CONF, "train")
+
+
+def test_a_mandatory_key_is_a_known_key():
+    check_key_overrides(["checkpoint=x.pt", "sampler=ddim"], CONF, "sample")  # sample.yaml's checkpoint is ???

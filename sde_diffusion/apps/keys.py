@@ -50,7 +50,7 @@ def check_key_overrides(overrides: list[str], conf: Path, config_name: str) -> N
         if parent.endswith(".options") or parent == "options":
             continue  # a sampler's options: app.check_option_overrides, or the sampler's spec when it is built
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf in node:
+        if not isinstance(node, DictConfig) or leaf in set(node):  # `in` is False for a mandatory (???) key
             continue
         target = targets.get(parent, node.get("_target_"))
         if o.is_add() and (_takes(target, leaf) or _collection(node, target)):
