@@ -45,6 +45,10 @@ def test_writes_metrics_checkpoint_and_plots(tiny_run):
                               "floor": metrics["floor"]["mode_weight_error"],
                               "floor_sd": metrics["floor_sd"]["mode_weight_error"]}  # fmt: skip
     assert metrics["train_wall_s_total"] == metrics["train_wall_s"] > 0  # one segment
+    log = (tiny_run / "train.log").read_text().splitlines()  # the job's log gets the steps as the run goes
+    steps = [ln.split("] - ", 1)[1].split(":")[0] for ln in log if "][train][INFO] - step " in ln]
+    assert steps == [f"step {k}/30" for k in range(5, 31, 5)]
+    assert log.index(next(ln for ln in log if "step 30/30" in ln)) < log.index(next(ln for ln in log if "floor:" in ln))
     assert metrics["train_steps"] == 30
     for name in ("samples.png", "loss.png"):
         assert (tiny_run / name).read_bytes()[:8] == PNG
