@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import analytic
+from sde_diffusion import analytic, metrics
 from sde_diffusion.apps import (
     build_sde,
     check_run,
@@ -62,6 +62,7 @@ from sde_diffusion.diagnosis import excess_loss_by_level
 from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
 from sde_diffusion.plots import level_error_curves
 from sde_diffusion.runtime import resolve_device
+from sde_diffusion.sampling import SAMPLERS
 from sde_diffusion.sde import SDE, ScoreFn
 from sde_diffusion.tracking import Tracker
 
@@ -203,9 +204,16 @@ def rows_of(cfg: DictConfig, evaluator: Evaluator, all_runs: list[Run], todo: li
         x_T = p.sde.prior_sampling((evaluator.n, *p.shape), generator=torch.Generator().manual_seed(evaluator.seed))
         x_T = x_T.to(p.device)
         one_call = score_call_seconds(p.score_fn, x_T)
+        prior = metrics.sliced_wasserstein(x_T.float().cpu(), ev.reference, seed=evaluator.seed)  # no sampling at all
         for r, row in zip(all_runs, ev.rows.values(), strict=True):
             time_ratio = row["wall_s"] / (row["nfe"] * one_call)
-            rows.append({"data": p.data, "schedule": p.schedule, **row, "sampler": r.label, "time_ratio": time_ratio})
+            kind = "SDE" if SAMPLERS[r.run.name].stochastic else "ODE"
+            rows.append({"data": p.data, "schedule": p.schedule, **row, "sampler": r.label, "kind": kind,
+                         "time_ratio": time_ratio, "diverged": row["sw2"] > prior})  # fmt: skip
+            if rows[-1]["diverged"]:
+                log.warning("%s, %s at %d steps: diverged, SW2 %.3g is worse than its prior noise x_T's (%.3g): "
+                            "its metrics measure no quality (more steps, or a lower solver order, may converge)",
+                            p.data, r.label, r.run.steps, row["sw2"], prior)  # fmt: skip
         floors.setdefault(p.data, (ev.floor, ev.floor_sd))
         check_samples({r.label: x for r, x in zip(all_runs, ev.samples.values(), strict=True)}, ev.reference)
     return [{c: r.get(c, math.nan) for c in columns(rows)} for r in rows], floors
@@ -238,6 +246,13 @@ def level_errors(cfg: DictConfig, todo: list[Problem], out: Path, tracker: Track
     return {"score_error": {k: c.as_dict() for k, c in curves.items()}}
 
 
+def plot_panels(names: tuple[str, ...], flow_error: bool, oracle: bool) -> tuple[str, ...]:
+    """quality_vs_nfe.png's panels: `plot_metrics`, where a trained model has no flow_error (its flow is not the
+    oracle's) the NLL under the exact density (an oracle's data) or the energy distance instead, which tell SDE from
+    ODE samples apart where SW2 and MMD² cannot."""
+    return tuple(("oracle_nll" if oracle else "energy") if m == "flow_error" and not flow_error else m for m in names)
+
+
 @hydra_app("compare")
 def main(cfg: DictConfig) -> float | None:
     """Build and check every problem and run, evaluate them, write the outputs; returns the `objective` metric."""
@@ -250,6 +265,7 @@ def main(cfg: DictConfig) -> float | None:
         raise config_error("objective", cfg.objective, f"{one_row} (this run has {len(all_runs) * len(todo)})")
     samplers = {str(i): asdict(r.run) for i, r in enumerate(all_runs)}
     flow_error = cfg.get("checkpoint") is None and not cfg.get("checkpoints")  # a model's flow is not the oracle's
+    panels = plot_panels(tuple(cfg.plot_metrics), flow_error, all(p.oracle is not None for p in todo))
     evaluator = instantiate_node(cfg, "eval", samplers=samplers, flow_error=flow_error, _convert_="all")
     with start_tracker(cfg, out, job_type="compare") as tracker:
         rows, floors = rows_of(cfg, evaluator, all_runs, todo)
@@ -257,13 +273,13 @@ def main(cfg: DictConfig) -> float | None:
         main_metric = {"main_metric": {"name": f"{rows[0]['data']}/{cfg.objective}", "value": value}} if value else {}
         one_point = cfg.get("sampler") is not None  # a multirun job: metrics.json per data set only
         extra = main_metric | ({"timesteps": grid} if grid else {}) | level_errors(cfg, todo, out, tracker)
-        metrics = write(out, rows, floors, model_record(cfg), repr(todo[0].sde), tuple(cfg.plot_metrics), one_point,
-                        extra)  # fmt: skip
-        floor_means = [{"data": d, "sampler": "floor (true vs true)", **m} for d, m in metrics["floor"].items()]
+        extra |= {"diverged": [f"{r['data']} {r['sampler']} {r['steps']}" for r in rows if r["diverged"]]}
+        tree = write(out, rows, floors, model_record(cfg), repr(todo[0].sde), panels, one_point, extra)
+        floor_means = [{"data": d, "sampler": "floor (true vs true)", **m} for d, m in tree["floor"].items()]
         tracker.log_table("comparison", rows + floor_means)
         tracker.log_images({"quality_vs_nfe": out / "quality_vs_nfe.png"})
         if one_point:
-            tracker.summary({f"{d}/{k}": v for d, m in metrics.items() if d != "floor" for k, v in m.items()})
+            tracker.summary({f"{d}/{k}": v for d, m in tree.items() if d != "floor" for k, v in m.items()})
         if value is not None:
             tracker.summary({"main_metric": value})
     return value

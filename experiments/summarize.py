@@ -17,6 +17,7 @@ import csv
 import fnmatch
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sde_diffusion.diagnosis import LevelError  # noqa: E402
 from sde_diffusion.plots import level_error_curves  # noqa: E402
 
-DEFAULT_METRICS = ("main_metric", "*sw2")
+DEFAULT_METRICS = ("main_metric", "main_metric_recall", "*sw2")
+RECALL = "main_metric_recall"  # the headline's recall pair (train.py: the mode-weight error beside the NLL excess)
+FAIR_PRESET = "experiment=train/fair_schedule_sweep"
 LOSS_CAVEAT = "not comparable across β(t)/SDEs"
 
 
@@ -46,6 +49,7 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, int | float] = field(default_factory=dict)
     main_name: str = ""
+    recall_name: str = ""
     status: str = "ok"  # ok | failed | no result
     error: str = ""
 
@@ -97,8 +101,9 @@ def read_job(job_dir: Path) -> Job:
             tree.pop(context, None)
         job.metrics = flatten(tree)
         if main is not None:
-            job.metrics = {"main_metric": main["value"], **job.metrics}
-            job.main_name = main["name"]
+            recall = {RECALL: main["recall"]["value"]} if "recall" in main else {}
+            job.metrics = {"main_metric": main["value"], **recall, **job.metrics}
+            job.main_name, job.recall_name = main["name"], main.get("recall", {}).get("name", "")
     elif (job_dir / "failure.json").is_file():
         record = json.loads((job_dir / "failure.json").read_text())
         job.status, job.error = "failed", f"{record['error']}: {record['message']}"
@@ -170,15 +175,37 @@ def labels(jobs: list[Job], metrics: list[str]) -> dict[str, str]:
     """Each metric's label in the table and the plot: `main_metric` with the metric it is, `final_loss` marked as not
     comparable when the jobs' β(t), SDE or objective (`loss`) configs differ (the loss's scale depends on each)."""
     out = {m: m for m in metrics}
-    names = sorted({j.main_name for j in jobs if j.main_name})
-    if "main_metric" in out and names:
-        out["main_metric"] = f"main_metric ({', '.join(names)})"
+    for column, attr in (("main_metric", "main_name"), (RECALL, "recall_name")):
+        names = sorted({getattr(j, attr) for j in jobs if getattr(j, attr)})
+        floor = _floor([j for j in jobs if j.status == "ok"], names[0]) if len(names) == 1 else None
+        sd = f"; floor sd {floor[1]:.2g}" if floor and floor[1] else ""
+        if column in out and names:
+            out[column] = f"{column} ({', '.join(names)}{sd})"
     configs = [j.config for j in jobs if j.config]
     if "final_loss" in out and any(
         len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 for k in ("schedule", "sde", "loss")
     ):
         out["final_loss"] = f"final_loss ({LOSS_CAVEAT})"
     return out
+
+
+def schedule_caveat(jobs: list[Job], swept: list[str]) -> str:
+    """A sweep over β(t) (`schedule`, `schedule.*`) whose jobs train with a λ-density set by β(t)
+    (`loss.density=schedule`, loss=simple's) or sample on a grid in t (an eval sampler's spacing other than logsnr)
+    compares β(t) together with what moves with it: the warning saying so and naming the fair preset; else ""."""
+    if not any(k == "schedule" or k.startswith("schedule.") for k in swept):
+        return ""
+    configs = [j.config for j in jobs if j.config]
+    density = any((c.get("loss") or {}).get("density") == "schedule" for c in configs)
+    samplers = [s for c in configs for s in ((c.get("eval") or {}).get("samplers") or {}).values()]
+    grid = any(((s or {}).get("options") or {}).get("spacing") != "logsnr" for s in samplers)
+    moving = [what for what, on in (("the training objective's λ-density (loss.density=schedule)", density),
+                                    ("the samplers' time grid (spacing other than logsnr)", grid)) if on]  # fmt: skip
+    if not moving:
+        return ""
+    return (f"Caution: β(t) is swept while {' and '.join(moving)} move with it, so these jobs compare β(t) together "
+            f"with them. To compare β(t) alone: `python experiments/train.py -m {FAIR_PRESET}` (docs/training.md, "
+            "choosing an objective).")  # fmt: skip
 
 
 def select(columns: list[str], patterns: list[str] | tuple[str, ...]) -> list[str]:
@@ -201,6 +228,9 @@ def to_markdown(
     names = labels(jobs, metrics)
     header = ["job", "status", *swept, *names.values()]
     lines = [f"# {title}", ""]
+    caveat = schedule_caveat(jobs, swept)
+    if caveat:
+        lines += [f"> {caveat}", ""]
     if fixed:
         lines += ["Fixed: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
     if search is not None:
@@ -216,6 +246,7 @@ def to_markdown(
             cells.append(_fmt(_number(v)) if k in searched and _number(v) is not None else v)
         cells += [_fmt(j.metrics.get(m, math.nan)) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += seed_table(jobs, swept, metrics, names)
     failed = [j for j in jobs if j.status != "ok"]
     if failed:
         lines += ["", f"Failed jobs ({len(failed)} of {len(jobs)}):", ""]
@@ -224,6 +255,29 @@ def to_markdown(
                 f"- job {j.label} ({' '.join(f'{k}={j.overrides[k]}' for k in swept if k in j.overrides)}): {j.error}"
             )
     return "\n".join(lines) + "\n"
+
+
+def seed_table(jobs: list[Job], swept: list[str], metrics: list[str], names: dict[str, str]) -> list[str]:
+    """When a seed is swept (`seed`, `*.seed`) beside other keys or alone: each selected metric as mean ± sd over the
+    seeds of every combination of the other swept keys (markdown lines; none without a swept seed)."""
+    seeds = [k for k in swept if k == "seed" or k.endswith(".seed")]
+    if not seeds:
+        return []
+    others = [k for k in swept if k not in seeds]
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        if j.status == "ok":
+            groups.setdefault(tuple(j.overrides.get(k, "") for k in others), []).append(j)
+    lines = ["", f"Over the seeds ({', '.join(seeds)}): mean ± sd", "", "| " + " | ".join([*others, "jobs",
+             *names.values()]) + " |", "|" + "---|" * (len(others) + 1 + len(metrics))]  # fmt: skip
+    for key, group in groups.items():
+        cells = [*key, str(len(group))]
+        for m in metrics:
+            values = [float(j.metrics[m]) for j in group if m in j.metrics]
+            sd = statistics.stdev(values) if len(values) > 1 else math.nan
+            cells.append(f"{_fmt(statistics.mean(values))} ± {_fmt(sd) or '–'}" if values else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_csv(jobs: list[Job], swept: list[str], path: Path) -> list[dict[str, Any]]:
@@ -281,13 +335,15 @@ def _floor(jobs: list[Job], metric: str) -> tuple[float, float] | None:
 
 
 def _draw_floor(ax: plt.Axes, floor: tuple[float, float] | None) -> list[float]:
-    """The floor as a dashed line inside its ± sd band; the values to fit on the axis."""
+    """The floor as a dashed line inside its ± 1 sd and ± 2 sd bands (its spread: a value inside the outer band is
+    not resolved from a perfect sampler's); the values to fit on the axis."""
     if floor is None:
         return []
     mean, sd = floor
-    ax.axhspan(mean - sd, mean + sd, color="k", alpha=0.12, lw=0, label="floor ± sd" if sd else None)
+    ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="k", alpha=0.07, lw=0, label="floor ± 2 sd" if sd else None)
+    ax.axhspan(mean - sd, mean + sd, color="k", alpha=0.12, lw=0, label="floor ± 1 sd" if sd else None)
     ax.axhline(mean, color="k", ls="--", lw=1, label=None if sd else "floor")
-    return [mean - sd, mean + sd] if mean - sd > 0 else [mean]
+    return [mean - 2 * sd, mean + 2 * sd] if mean - 2 * sd > 0 else [mean]
 
 
 def _log_searched(job: Job) -> set[str]:
@@ -364,7 +420,9 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
                 lines.setdefault(key, []).append((xv, j.metrics[metric]))
         for key, pts in lines.items():
             ax.plot(*zip(*sorted(pts), strict=True), marker="o", ms=4, ls="-" if is_numeric else "none", label=key)
-        floor = _floor(ok, next(iter(mains)) if metric == "main_metric" and len(mains) == 1 else metric)
+        recalls = {j.recall_name for j in ok if j.recall_name}
+        named = {"main_metric": mains, RECALL: recalls}.get(metric, set())
+        floor = _floor(ok, next(iter(named)) if len(named) == 1 else metric)
         fit = _draw_floor(ax, floor)
         if _log_range([v for pts in lines.values() for _, v in pts] + fit):
             ax.set_yscale("log")
@@ -376,6 +434,9 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
         ax.grid(alpha=0.3)
         if len(lines) > 1 or floor:
             ax.legend(fontsize=7)
+    caveat = schedule_caveat(jobs, swept)
+    if caveat:
+        fig.suptitle(caveat.split(" To compare")[0] + f"\nfair comparison: {FAIR_PRESET}", fontsize=8, color="C3")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

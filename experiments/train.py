@@ -1,7 +1,8 @@
 """Train a score model by denoising score matching (Song et al. 2021, eq. 7), sample it with the evaluation
 samplers, and write metrics.json (every metric beside the sampling floor, mean ± sd, and a legend), samples.png or
 samples_<sampler>.png, loss.png, checkpoints/last.pt and an offline wandb run to the job's output dir; a
-class-conditional run adds guided grids and their class accuracy. Returns the first sampler's SW2 for sweepers.
+class-conditional run adds guided grids and their class accuracy. Returns the first sampler's headline metric
+(evaluation.headline) for sweepers.
 
     python experiments/train.py                                     # the README's main job (eight_gaussians)
     python experiments/train.py experiment=train/digits_unet        # 8x8 digits with a U-Net
@@ -33,6 +34,7 @@ from sde_diffusion.apps import (
     build_evaluator,
     check_run,
     config_diff,
+    file_log,
     hydra_app,
     instantiate_node,
     output_dir,
@@ -49,7 +51,7 @@ from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint,
 from sde_diffusion.checks import ArgumentError
 from sde_diffusion.class_eval import GuidedEvaluation
 from sde_diffusion.diagnosis import LevelError, excess_loss_by_level
-from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, legend
+from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, headline, legend
 from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.tracking import Tracker
 from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
@@ -109,13 +111,14 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
     if resume_path is not None:
         load(trainer, run, resume_path, cfg)
     name_run(cfg)
-    hooks.tracker = start_tracker(cfg, out, "train", run.wandb_run_id) if ctx.is_main else Tracker()
+    tracker = start_tracker(cfg, out, "train", run.wandb_run_id, run.wandb_history) if ctx.is_main else Tracker()
+    hooks.tracker = tracker
     with hooks.tracker:
-        start = time.perf_counter()
+        hooks.start = time.perf_counter()
         try:
             with stop:  # SIGTERM/SIGUSR1: stop at the next step boundary; one after the last step acts after the save
                 trainer.fit()
-                wall = time.perf_counter() - start
+                wall = time.perf_counter() - hooks.start
                 hooks.save(trainer)
         except NonFiniteLossError as err:
             hooks.save(trainer)
@@ -129,18 +132,22 @@ def train(cfg: DictConfig, ctx: distributed.Context) -> float:
             raise
         hooks.tracker.log_artifact(hooks.path, f"model-{hooks.tracker.run_id}", "model", {"step": trainer.step})
         evaluation = hooks.evaluate(trainer)
+        main_metric = headline(evaluation)
         if ctx.is_main:
             title = plots.describe(type(built.data).__name__, built.sde, sweep_run_name(cfg))
-            report(evaluation, trainer, run.loss_history, wall, built, out, hooks.tracker, title)
+            walls = {"train_wall_s": wall, "train_wall_s_total": run.train_wall_s + wall}
+            result = report(evaluation, trainer, run.loss_history, walls, built, out, hooks.tracker, title)
             if hooks.level_errors:
-                level_report(hooks.level_errors, out, hooks.tracker, title)
+                result |= level_report(hooks.level_errors, out, hooks.tracker, title, result["plots"])
             samples = dict(evaluation.samples)
             if built.model.num_classes is not None:
                 ev = guided(trainer.ema_model.sde, trainer.ema_model, built.data, trainer.device)
-                guided_report(ev, built, out, hooks.tracker, title, trainer.step)
+                result |= guided_report(ev, built, out, hooks.tracker, title, trainer.step, result["plots"])
                 samples |= {f"guided w={w:g}": x for w, x in ev.samples.items()}
+            (out / "metrics.json").write_text(json.dumps(result, indent=2))  # once, with every part
+            log.info("wrote %s", out / "metrics.json")
             check_samples(samples, evaluation.reference)
-    return evaluation.rows[next(iter(evaluation.rows))]["sw2"]
+    return main_metric["value"]
 
 
 def name_run(cfg: DictConfig) -> None:
@@ -206,6 +213,7 @@ class StepHooks:
         self.cfg, self.run, self.evaluator, self.built = cfg, run, evaluator, built
         self.path, self.tracker, self.window = out / "checkpoints" / "last.pt", Tracker(), run.loss_window
         self.level_errors: dict[int, LevelError] = {}  # step -> excess loss per λ-bin (data with an oracle)
+        self.start = time.perf_counter()  # this segment's start (train() resets it just before fit)
 
     def __call__(self, trainer: Trainer, logs: dict) -> None:
         t, step = self.cfg.train, logs["step"]
@@ -216,6 +224,9 @@ class StepHooks:
             row = {"loss": self.run.loss_history[-1][1], "lr": logs["lr"], "grad_norm": float(logs["grad_norm"])}
             row["skipped_steps"] = logs["skipped_steps"]
             self.tracker.log({f"train/{k}": v for k, v in row.items()}, step=step)
+            elapsed = time.perf_counter() - self.start
+            values = ", ".join(f"{k} {v:.4g}" for k, v in row.items())
+            file_log(log.name, logging.INFO, f"step {step}/{t.steps}: {values} ({elapsed:.1f} s)")
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
             self.tracker.log(series(self.evaluate(trainer)), step=step)
         if t.ckpt_every and step % t.ckpt_every == 0 and step < t.steps:
@@ -250,38 +261,49 @@ class StepHooks:
         """checkpoints/last.pt, or `path` (rank 0: every rank holds the same state, docs/scaling.md)."""
         if trainer.rank == 0:
             config = OmegaConf.to_container(self.cfg, resolve=True)
-            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history, self.window)
+            wall = self.run.train_wall_s + time.perf_counter() - self.start  # every segment up to this state
+            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history, self.window,
+                             self.tracker.history, wall)  # fmt: skip
             keep = self.cfg.train.keep_last if path is None else 0
             save_checkpoint(path or self.path, state.to_state(), keep_last=keep)
 
 
 def report(
-    ev: Evaluation, trainer: Trainer, history: list, wall: float, built: Built, out: Path, tracker: Tracker, title: str
-) -> None:
-    """metrics.json, the sample and loss plots (under `title`), and the tracker's final series, table, images and
-    summary."""
-    first = next(iter(ev.rows))
+    ev: Evaluation, trainer: Trainer, history: list, walls: dict, built: Built, out: Path, tracker: Tracker, title: str
+) -> dict:
+    """metrics.json's content (returned), the sample and loss plots (under `title`), and the tracker's final series,
+    table, images and summary. `walls`: this segment's training time and every segment's (a resumed run)."""
     result = {"n_samples": len(ev.reference), "floor": ev.floor, "floor_sd": ev.floor_sd, "samplers": ev.rows}
-    result |= {"train_steps": trainer.step, "train_wall_s": wall, "final_loss": history[-1][1]}
-    result |= {"skipped_steps": trainer.skipped_steps}
-    result["main_metric"] = {"name": f"{first}/sw2", "value": ev.rows[first]["sw2"]}
-    result["legend"] = legend(k for row in ev.rows.values() for k in row)
+    result |= {"train_steps": trainer.step, **walls, "final_loss": history[-1][1]}
+    result |= {"skipped_steps": trainer.skipped_steps, "main_metric": headline(ev)}
+    result["legend"] = legend(k for row in ev.rows.values() for k in row) | LEGEND
     if trainer.skipped_steps:
         log.warning("skipped %d steps with a non-finite loss or gradient", trainer.skipped_steps)
     result["plots"] = [str(p) for p in sample_plots(ev, built, out, title)]
     result["plots"].append(str(plots.loss_curve(*zip(*history, strict=True), out / "loss.png", title)))
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
     for slot, row in ev.rows.items():
         log.info(
             "%s: %s", slot, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
     log.info("floor: %s", ev.floor)
-    log.info("wrote %s", out / "metrics.json")
+    main = result["main_metric"]
+    log.info("main metric %s = %.4g (floor sd %.2g); trained %.1f s (%.1f s over every segment)", main["name"],
+             main["value"], main["floor_sd"], walls["train_wall_s"], walls["train_wall_s_total"])  # fmt: skip
     tracker.log(series(ev), step=trainer.step)
     floor_rows = [{"slot": "floor (data vs data)", **ev.floor}, {"slot": "floor sd", **ev.floor_sd}]
     tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + floor_rows)
     tracker.log_images({f"eval/{Path(p).stem}": p for p in result["plots"]}, step=trainer.step)
-    tracker.summary({**series(ev), "main_metric": result["main_metric"]["value"], "train_wall_s": wall})
+    tracker.summary({**series(ev), "main_metric": main["value"], "main_metric_floor_sd": main["floor_sd"], **walls})
+    return result
+
+
+LEGEND = {
+    "main_metric": "the headline (sde_diffusion.evaluation.headline) of the first sampler: nll_excess with an oracle "
+    "(beside its recall pair, mode_weight_error), else sw2; floor_sd is its resolution",
+    "train_wall_s": "training time of this process (a resumed run: its last segment)",
+    "train_wall_s_total": "training time of every segment up to the final state (time lost after a kill's last "
+    "checkpoint not counted)",
+}
 
 
 def sample_plots(ev: Evaluation, built: Built, out: Path, title: str) -> list[Path]:
@@ -304,18 +326,23 @@ def sample_plots(ev: Evaluation, built: Built, out: Path, title: str) -> list[Pa
 
 
 def quality(ev: Evaluation, slot: str, sep: str = "\n") -> str:
-    """A sampler's quality as its figure states it: SW2 over the floor, and a metric that sees mass between the modes,
-    which SW2 misses: NLL under the exact density (with an oracle) or the energy distance, each beside the floor's."""
+    """A sampler's quality as its figure states it, the headline first: with an oracle the NLL excess over the data's
+    and the mode-weight error, each beside the floor's sd; else SW2 over the floor and the energy distance, which
+    sees mass between the modes that SW2 misses."""
     row, floor, sd = ev.rows[slot], ev.floor, ev.floor_sd
-    line = f"SW2 {row['sw2_over_floor']:.2f}× floor"
-    if "oracle_nll" in row:
-        return line + f"{sep}NLL {row['oracle_nll']:.2f} (floor {floor['oracle_nll']:.2f} ± {sd['oracle_nll']:.2f})"
+    if "nll_excess" in row:
+        mwe = f"mode-weight error {row['mode_weight_error']:.3f} (floor {floor['mode_weight_error']:.3f} ± "
+        return f"NLL excess {row['nll_excess']:+.2f} ± {sd['nll_excess']:.2f}{sep}{mwe}{sd['mode_weight_error']:.3f})"
+    line = f"SW2 {row['sw2_over_floor']:.2f}× floor (± {sd['sw2'] / floor['sw2']:.2f})"
     return line + f"{sep}energy {row['energy']:.2g} (floor {floor['energy']:.2g} ± {sd['energy']:.1g})"
 
 
-def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracker, title: str, step: int) -> None:
-    """The guided samples' grids (one row per class; first 10 per class) or scatter, their accuracy per guidance
-    scale beside the judge's on held-out data in metrics.json's "guidance", and to the tracker."""
+def guided_report(
+    ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracker, title: str, step: int, plot_paths: list
+) -> dict:
+    """The guided samples' grids (one row per class; first 10 per class) or scatter (appended to `plot_paths`),
+    their accuracy per guidance scale beside the judge's on held-out data: metrics.json's "guidance" (returned), and
+    to the tracker."""
     c, scaler = built.model.num_classes, built.data.scaler
     judge = f"judged by {ev.judge.name}: {ev.judge.held_out_accuracy:.1%} on held-out data"
     if scaler is not None and len(built.data.shape) == 3:
@@ -330,11 +357,9 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
         titled = {f"w = {w:g}: accuracy {ev.rows[w]['accuracy']:.1%}": x for w, x in ev.samples.items()}
         data = built.data.reference(len(ev.labels), torch.Generator().manual_seed(0))
         paths = [plots.scatter_panels(titled, data, out / "guided.png", f"{title}\n{judge}")]
-    result = json.loads((out / "metrics.json").read_text())
-    result["guidance"] = {"judge": ev.judge.name, "judge_held_out_accuracy": ev.judge.held_out_accuracy,
-                          "scales": {f"{w:g}": row for w, row in ev.rows.items()}}  # fmt: skip
-    result["plots"] += [str(p) for p in paths]
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    result = {"guidance": {"judge": ev.judge.name, "judge_held_out_accuracy": ev.judge.held_out_accuracy,
+                           "scales": {f"{w:g}": row for w, row in ev.rows.items()}}}  # fmt: skip
+    plot_paths += [str(p) for p in paths]
     for w, row in ev.rows.items():
         log.info("guidance w=%g: accuracy %.3f (%d NFE, %.1f s)", w, row["accuracy"], row["nfe"], row["wall_s"])
     log.info("%s", judge)
@@ -343,20 +368,20 @@ def guided_report(ev: GuidedEvaluation, built: Built, out: Path, tracker: Tracke
     tracker.log(row, step=step)
     tracker.log_images({f"guidance/{Path(p).stem}": p for p in paths}, step=step)
     tracker.summary(row)
+    return result
 
 
-def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, title: str) -> None:
+def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, title: str, plot_paths: list) -> dict:
     """The excess loss over the exact score per λ-bin (sde_diffusion.diagnosis) at each evaluation: metrics.json's
-    "score_error" (per step: lam, excess, se), score_error.png, and a tracker table."""
+    "score_error" (per step: lam, excess, se; returned), score_error.png (appended to `plot_paths`), and a tracker
+    table."""
     path = plots.level_error_curves(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")
-    result = json.loads((out / "metrics.json").read_text())
-    result["score_error"] = {str(step): c.as_dict() for step, c in curves.items()}
-    result["plots"].append(str(path))
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot_paths.append(str(path))
     rows = [{"step": k, "lam": lam, "excess": e, "se": se} for k, c in curves.items()
             for lam, e, se in zip(c.lam, c.excess, c.se, strict=True)]  # fmt: skip
     tracker.log_table("eval/score_error", rows)
-    tracker.log_images({"eval/score_error": path})
+    tracker.log_images({"eval/score_error_plot": path})  # not the table's key: one key holds one kind
+    return {"score_error": {str(step): c.as_dict() for step, c in curves.items()}}
 
 
 def series(ev: Evaluation) -> dict[str, float]:

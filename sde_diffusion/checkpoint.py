@@ -116,14 +116,18 @@ def check_fits(module: torch.nn.Module, state: dict, key: str) -> None:
 @dataclass
 class RunState:
     """What a training run saves: `trainer` (Trainer.state_dict()), the resolved `config` of the run, its
-    `wandb_run_id` (a resumed run continues it), `loss_history`, the (step, mean loss) rows logged so far, and
-    `loss_window`, the losses of the steps since the last row (a run stopped between rows resumes its mean)."""
+    `wandb_run_id` (a resumed run continues it), `loss_history`, the (step, mean loss) rows logged so far,
+    `loss_window`, the losses of the steps since the last row (a run stopped between rows resumes its mean),
+    `wandb_history`, the tracker's (step, row) rows not known to be in a run file yet (tracking.start_run logs
+    those a kill lost), and `train_wall_s`, the training time of every segment of the run up to this state."""
 
     trainer: dict
     config: dict | None = None
     wandb_run_id: str | None = None
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     loss_window: list[float] = field(default_factory=list)
+    wandb_history: list[tuple[int, dict]] = field(default_factory=list)
+    train_wall_s: float = 0.0
 
     def to_state(self) -> dict:
         """One flat dict for `save_checkpoint`: the trainer's keys beside `config`, `wandb_run_id`, `loss_history`
@@ -135,6 +139,8 @@ class RunState:
             "wandb_run_id": self.wandb_run_id,
             "loss_history": history,
             "loss_window": window,
+            "wandb_history": [[int(step), dict(row)] for step, row in self.wandb_history],
+            "train_wall_s": float(self.train_wall_s),
         }
 
     @classmethod
@@ -144,18 +150,28 @@ class RunState:
         history = state.get("loss_history", torch.zeros(0, 2)).tolist()
         window = state.get("loss_window", torch.zeros(0)).tolist()
         rows = [(int(s), loss) for s, loss in history]
-        return cls(trainer, state.get("config"), state.get("wandb_run_id"), rows, window)
+        logged = [(int(step), dict(row)) for step, row in state.get("wandb_history", [])]
+        wall = float(state.get("train_wall_s", 0.0))
+        return cls(trainer, state.get("config"), state.get("wandb_run_id"), rows, window, logged, wall)
 
 
-_RUN_KEYS = ("config", "wandb_run_id", "loss_history", "loss_window")
+_RUN_KEYS = ("config", "wandb_run_id", "loss_history", "loss_window", "wandb_history", "train_wall_s")
 
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-def _detail(e: Exception) -> str:
-    """The informative line of a torch.load error, without torch's advice paragraphs."""
+def _detail(e: Exception, limit: int = 120) -> str:
+    """The informative line of a torch.load error, without torch's advice paragraphs: its whole first sentences up to
+    `limit` characters (at least one), never cut mid-word."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(_BOILERPLATE)]
-    return lines[0][:120] if lines else ""
+    if not lines:
+        return ""
+    sentences, kept = lines[0].split(". "), []
+    for sentence in sentences:
+        if kept and len(". ".join([*kept, sentence])) > limit:
+            break
+        kept.append(sentence)
+    return ". ".join(kept).rstrip(".")
 
 
 def export_safetensors(source: dict | torch.nn.Module, config: dict, out_dir: str | os.PathLike) -> Path:

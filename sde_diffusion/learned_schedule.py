@@ -26,6 +26,8 @@ class LearnedBeta(nn.Module, BetaSchedule):
     put λ at linear β's (0.1 → 20) at t = 1e-5 and T; `seed` draws the initial shape. Frozen unless `trainable`:
     then its objective is VDM's split gradients (endpoints on E[L], shape on E[L²]), objectives.LearnedScheduleELBO."""
 
+    label = "learned"
+
     def __init__(
         self,
         gamma_0: float = -13.81,

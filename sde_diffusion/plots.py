@@ -27,8 +27,7 @@ def describe(data: str, sde: object, run: str | None = None) -> str:
     """A title line naming the data set, the SDE with its β(t) and, in a sweep, the run: what every figure shows."""
     schedule = getattr(sde, "schedule", None)
     if schedule is not None:
-        values = ", ".join(f"{v:g}" for k, v in vars(schedule).items() if isinstance(v, float) and k != "T")
-        sde_text = f"{type(sde).__name__}, β(t) = {type(schedule).__name__}({values})"
+        sde_text = f"{type(sde).__name__}, β(t) = {getattr(schedule, 'name', type(schedule).__name__)}"
     else:
         sde_text = type(sde).__name__
     return " · ".join(p for p in (data, sde_text, run) if p)
@@ -56,8 +55,8 @@ def scatter_panels(
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.2)
     axes[0, 0].set_ylabel("x₂")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # above the figure's top edge (the saved image grows to hold it): the layout engine, which shrinks
+        fig.suptitle(title, fontsize=9, y=1.01, va="bottom")  # equal-aspect axes after placing it, cannot overlap it
     return _save(fig, path)
 
 

@@ -26,7 +26,19 @@ def _positive(name: str, value: float) -> float:
 
 
 class BetaSchedule(ABC):
-    """β(t) > 0, the rate of the VP-SDE dx = −½β(t)x dt + √β(t) dw (Song et al. 2021, eq. 11)."""
+    """β(t) > 0, the rate of the VP-SDE dx = −½β(t)x dt + √β(t) dw (Song et al. 2021, eq. 11). `label` and `shown`
+    (the attributes that shape β(t)) make its `name` for figure titles."""
+
+    label = "β(t)"
+    shown: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The schedule as a person names it, e.g. "cosine (s = 0.008)", "linear (β_min = 0.1, β_max = 20)" (and
+        T when it is not 1)."""
+        keys = [*self.shown, *(["T"] if getattr(self, "T", 1.0) != 1.0 else [])]
+        args = ", ".join(f"{_SYMBOLS.get(k, k)} = {getattr(self, k):g}" for k in keys)
+        return f"{self.label} ({args})" if args else self.label
 
     @abstractmethod
     def beta(self, t: Tensor) -> Tensor:
@@ -73,6 +85,8 @@ class BetaSchedule(ABC):
 class LinearBeta(BetaSchedule):
     """β(t) = β_min + (t/T)(β_max − β_min) (Song et al. 2021, App. B; DDPM's linear schedule in the limit)."""
 
+    label, shown = "linear", ("beta_min", "beta_max")
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
         self.beta_min = _positive("beta_min", beta_min)
         self.beta_max = float(beta_max)
@@ -97,6 +111,8 @@ class LinearBeta(BetaSchedule):
 class ConstantBeta(BetaSchedule):
     """β(t) = β: the Ornstein–Uhlenbeck process."""
 
+    label, shown = "constant", ("beta_value",)
+
     def __init__(self, beta: float = 5.0):
         self.beta_value = _positive("beta", beta)
 
@@ -118,6 +134,8 @@ class CosineBeta(BetaSchedule):
     from the time t_c where the cosine rate reaches β_max, and B(t) = B(t_c) + β_max (t − t_c) after it.
     β and B stay exactly consistent (B is the integral of the clipped β), and ᾱ(T) = e^{−B(T)} > 0.
     """
+
+    label, shown = "cosine", ("s",)
 
     def __init__(self, s: float = 0.008, beta_max: float = 100.0, T: float = 1.0):
         self.s = _positive("s", s)
@@ -157,6 +175,8 @@ class CosineBeta(BetaSchedule):
 class PolynomialBeta(BetaSchedule):
     """β(t) = β_min + (β_max − β_min)(t/T)^p: LinearBeta at p = 1; p > 1 holds β low for longer and adds noise late."""
 
+    label, shown = "polynomial", ("beta_min", "beta_max", "p")
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 30.0, p: float = 2.0, T: float = 1.0):
         self.beta_min = _positive("beta_min", beta_min)
         self.beta_max = float(beta_max)
@@ -193,6 +213,8 @@ class SigmoidBeta(BetaSchedule):
     1e-9 instead). As in CosineBeta, β = β_max from the time t_c where it reaches β_max, and B = B(t_c) + β_max(t − t_c)
     after it. Near T, β ≈ 1/(T − t): t_c ≈ T − 1/β_max, and s(T)² = e^{−B(T)} shrinks like 1/β_max.
     """
+
+    label, shown = "sigmoid", ("start", "end", "tau")
 
     def __init__(
         self, start: float = -3.0, end: float = 3.0, tau: float = 1.0, beta_max: float = 1000.0, T: float = 1.0
@@ -257,6 +279,8 @@ class LogSNRLinearBeta(BetaSchedule):
     this shift keeps β smooth, while a λ̂ exactly linear on all of (0, T] would need a jump of B (a delta in β) at 0.
     """
 
+    label, shown = "log-SNR linear", ("lambda_max", "lambda_min")
+
     def __init__(self, lambda_max: float = 6.65, lambda_min: float = -5.0, T: float = 1.0):
         if not (math.isfinite(lambda_max) and math.isfinite(lambda_min) and lambda_max > lambda_min):
             raise ValueError(f"lambda_max must be > lambda_min, both finite, got {lambda_max} and {lambda_min}")
@@ -291,6 +315,8 @@ class EDMBeta(BetaSchedule):
     as VESDE's σ(t)² − σ_min², and ᾱ(T) = (1 + σ_min²)/(1 + σ_max²).
     """
 
+    label, shown = "EDM", ("sigma_min", "sigma_max", "rho")
+
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, T: float = 1.0):
         self.sigma_min = _positive("sigma_min", sigma_min)
         if not sigma_max > sigma_min:
@@ -324,6 +350,8 @@ class EDMBeta(BetaSchedule):
 class CallableBeta(BetaSchedule):
     """A user-defined β(t) from any callable tensor → tensor, checked on [0, T]; B(t) and its inverse by quadrature."""
 
+    label, shown = "callable", ()
+
     def __init__(self, beta_fn: Callable[[Tensor], Tensor], T: float = 1.0):
         if not callable(beta_fn):
             raise ValueError(f"beta_fn must be callable, got {type(beta_fn).__name__}")
@@ -333,3 +361,7 @@ class CallableBeta(BetaSchedule):
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_fn(t)
+
+
+_SYMBOLS = {"beta_min": "β_min", "beta_max": "β_max", "beta_value": "β", "tau": "τ", "lambda_max": "λ_max",
+            "lambda_min": "λ_min", "sigma_min": "σ_min", "sigma_max": "σ_max", "rho": "ρ"}  # fmt: skip

@@ -57,8 +57,9 @@ def solve(
         solver = METHODS[method](fun, t0, y, t1, rtol=rtol, atol=atol)
     except FloatingPointError as e:
         raise stopped(t0, e) from e
+    span = f"{desc}: t {t0:g} → {t1:g}, {{percentage:3.0f}}% solved |{{bar}}| {{unit}}, {{elapsed}} elapsed"
     step = 0
-    with tqdm(total=abs(t1 - t0), disable=not progress, desc=desc) as bar:
+    with tqdm(total=abs(t1 - t0), disable=not progress, bar_format=span, unit="0 NFE") as bar:  # words, not s/it
         while solver.status == "running":  # scipy's step() retries a rejected step until one is accepted
             if on_step is not None:
                 on_step(step, solver.t)
@@ -69,5 +70,6 @@ def solve(
                 raise stopped(solver.t, e) from e
             if solver.status == "failed":
                 raise stopped(solver.t, message)
+            bar.unit = f"{solver.nfev} NFE"
             bar.update(abs(solver.t - t0) - bar.n)
     return torch.from_numpy(solver.y).to(device=device, dtype=dtype).view(shape), solver.nfev

@@ -6,7 +6,10 @@ logged (bitwise the same) instead of logging them twice. The only module that im
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,10 +24,9 @@ MODES = ("offline", "online", "disabled")
 class Tracker:
     """One wandb run (or none). Every method is a no-op once the run is gone; the first failure warns once."""
 
-    def __init__(self, run: Any = None, step_file: Path | None = None):
-        self._run, self._step_file = run, step_file
-        self._logged = int(step_file.read_text()) if step_file is not None and step_file.is_file() else -1
-        self._fresh = False  # whether this process logged `_logged` itself (then more rows at that step are new)
+    def __init__(self, run: Any = None, durable: Iterable[tuple[int, str]] = ()):
+        self._run, self._durable = run, set(durable)  # (trainer/step, key) that earlier files of this run hold
+        self.history: list[tuple[int, dict[str, Any]]] = []  # the scalar rows logged with a step, for checkpoints
 
     @property
     def active(self) -> bool:
@@ -54,26 +56,25 @@ class Tracker:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _new_step(self, step: int | None) -> bool:
-        """Whether a row at `step` is new: not at or before the last step this run logged (before a resume too)."""
-        if step is None or self._run is None:
-            return True
-        if step < self._logged or (step == self._logged and not self._fresh):
-            return False
-        if step > self._logged and self._step_file is not None:
-            self._step_file.write_text(str(step))
-        self._logged, self._fresh = step, True
-        return True
+    def _new(self, row: Mapping[str, Any], step: int | None) -> dict[str, Any]:
+        """The keys of `row` at `step` that no earlier file of this run durably holds."""
+        return {k: v for k, v in row.items() if step is None or (step, k) not in self._durable}
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log scalars (and media); `step` is recorded as `trainer/step`. A step this run logged before a resume is
-        skipped."""
-        row = dict(metrics)
-        if not self._new_step(step):
+        """Log scalars; `step` is recorded as `trainer/step` and the row kept in `history` (a checkpoint stores
+        it). A key an earlier file of this run holds at `step` is skipped (module docstring)."""
+        row = self._new(metrics, step)
+        if not row or self._run is None:
             return
         if step is not None:
-            row[STEP_METRIC] = step
+            self.history.append((step, row))
+            row = row | {STEP_METRIC: step}
         self._call("log", lambda run: run.log(row))
+
+    def replay(self, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Log a checkpoint's `history` rows, each key not durably held already (a resume's first call)."""
+        for step, row in rows:
+            self.log(row, step=int(step))
 
     def log_images(self, images: Mapping[str, str | os.PathLike], step: int | None = None) -> None:
         """Log image files (PNG paths) as `wandb.Image`s."""
@@ -86,7 +87,7 @@ class Tracker:
                 row[STEP_METRIC] = step
             run.log(row)
 
-        if self._new_step(step):
+        if self._new(images, step):
             self._call("log_images", _log)
 
     def log_artifact(
@@ -153,12 +154,14 @@ def start_run(
     tags: Iterable[str] = (),
     mode: str = "offline",
     resume_id: str | None = None,
+    history: Iterable[tuple[int, Mapping[str, Any]]] = (),
     series: Iterable[str] = ("train/*", "eval/*"),
 ) -> Tracker:
     """`wandb.init` with everything explicit: files under `dir` (wandb's cache and config dirs too, unless set),
-    offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run (skipping the steps it
-    logged). The recorded config's `logger.job_type` is `job_type`, the app's own. On any failure, warn once and
-    return a no-op `Tracker`. A `mode` outside MODES raises checks.ArgumentError."""
+    offline by default, `resume="allow"` with `resume_id` so a resumed job continues its run, logging the rows of
+    `history` (its checkpoint's) that the run's earlier files lack and none they hold (module docstring). The
+    recorded config's `logger.job_type` is `job_type`, the app's own. On any failure, warn once and return a no-op
+    `Tracker`. A `mode` outside MODES raises checks.ArgumentError."""
     check_choice("mode", mode, MODES)
     if mode == "disabled":
         return Tracker()
@@ -172,6 +175,7 @@ def start_run(
             os.environ.setdefault(var, str(root / "wandb" / sub))
         import wandb
 
+        durable = durable_rows(run_files(root, resume_id)) if resume_id else set()
         run = wandb.init(
             project=project,
             entity=entity,
@@ -193,4 +197,34 @@ def start_run(
     except Exception as err:  # noqa: BLE001 - wandb must never stop a job
         warnings.warn(f"wandb could not start ({type(err).__name__}: {err}); continuing without wandb", stacklevel=2)
         return Tracker()
-    return Tracker(run, root / "wandb" / f"last_step-{run.id}")
+    tracker = Tracker(run, durable)
+    tracker.replay(history)
+    return tracker
+
+
+def run_files(root: str | os.PathLike, run_id: str) -> list[Path]:
+    """The `.wandb` files of run `run_id` under `root`/wandb (one per process that ran it), oldest first."""
+    return sorted(
+        p for p in Path(root, "wandb").glob(f"*-{run_id}/run-{run_id}.wandb") if p.parent.name != "latest-run"
+    )
+
+
+def durable_rows(paths: Iterable[Path]) -> set[tuple[int, str]]:
+    """Every (trainer/step, key) that the history records of these run files hold, read with wandb's own decoder
+    (`wandb leet inspect --json`; a file cut off by a kill reads up to its last whole record). A nested key counts
+    with each of its prefixes (an image `k` reads as `k._type`, ...). A file it cannot read warns: its rows may be
+    logged again."""
+    out: set[tuple[int, str]] = set()
+    for path in paths:
+        cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)]
+        try:
+            lines = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError) as err:
+            warnings.warn(f"could not read {path} back ({err}); its steps may be logged again", stacklevel=2)
+            continue
+        for record in map(json.loads, lines):
+            item = record.get("history", {}).get("item", {}) if record.get("type") == "history" else {}
+            if STEP_METRIC in item:
+                step = int(item[STEP_METRIC])
+                out |= {(step, ".".join(k.split(".")[:i])) for k in item for i in range(1, k.count(".") + 2)}
+    return out

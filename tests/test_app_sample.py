@@ -146,7 +146,8 @@ def test_compare_samplers_records_its_model_a_legend_and_the_tuned_grid(runs, tm
     assert metrics["timesteps"]["timesteps"] == GRID and {"floor", "time_ratio"} <= set(metrics["legend"])
     assert "flow_error" not in metrics["legend"]  # a checkpoint's flow is not the oracle's: not measured
     table = (out / "comparison.md").read_text()
-    assert f"Model: checkpoint `{checkpoint}`" in table and "| dpm_solver tuned | 4 | 5 |" in table  # ints stay ints
+    assert f"Model: checkpoint `{checkpoint}`" in table
+    assert "| dpm_solver tuned | ODE | 4 | 5 |" in table  # ints stay ints
     assert "- time_ratio: wall time / (NFE x one score call" in table
 
     run_job("compare_samplers", "sampler=ode_euler", "sampler.steps=3", "eval.n_samples=100", "eval.floor_repeats=2",

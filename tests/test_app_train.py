@@ -37,7 +37,18 @@ def test_writes_metrics_checkpoint_and_plots(tiny_run):
     assert em["sw2_over_floor"] == pytest.approx(em["sw2"] / metrics["floor"]["sw2"])
     assert {"floor", "sw2_over_floor", "mmd2", "energy"} <= metrics["legend"].keys()
     assert "time_ratio" not in metrics["legend"]  # compare_samplers.py's column
-    assert metrics["main_metric"] == {"name": "euler_maruyama/sw2", "value": em["sw2"]}
+    main = metrics["main_metric"]  # the headline with an oracle: NLL excess over the data's, and its recall pair
+    assert main["name"] == "euler_maruyama/nll_excess" and main["value"] == em["nll_excess"]
+    assert em["nll_excess"] == pytest.approx(em["oracle_nll"] - metrics["floor"]["oracle_nll"])
+    assert main["floor_sd"] == metrics["floor_sd"]["nll_excess"] == pytest.approx(metrics["floor_sd"]["oracle_nll"])
+    assert main["recall"] == {"name": "euler_maruyama/mode_weight_error", "value": em["mode_weight_error"],
+                              "floor": metrics["floor"]["mode_weight_error"],
+                              "floor_sd": metrics["floor_sd"]["mode_weight_error"]}  # fmt: skip
+    assert metrics["train_wall_s_total"] == metrics["train_wall_s"] > 0  # one segment
+    log = (tiny_run / "train.log").read_text().splitlines()  # the job's log gets the steps as the run goes
+    steps = [ln.split("] - ", 1)[1].split(":")[0] for ln in log if "][train][INFO] - step " in ln]
+    assert steps == [f"step {k}/30" for k in range(5, 31, 5)]
+    assert log.index(next(ln for ln in log if "step 30/30" in ln)) < log.index(next(ln for ln in log if "floor:" in ln))
     assert metrics["train_steps"] == 30
     for name in ("samples.png", "loss.png"):
         assert (tiny_run / name).read_bytes()[:8] == PNG
@@ -68,7 +79,7 @@ def test_offline_wandb_run_holds_loss_series_and_final_metrics(tiny_run):
     em = metrics["samplers"]["euler_maruyama"]
     assert run.summary["eval/euler_maruyama/sw2"] == pytest.approx(em["sw2"])
     assert run.summary["eval/floor/sw2"] == pytest.approx(metrics["floor"]["sw2"])
-    assert run.summary["main_metric"] == pytest.approx(em["sw2"])
+    assert run.summary["main_metric"] == pytest.approx(em["nll_excess"])
     assert run.summary["eval/floor_sd/sw2"] == pytest.approx(metrics["floor_sd"]["sw2"])
     assert run.summary["eval/samplers.nrows"] == 4  # two samplers, the floor and its sd
     ((artifact),) = [a for a in run.artifacts if a["type"] == "model"]  # the checkpoint (tables are artifacts too)

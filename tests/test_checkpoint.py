@@ -184,3 +184,19 @@ def test_a_run_state_round_trips_through_a_file_and_a_bare_trainer_state_is_one(
     assert all(torch.equal(back.trainer["model"][k], v) for k, v in run.trainer["model"].items())
     bare = RunState.from_state(trainer.state_dict())
     assert (bare.config, bare.wandb_run_id, bare.loss_history, bare.loss_window) == (None, None, [], [])
+
+
+def test_a_truncated_checkpoint_names_torch_s_reason_in_whole_sentences(tmp_path):
+    """torch's reason ("… failed finding central directory. This is an internal miniz error. If you're …") is kept
+    up to a sentence's end, never cut mid-word."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": {"w": torch.zeros(100_000)}}, whole)
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(RuntimeError) as raw:
+        torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    detail = str(e.value).split("(RuntimeError: ", 1)[1].removesuffix(")")
+    reason = str(raw.value).splitlines()[0]
+    assert reason.startswith(detail) and reason[len(detail)] in ". " and len(detail) > 20, (detail, reason)

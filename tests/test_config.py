@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from sde_diffusion.apps import ConfigError, apply_policy, build, build_evaluator, build_sde, start_tracker
+from sde_diffusion.apps.keys import check_key_overrides
 from sde_diffusion.evaluation import Evaluator, SamplerRun
 from sde_diffusion.models import ScoreModel
 from sde_diffusion.sampling import SAMPLERS, check_sampler
@@ -337,3 +338,55 @@ def test_unknown_group_option_lists_the_available_ones(override):
     with pytest.raises(MissingConfigException) as info:
         load(override)
     assert f"Could not find '{group}/nope'" in str(info.value) and f"Available options in '{group}'" in str(info.value)
+
+
+# A misspelt key in any node, with or without Hydra's "+": the key, and the keys its node holds
+# (tests/test_reliability.py has the process's whole stderr for train.stpes).
+TYPOS = {
+    "train.stpes=100": ("train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, lr,",),
+    "+train.stpes=100": ("train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, lr,",),
+    "eval.n_sampels=10": ("eval.n_sampels=10: unknown key 'n_sampels' of eval; valid keys: samplers, n_samples,",),
+    "loss=edm loss.p_maen=0": ("loss.p_maen=0: unknown key 'p_maen' of loss;", "p_mean, p_std"),
+    "+loss.wieghting=edm": ("loss.wieghting='edm': unknown key 'wieghting' of loss; valid keys: weighting,",),
+    "data.radus=3": ("data.radus=3: unknown key 'radus' of data; valid keys: none", "also takes: radius, std"),
+    "model.hiden=8": ("model.hiden=8: unknown key 'hiden' of model; valid keys: hidden, layers",),
+    "seeed=3": ("seeed=3: unknown key 'seeed' at the top level; valid keys:", "seed"),
+    "eval.samplers.extra={steps:1}": (
+        "eval.samplers.extra={'steps': 1}: not in the config: eval.samplers is a "
+        "collection of entries, add one with +eval.samplers.extra=...",
+    ),
+    "-m loss=edm,sigmoid eval.sed=2": ("eval.sed=2: unknown key 'sed' of eval;",),
+    "model._target_=torch.nn.Linear model.bias=false": (
+        "model.bias=False: not in the config, but torch.nn.Linear takes it: add it with +model.bias=...",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("overrides", list(TYPOS))
+def test_an_unknown_key_in_any_node_is_one_line_naming_it_and_the_valid_keys(overrides):
+    with pytest.raises(ConfigError) as info:
+        check_key_overrides(overrides.split(), CONF, "train")
+    line = str(info.value)
+    start, *named = TYPOS[overrides]
+    assert line.startswith(f"config error: {start}") and all(n in line for n in named) and "\n" not in line, line
+    assert "To append" not in line and "+train" not in line
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "train.steps=100 +sampler@eval.samplers.rk45=rk45 eval.samplers.rk45.steps=5",  # a group added, then set
+        "model._target_=torch.nn.Linear +model.bias=false",  # a key the command line's target takes
+        "data._target_=conftest.NaNAt +data.at=[13]",
+        "+data.radius=3",  # the config's target takes it
+        "++train.stpes=1 ~train.warmup hydra.run.dir=x",  # force-add, deletion, Hydra's own keys: Hydra's
+        "eval.samplers.dpm_solver.options.ordr=2",  # sampler options: check_option_overrides and the sampler's spec
+        "+eval.samplers.extra={name: rk45, steps: 1}",  # an entry added to a collection
+    ],
+)
+def test_known_keys_and_added_keys_a_target_takes_pass(overrides):
+    check_key_overrides(overrides.split(), CONF, "train")
+
+
+def test_a_mandatory_key_is_a_known_key():
+    check_key_overrides(["checkpoint=x.pt", "sampler=ddim"], CONF, "sample")  # sample.yaml's checkpoint is ???

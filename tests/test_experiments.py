@@ -22,6 +22,7 @@ from sde_diffusion.sampling import sample
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402
+from compare_samplers import plot_panels  # noqa: E402
 
 SHORT = [*TINY, "train.steps=3", "train.log_every=1"]  # 3 steps, each one logged
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -214,3 +215,23 @@ def test_compare_runs_each_oracle_again_with_its_perturbed_score(tmp_path):
     with pytest.raises(ConfigError, match="config error: perturbations.bad="):
         run_job("compare_samplers", "sampler=rk45", "oracles=[eight_gaussians]", "+perturbations.bad={kind: shift}",
                 "logger=none", out=tmp_path / "bad")  # fmt: skip
+
+
+def test_compare_flags_a_diverged_setting_and_tells_sde_from_ode(tmp_path, caplog):
+    """A score scaled by 4 sends 4 Euler steps of the ODE far past the data: worse than the prior noise the solver
+    started from, so the row is flagged (column, warning, metrics.json) while the exact score's is not; each row
+    says whether its sampler is an SDE or an ODE one. On a trained model the empty flow_error panel becomes the NLL."""
+    (tmp_path / "job").mkdir()
+    with caplog.at_level("WARNING", logger="compare"):
+        run_job("compare_samplers", "sampler=ode_euler", "sampler.steps=4", "eval.n_samples=200",
+                "eval.floor_repeats=2", "oracles=[eight_gaussians]", "+perturbations.scaled={kind: scale, size: 3}",
+                "logger=none", out=tmp_path / "job")  # fmt: skip
+    rows = {r["data"]: r for r in csv.DictReader(open(tmp_path / "job" / "comparison.csv"))}
+    assert rows["eight_gaussians"]["diverged"] == "False" and rows["eight_gaussians scaled"]["diverged"] == "True"
+    assert {r["kind"] for r in rows.values()} == {"ODE"}
+    diverged = json.loads((tmp_path / "job" / "metrics.json").read_text())["diverged"]
+    assert diverged == ["eight_gaussians scaled ode_euler 4"]
+    assert "eight_gaussians scaled, ode_euler at 4 steps: diverged" in caplog.text
+    assert plot_panels(("sw2", "mmd2", "flow_error"), flow_error=False, oracle=True) == ("sw2", "mmd2", "oracle_nll")
+    assert plot_panels(("sw2", "flow_error"), flow_error=False, oracle=False) == ("sw2", "energy")
+    assert plot_panels(("sw2", "flow_error"), flow_error=True, oracle=True) == ("sw2", "flow_error")

@@ -265,3 +265,24 @@ def test_no_prior_mismatch_warning_for_the_defaults(schedule):
         warnings.simplefilter("error", PriorMismatchWarning)
         VPSDE(schedule())
         SubVPSDE(schedule())
+
+
+@pytest.mark.parametrize(
+    "schedule, name",
+    [
+        (LinearBeta(), "linear (β_min = 0.1, β_max = 20)"),
+        (ConstantBeta(2.5), "constant (β = 2.5)"),
+        (CosineBeta(), "cosine (s = 0.008)"),
+        (CosineBeta(s=0.01, T=2.0), "cosine (s = 0.01, T = 2)"),
+        (PolynomialBeta(), "polynomial (β_min = 0.1, β_max = 30, p = 2)"),
+        (SigmoidBeta(), "sigmoid (start = -3, end = 3, τ = 1)"),
+        (LogSNRLinearBeta(), "log-SNR linear (λ_max = 6.65, λ_min = -5)"),
+        (EDMBeta(), "EDM (σ_min = 0.002, σ_max = 80, ρ = 7)"),
+        (CallableBeta(lambda t: 10 + t), "callable"),
+    ],
+)
+def test_every_schedule_is_named_as_a_person_would_in_figure_titles(schedule, name):
+    from sde_diffusion.plots import describe
+
+    assert schedule.name == name
+    assert describe("EightGaussians", VPSDE(schedule)) == f"EightGaussians · VPSDE, β(t) = {name}"

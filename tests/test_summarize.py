@@ -127,3 +127,41 @@ def test_jobs_with_the_oracles_diagnosis_get_one_excess_curve_each_at_their_last
     summarize.summarize(tmp_path)
     assert list(curves) == ["loss=simple", "loss=edm"]
     assert curves["loss=edm"].excess == [0.2, 0.2, 0.2]  # the last step's, not the first
+
+
+def _train_job(root: Path, name: str, overrides: list[str], nll: float, density: str = "schedule",
+               spacing: str | None = None) -> None:  # fmt: skip
+    """A train.py job dir: the headline (NLL excess) with its recall pair and floor, and the config parts the β(t)
+    caveat reads."""
+    floor, floor_sd = {"nll_excess": 0.0, "mode_weight_error": 0.02}, {"nll_excess": 0.01, "mode_weight_error": 0.005}
+    main = {"name": "em/nll_excess", "value": nll, "floor_sd": 0.01,
+            "recall": {"name": "em/mode_weight_error", "value": 0.03, "floor": 0.02, "floor_sd": 0.005}}  # fmt: skip
+    metrics = {"samplers": {"em": {"nll_excess": nll, "mode_weight_error": 0.03, "sw2": 0.2}}, "floor": floor,
+               "floor_sd": floor_sd, "main_metric": main}  # fmt: skip
+    config = {"loss": {"density": density}, "eval": {"samplers": {"em": {"options": {"spacing": spacing}}}}}
+    _job(root, name, overrides, metrics, config)
+
+
+def test_a_beta_sweep_that_moves_its_objective_and_grid_says_so_and_names_the_fair_preset(tmp_path, axes):
+    for k, schedule in enumerate(("linear", "cosine")):
+        _train_job(tmp_path / "simple", str(k), [f"schedule={schedule}"], 0.1 * k)
+        _train_job(tmp_path / "fair", str(k), [f"schedule={schedule}"], 0.1 * k, "lognormal", "logsnr")
+    summarize.summarize(tmp_path / "simple")
+    table = (tmp_path / "simple" / "summary.md").read_text()
+    assert "> Caution: β(t) is swept while the training objective's λ-density (loss.density=schedule) and the " in table
+    assert "experiment=train/fair_schedule_sweep" in table
+    summarize.summarize(tmp_path / "fair")
+    assert "Caution" not in (tmp_path / "fair" / "summary.md").read_text()
+
+
+def test_the_headline_and_its_recall_pair_are_columns_with_their_floor_sd_and_seeds_give_mean_and_sd(tmp_path):
+    for k, (lr, seed) in enumerate([(1, 0), (1, 1), (3, 0), (3, 1)]):
+        _train_job(tmp_path, str(k), [f"train.lr={lr}", f"seed={seed}"], nll=0.1 * k, density="lognormal")
+    summarize.summarize(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert (
+        "main_metric (em/nll_excess; floor sd 0.01) | main_metric_recall (em/mode_weight_error; floor sd 0.005)"
+        in table
+    )
+    assert "Over the seeds (seed): mean ± sd" in table
+    assert "| 1 | 2 | 0.05 ± 0.07071 | 0.03 ± 0 |" in table and "| 3 | 2 | 0.25 ± 0.07071 | 0.03 ± 0 |" in table

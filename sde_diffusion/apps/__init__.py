@@ -17,7 +17,16 @@ from .build import (
     run_weights,
 )
 from .errors import ConfigError, RunError, argument_error, config_error, config_errors
-from .runs import RecordFailure, config_diff, output_dir, run_names, run_only_keys, start_tracker, sweep_run_name
+from .runs import (
+    RecordFailure,
+    config_diff,
+    file_log,
+    output_dir,
+    run_names,
+    run_only_keys,
+    start_tracker,
+    sweep_run_name,
+)
 from .tuned import tuned_run
 from .validation import require_choice, require_file, require_number, require_run, require_values
 
@@ -35,6 +44,7 @@ __all__ = [
     "config_diff",
     "config_error",
     "config_errors",
+    "file_log",
     "hydra_app",
     "instantiate_node",
     "load_run",

@@ -1,13 +1,16 @@
 """How every app of experiments/ runs: `@hydra_app("sample")` is `hydra.main` on conf/ with the apps' policy
 (`apply_policy`: torch threads, plain warnings), after the sampler-option keys of the command line are checked against
-the samplers' specs, so that a typo gets the project's line listing the valid keys instead of Hydra's struct error
-(whose "use +sampler.options.ordr=2" is the wrong fix). `QuietSweeps` (conf/hydra/default.yaml) keeps Hydra's and
-Optuna's setup lines and colour codes out of a sweep's log."""
+the samplers' specs and every other key against the composed config (`keys.check_key_overrides`), so that a typo
+gets the project's line listing the valid keys instead of Hydra's struct error (whose "use +train.stpes=100" is the
+wrong fix). A single run's config or run error is one line on stderr (no Hydra wrapper), also written to the job's
+log and failure.json. `QuietSweeps` (conf/hydra/default.yaml) keeps Hydra's and Optuna's setup lines and colour
+codes out of a sweep's log."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -17,14 +20,18 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import check_number
 from ..sampling import SAMPLERS
-from .errors import ConfigError, config_error, config_errors
+from .errors import ConfigError, RunError, config_error, config_errors
+from .keys import check_key_overrides
+from .runs import write_failure
 
 OPTION = re.compile(r"^(?P<node>.+)\.options\.(?P<option>[^.]+)$")  # <sampler node>.options.<option>
 SETUP_LINES = ("Joblib.Parallel(", "Study name:", "Storage:", "Sampler:", "Directions:", "A new study created")
@@ -50,21 +57,31 @@ def hydra_app(
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
         conf = Path(task.__code__.co_filename).resolve().parents[1] / "conf"
+        cli = False  # run from the command line: a single run's error is one line, not Hydra's report
 
         @functools.wraps(task)
         def job(cfg: DictConfig) -> Any:
-            apply_policy(OmegaConf.select(cfg, threads, default=1), threads)
-            return task(cfg)
+            try:
+                apply_policy(OmegaConf.select(cfg, threads, default=1), threads)
+                return task(cfg)
+            except (ConfigError, RunError) as err:
+                if not cli or HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise  # a sweep's other jobs still run (RecordFailure records this one), or a traceback is wanted
+                write_failure(Path(HydraConfig.get().runtime.output_dir), err, HydraConfig.get().overrides.task)
+                raise SystemExit(str(err)) from None  # past Hydra's "Error executing job" and HYDRA_FULL_ERROR lines
 
         main = hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(job)
 
         @functools.wraps(task)
         def entry(cfg: DictConfig | None = None) -> Any:
+            nonlocal cli
             if cfg is None:
                 try:
                     check_option_overrides(sys.argv[1:], conf, config_name)
+                    check_key_overrides(sys.argv[1:], conf, config_name)
                 except ConfigError as err:
                     sys.exit(f"{err}")  # before Hydra composes: nothing is written
+                cli = True
             return main(cfg)
 
         return entry

@@ -16,7 +16,8 @@ from ..evaluation import legend
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HEAD = ["data", "schedule", "sampler", "steps", "nfe"]
+HEAD = ["data", "schedule", "sampler", "kind", "steps", "nfe"]  # kind: SDE (stochastic) or ODE (probability flow)
+STYLE = {"SDE": ("-", "o"), "ODE": ("--", "s")}  # quality_vs_nfe.png: (line style, marker) per kind
 Floors = dict[str, tuple[dict[str, float], dict[str, float]]]  # {data set: (mean, sd) of every metric}
 
 
@@ -79,15 +80,19 @@ def _log_axes(ax: plt.Axes, metric: str) -> None:
     if metric in ("mmd2", "energy"):  # unbiased estimates, below zero near the floor: linear around 0
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_ylim(bottom=-1e-3)
+    elif metric in ("oracle_nll", "nll_excess"):  # nats, of either sign, tens of them at a few NFE
+        ax.set_yscale("symlog", linthresh=1.0)
     else:
         ax.set_yscale("log")
 
 
 def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2",
          "flow_error")) -> None:  # fmt: skip
-    """Metric vs NFE (log x), one line per sampler, one row per data set; the floor's mean dashed."""
+    """Metric vs NFE (log x), one line per sampler (SDE samplers solid with circles, ODE ones dashed with squares),
+    one row per data set; the floor's mean as a grey line with its ± sd band."""
     datas = list(floors)
     labels = list(dict.fromkeys(r["sampler"] for r in rows))
+    kind = {r["sampler"]: r.get("kind", "SDE") for r in rows}
     color = {label: plt.get_cmap("tab20")(k % 20) for k, label in enumerate(labels)}
     fig, axes = plt.subplots(len(datas), len(metrics), figsize=(5 * len(metrics), 4.5 * len(datas)), squeeze=False)
     for i, data in enumerate(datas):
@@ -99,15 +104,21 @@ def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] 
                 )
                 pts = [p for p in pts if not math.isnan(p[1])]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=color[label], label=label)
+                    ls, marker = STYLE[kind[label]]
+                    ax.plot(*zip(*pts, strict=True), ls=ls, marker=marker, ms=3, color=color[label],
+                            label=f"{label} ({kind[label]})")  # fmt: skip
             if metric in floors[data][0]:
-                ax.axhline(floors[data][0][metric], color="k", ls="--", label="floor")
+                mean, sd = floors[data][0][metric], floors[data][1].get(metric, 0.0)
+                ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.2, lw=0)
+                ax.axhline(mean, color="0.3", ls=":", label="floor (± sd)")
             if not ax.lines:  # e.g. flow_error on a checkpoint, whose own flow is not the oracle's exact one
                 note = "deterministic samplers of an exact score only" if metric == "flow_error" else "none measured"
                 ax.text(0.5, 0.5, f"{metric}: {note}", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             _log_axes(ax, metric)
             ax.set(xlabel="NFE", ylabel=metric, title=f"{data}: {metric}")
     axes[0, 0].legend(fontsize=7)
+    fig.suptitle("solid, circles: SDE samplers (stochastic) · dashed, squares: ODE samplers (probability flow)",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

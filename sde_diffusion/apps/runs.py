@@ -67,36 +67,62 @@ def sweep_run_name(cfg: DictConfig) -> str | None:
     return run_names(cfg)[1] if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
 
 
-def start_tracker(cfg: DictConfig, output_dir: str | Path, job_type: str, resume_id: str | None = None) -> Tracker:
+def start_tracker(
+    cfg: DictConfig, output_dir: str | Path, job_type: str, resume_id: str | None = None, history: Sequence = ()
+) -> Tracker:
     """Instantiate `cfg.logger` (sde_diffusion.tracking.start_run) with files in `output_dir`, the resolved
-    config, the names of `run_names`, and `resume_id` to continue a run; use it as `with start_tracker(...) as t:`
-    (the run ends with exit code 1 if the block raises). A bad logger argument is a ConfigError."""
+    config, the names of `run_names`, and `resume_id` to continue a run (with its checkpoint's `history` rows,
+    tracking.start_run); use it as `with start_tracker(...) as t:` (the run ends with exit code 1 if the block
+    raises). A bad logger argument is a ConfigError."""
     if cfg.get("logger") is None:
         return Tracker()
     group, name = run_names(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     start = instantiate(cfg.logger, _partial_=True, _convert_="all")
     try:
-        return start(dir=str(output_dir), config=config, group=group, name=name, job_type=job_type, resume_id=resume_id)
+        kw = {"history": history} if history else {}
+        return start(dir=str(output_dir), config=config, group=group, name=name, job_type=job_type, resume_id=resume_id,
+                     **kw)  # fmt: skip
     except ArgumentError as err:
         raise argument_error("logger", err) from None
 
 
+def write_failure(out: Path, err: BaseException, overrides: Sequence[str]) -> None:
+    """`out`/failure.json (error type, message, overrides) and the error as one ERROR record in the job's log file
+    (`<job>.log`, Hydra's file handler; the console gets the line from the app)."""
+    _write_record(out, err, overrides)
+    file_log(HydraConfig.get().job.name, logging.ERROR, str(err))
+
+
+def file_log(name: str, level: int, message: str) -> None:
+    """One record of logger `name` to the log files only (the job's `<job>.log`, flushed per record), not the
+    console: the training steps as they go (the console shows the progress bar), a single run's error (the console
+    gets its one line from the app)."""
+    record = logging.LogRecord(name, level, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _write_record(out: Path, err: BaseException, overrides: Sequence[str]) -> dict[str, Any]:
+    record = {"error": type(err).__name__, "message": str(err), "overrides": list(overrides)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "failure.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 class RecordFailure(Callback):
-    """Hydra callback (`hydra.callbacks` in conf/hydra/default.yaml): a job that raises writes `failure.json`
-    (error type, message, overrides) to its output dir and, in a multirun, logs the error to the job's log. Hydra's
+    """Hydra callback (`hydra.callbacks` in conf/hydra/default.yaml): a job of a multirun that raises writes
+    `failure.json` (error type, message, overrides) to its output dir and logs the error to the job's log. Hydra's
     launchers run every job of a sweep and re-raise only the first failure at the end, so this is how
-    experiments/summarize.py names every failed job; a single run's error Hydra prints itself, so it is not logged
-    twice."""
+    experiments/summarize.py names every failed job. A single run from the command line records its error itself
+    (apps.hydra_app) and prints it as one line."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Write the record if the job failed."""
         if job_return.status != JobStatus.FAILED:
             return
-        err = job_return._return_value
-        record = {"error": type(err).__name__, "message": str(err), "overrides": list(job_return.overrides or [])}
-        out = Path(config.hydra.runtime.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "failure.json").write_text(json.dumps(record, indent=2))
+        out, err = Path(config.hydra.runtime.output_dir), job_return._return_value
+        record = _write_record(out, err, job_return.overrides or [])
         if config.hydra.mode == RunMode.MULTIRUN:
             logging.getLogger(config.hydra.job.name).error("job failed: %s: %s", record["error"], record["message"])

@@ -268,7 +268,10 @@ def sampler_table() -> str:
     for s in specs:
         own = ", ".join(f"`{k}` {o.allowed()}" for k, o in s.options.items() if k not in GRID) or "—"
         spacings = "" if s.options.get("spacing") in (None, GRID["spacing"]) else f": {s.options['spacing'].allowed()}"
-        grid = {"grid": f"`spacing` ({s.spacing}{spacings}), `rho`, `timesteps`", "span": "[T, `t_min`], adaptive"}
+        moved = any("spacing" in o for o in s.by_steps.values())
+        beyond = f" beyond {max(s.by_steps)} steps; below, the last column's" if moved else ""
+        spaced = f"`spacing` ({s.spacing}{spacings}{beyond}), `rho`, `timesteps`"
+        grid = {"grid": spaced, "span": "[T, `t_min`], adaptive"}
         needs = s.requires.__name__ if s.requires else "any SDE"
         by = "; ".join(f"≤ {n}: " + ", ".join(f"{k}={v}" for k, v in o.items()) for n, o in s.by_steps.items())
         kind = "inverse" if s.measured else "SDE" if s.stochastic else "ODE"
