@@ -6,7 +6,7 @@
 
 On the class mixture (a run of `experiments/train.py experiment=train/class_mixture_cond`: 16-D, 4 classes of 3
 components; `--exact`: the oracle's exact class and unconditional scores instead of a network, the methods' own bias)
-every row is scored by `sde_diffusion.class_measures` against the exact p(x | y) (class means): precision
+every row is scored by `sde_diffusion.evaluation.class_measures` against the exact p(x | y) (class means): precision
 E log p(x | y), the in-class mode-weight error (recall), SW₂ and the Bayes class accuracy. On digits (a run of
 `experiment=train/digits_cond`) by the SVC judge's class accuracy (`class_eval.fit_judge`), the Fréchet distance to
 the training digits on pixels and the per-class recall of the training digits (`class_coverage`). Every method
@@ -28,12 +28,12 @@ import torch
 
 from sde_diffusion import VPSDE
 from sde_diffusion.apps import load_run
-from sde_diffusion.class_coverage import class_recall, frechet_distance
-from sde_diffusion.class_eval import fit_judge
-from sde_diffusion.class_measures import class_measures, summary
-from sde_diffusion.class_mixture import ClassMixtureData
-from sde_diffusion.evaluation import SamplerRun
-from sde_diffusion.guided_sampling import Guidance, guided_sample
+from sde_diffusion.data import ClassMixtureData
+from sde_diffusion.evaluation.class_coverage import class_recall, frechet_distance
+from sde_diffusion.evaluation.class_eval import fit_judge
+from sde_diffusion.evaluation.class_measures import class_measures, summary
+from sde_diffusion.sampling import SamplerRun
+from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 GRIDS = {  # per data kind: method -> scales, and the intervals' (λ_lo, λ_hi) and scales
     "mixture": {"cfg": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0), "auto": (0.5, 1.0, 2.0, 3.0, 5.0),

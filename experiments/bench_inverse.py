@@ -19,9 +19,9 @@ import time
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians, mixture
-from sde_diffusion.inverse import Measurement
-from sde_diffusion.metrics import energy_distance
+from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.sampling import sample
+from sde_diffusion.sampling.inverse import Measurement
 
 NOISE_STD = 0.05
 ZETAS = (0.03, 0.1, 0.3, 1.0)

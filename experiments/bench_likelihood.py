@@ -24,9 +24,8 @@ import torch
 
 from sde_diffusion import VPSDE, CosineBeta, GaussianMixture, LinearBeta, mixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.dequantise import discrete_elbo, quantised_log_pmf
-from sde_diffusion.elbo import elbo
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.likelihood import bits_per_dim, discrete_elbo, log_likelihood, quantised_log_pmf
+from sde_diffusion.objectives.elbo import elbo
 
 
 def ode_table(sde: VPSDE, mix, x: torch.Tensor, repeats: int) -> dict[str, float]:

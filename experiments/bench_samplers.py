@@ -24,8 +24,8 @@ import time
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians, mixture
-from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import flow_error
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.sampling import SAMPLERS, sample
 

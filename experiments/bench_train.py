@@ -23,8 +23,8 @@ import torch.multiprocessing as mp
 
 from sde_diffusion import VPSDE
 from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.infra.runtime import resolve_device, seed_everything
 from sde_diffusion.models import MLP, ScoreModel, UNet
-from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.training import Trainer
 
 NETWORKS = {

@@ -25,9 +25,9 @@ import torch
 
 from sde_diffusion import VPSDE
 from sde_diffusion.data import Digits, EightGaussians, MixtureData
+from sde_diffusion.infra.runtime import resolve_device, seed_everything
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import build_objective
-from sde_diffusion.runtime import resolve_device, seed_everything
 from sde_diffusion.training import Trainer, warmup_cosine
 
 

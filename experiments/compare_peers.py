@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 
 from sde_diffusion import VPSDE, eight_gaussians, mixture
-from sde_diffusion.analytic import GaussianMixture, exact_flow_map
-from sde_diffusion.interop import as_denoiser
-from sde_diffusion.metrics import energy_distance, flow_error, mode_weight_error
+from sde_diffusion.core.analytic import GaussianMixture, exact_flow_map
+from sde_diffusion.core.metrics import energy_distance, flow_error, mode_weight_error
+from sde_diffusion.models.interop import as_denoiser
 from sde_diffusion.sampling import SAMPLERS, optimize_timesteps, sample
 from sde_diffusion.sampling.ancestral import chain_times
 from sde_diffusion.sampling.optimize import BUILT_IN

@@ -9,7 +9,7 @@ sampling floor.
     python experiments/compare_samplers.py -m experiment=compare/beta_search  # Optuna search over β(t) (docs/sweeps.md)
 
 Problems (the scores to sample), runs (sampler × steps) and rendering (sde_diffusion.apps.comparison) are apart. For
-each run: every metric of sde_diffusion.evaluation against an independent true set, the flow error of the
+each run: every metric of sde_diffusion.evaluation.evaluator against an independent true set, the flow error of the
 deterministic samplers on oracles (RMS distance to the exact probability-flow map of the same noise; not on a
 `checkpoint`, whose own flow differs from the oracle's by the model's error), and the wall time over
 NFE × one score call; the floor is the same metrics between independent true sets (mean ± sd). The `eval` node is
@@ -58,13 +58,13 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.comparison import HEAD, Floors, columns, write
 from sde_diffusion.apps.guard import check_samples
-from sde_diffusion.diagnosis import excess_loss_by_level
-from sde_diffusion.evaluation import Draw, Evaluator, SamplerRun
-from sde_diffusion.plots import level_error_curves
-from sde_diffusion.runtime import resolve_device
-from sde_diffusion.sampling import SAMPLERS
-from sde_diffusion.sde import SDE, ScoreFn
-from sde_diffusion.tracking import Tracker
+from sde_diffusion.core.sde import SDE, ScoreFn
+from sde_diffusion.evaluation.diagnosis import excess_loss_by_level
+from sde_diffusion.evaluation.evaluator import Draw, Evaluator
+from sde_diffusion.evaluation.plots import level_error_curves
+from sde_diffusion.infra.runtime import resolve_device
+from sde_diffusion.infra.tracking import Tracker
+from sde_diffusion.sampling import SAMPLERS, SamplerRun
 
 log = logging.getLogger("compare")
 
@@ -119,7 +119,7 @@ def problems(cfg: DictConfig) -> list[Problem]:
     for data in cfg.oracles:
         if not hasattr(analytic, data):
             raise config_error(
-                "oracles", data, "entries must be sde_diffusion.analytic functions, e.g. eight_gaussians"
+                "oracles", data, "entries must be sde_diffusion.core.analytic functions, e.g. eight_gaussians"
             )
     perturbations = OmegaConf.to_container(cfg.perturbations, resolve=True) if cfg.get("perturbations") else {}
     out = []
@@ -232,7 +232,7 @@ def objective(cfg: DictConfig, rows: list[dict]) -> float | None:
 
 def level_errors(cfg: DictConfig, todo: list[Problem], out: Path, tracker: Tracker) -> dict:
     """Each trained run's (checkpoint=, checkpoints:) excess loss over the exact score per λ-bin, when its data has an
-    oracle (sde_diffusion.diagnosis): {"score_error": {run: {lam, excess, se}}} for metrics.json, score_error.png."""
+    oracle (evaluation.diagnosis): {"score_error": {run: {lam, excess, se}}} for metrics.json, score_error.png."""
     trained = 1 if cfg.get("checkpoint") is not None else len(cfg.get("checkpoints") or {})
     curves = {
         p.data: excess_loss_by_level(p.sde, p.score_fn, p.oracle, generator=torch.Generator().manual_seed(cfg.seed))

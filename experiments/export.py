@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sde_diffusion.apps import RunError, hydra_app, load_run, output_dir, require_file, require_values, start_tracker
-from sde_diffusion.checkpoint import CheckpointError, export_safetensors, load_checkpoint
+from sde_diffusion.infra.checkpoint import CheckpointError, export_safetensors, load_checkpoint
 
 log = logging.getLogger("export")
 

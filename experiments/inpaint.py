@@ -1,5 +1,5 @@
 """Inpainting with an unconditional score: samples of p(x | y) for y = A x* + noise_std·n, A a mask's row selection,
-by one method of sde_diffusion.inverse, on the exact oracle or a trained run. Per held-out truth x*: the consistency
+by one method of sampling.inverse, on the exact oracle or a trained run. Per held-out truth x*: the consistency
 RMS of A x − y (noise_std is its exact draws' level) and, with an exact oracle, the energy distance, mean and
 covariance errors against exact posterior draws beside their floor. Writes metrics.json, inpaint.png and a wandb
 run; returns the energy distance (oracle) or the consistency for sweepers.
@@ -24,7 +24,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sde_diffusion import plots
-from sde_diffusion.analytic import GaussianMixture
 from sde_diffusion.apps import (
     ConfigError,
     RunError,
@@ -43,12 +42,13 @@ from sde_diffusion.apps import (
     sweep_run_name,
 )
 from sde_diffusion.apps.guard import check_samples
-from sde_diffusion.checks import ArgumentError
-from sde_diffusion.inverse import Measurement
-from sde_diffusion.masks import measurement_matrix
-from sde_diffusion.metrics import energy_distance
-from sde_diffusion.runtime import resolve_device
+from sde_diffusion.core.analytic import GaussianMixture
+from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.core.metrics import energy_distance
+from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.sampling.inverse import Measurement
+from sde_diffusion.sampling.masks import measurement_matrix
 from sde_diffusion.sampling.timesteps import SPACINGS
 
 log = logging.getLogger("inpaint")

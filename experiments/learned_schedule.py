@@ -20,8 +20,8 @@ import matplotlib
 import torch
 
 from sde_diffusion import VPSDE, CosineBeta, LinearBeta, mixture
-from sde_diffusion.elbo import elbo, negative_elbo, prior_kl
-from sde_diffusion.learned_schedule import LearnedBeta
+from sde_diffusion.core.learned_schedule import LearnedBeta
+from sde_diffusion.objectives.elbo import elbo, negative_elbo, prior_kl
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -55,12 +55,11 @@ from sde_diffusion.apps import (
     require_values,
     start_tracker,
 )
-from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.checks import ArgumentError
-from sde_diffusion.dequantise import DEQUANTISATIONS
-from sde_diffusion.likelihood import DIVERGENCES, NOISES, SOLVERS
-from sde_diffusion.likelihood_evaluation import METHODS, NLLEstimator, per_sample_nll, summarise
-from sde_diffusion.runtime import resolve_device
+from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.evaluation.likelihood import METHODS, NLLEstimator, per_sample_nll, summarise
+from sde_diffusion.infra.checkpoint import CheckpointError
+from sde_diffusion.infra.runtime import resolve_device
+from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, NOISES, SOLVERS
 
 log = logging.getLogger("likelihood")
 

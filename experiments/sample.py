@@ -13,12 +13,12 @@ The sampler is a conf/sampler/ file with its options; `steps` is its number of s
 with a scaler such as images, as sampled, and then also `quantised`: rounded and clipped to the integer levels;
 `labels` when labels were asked for), samples.png (an image grid, one row per class with labels=all, or a scatter
 beside a held-out data draw; titled with data, SDE, β(t), sampler and NFE), metrics.json (sampler, steps, NFE, wall
-time, the tuned grid if any; with metrics=true every metric of sde_diffusion.evaluation against a held-out draw of n
+time, the tuned grid if any; with metrics=true every metric of evaluation.evaluator against a held-out draw of n
 points, the floor and a legend) and an offline wandb run. NFE counts score calls; with labels each is two network
 evaluations for classifier-free guidance (`guidance` picks the method, conf/guidance/; metrics.json's `network_evals`
-counts the model's and the guide's evaluations per sample). The seeds are sde_diffusion.evaluation's: x_T from
+counts the model's and the guide's evaluations per sample). The seeds are sde_diffusion.evaluation.evaluator's: x_T from
 `seed`, the sampler's noise from `seed + 1`, the held-out draw from `seed + 500`, so an unconditional run draws what
-train.py's evaluation with eval.seed = seed draws. `eval` is train.yaml's node (sde_diffusion.evaluation.Evaluator)
+train.py's evaluation with eval.seed = seed draws. `eval` is train.yaml's node (evaluation.evaluator.Evaluator)
 with n, seed and batch_size from here. A progress bar counts samples (chunks) or steps. Returns SW₂ with
 metrics=true (for Hydra sweepers), else None.
 """
@@ -55,12 +55,12 @@ from sde_diffusion.apps import (
     tuned_run,
 )
 from sde_diffusion.apps.guard import check_samples
-from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.evaluation import SamplerRun, legend
-from sde_diffusion.guided_sampling import Guidance, guided_sample
-from sde_diffusion.runtime import resolve_device
-from sde_diffusion.sampling import sample
-from sde_diffusion.sde import SDE
+from sde_diffusion.core.sde import SDE
+from sde_diffusion.evaluation.evaluator import legend
+from sde_diffusion.infra.checkpoint import CheckpointError
+from sde_diffusion.infra.runtime import resolve_device
+from sde_diffusion.sampling import SamplerRun, sample
+from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 log = logging.getLogger("sample")
 

@@ -30,8 +30,8 @@ from omegaconf import OmegaConf
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sde_diffusion.diagnosis import LevelError  # noqa: E402
-from sde_diffusion.plots import level_error_curves  # noqa: E402
+from sde_diffusion.evaluation.diagnosis import LevelError  # noqa: E402
+from sde_diffusion.evaluation.plots import level_error_curves  # noqa: E402
 
 DEFAULT_METRICS = ("main_metric", "main_metric_recall", "*sw2")
 RECALL = "main_metric_recall"  # the headline's recall pair (train.py: the mode-weight error beside the NLL excess)
@@ -445,7 +445,7 @@ def plot(jobs: list[Job], swept: list[str], metrics: list[str], path: Path, x: s
 
 def plot_score_errors(jobs: list[Job], swept: list[str], path: Path) -> Path | None:
     """score_error.png: each job's excess ε-loss over the exact score per λ at its last evaluation (runs on data with
-    an oracle, sde_diffusion.diagnosis), one curve per job named by its swept values; None when no job has one."""
+    an oracle, evaluation.diagnosis), one curve per job named by its swept values; None when no job has one."""
     curves = {}
     for job in jobs:
         levels = json.loads((job.dir / "metrics.json").read_text()).get("score_error") if job.status == "ok" else None
@@ -460,7 +460,7 @@ def plot_score_errors(jobs: list[Job], swept: list[str], path: Path) -> Path | N
 
 def log_to_wandb(sweep_dir: Path, jobs: list[Job], rows: list[dict], plot_path: Path, mode: str) -> str | None:
     """A wandb run (job_type "summary") in the sweep's group with the table and the plot; returns the group."""
-    from sde_diffusion.tracking import start_run
+    from sde_diffusion.infra.tracking import start_run
 
     cfg = OmegaConf.load(jobs[0].dir / ".hydra" / "config.yaml")
     hydra_cfg = OmegaConf.load(jobs[0].dir / ".hydra" / "hydra.yaml").hydra

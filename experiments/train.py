@@ -47,13 +47,13 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.build import argument_error
 from sde_diffusion.apps.guard import check_samples
-from sde_diffusion.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
-from sde_diffusion.checks import ArgumentError
-from sde_diffusion.class_eval import GuidedEvaluation
-from sde_diffusion.diagnosis import LevelError, excess_loss_by_level
-from sde_diffusion.evaluation import Evaluation, Evaluator, SamplerFailed, headline, legend
-from sde_diffusion.runtime import resolve_device, seed_everything
-from sde_diffusion.tracking import Tracker
+from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.evaluation.class_eval import GuidedEvaluation
+from sde_diffusion.evaluation.diagnosis import LevelError, excess_loss_by_level
+from sde_diffusion.evaluation.evaluator import Evaluation, Evaluator, SamplerFailed, headline, legend
+from sde_diffusion.infra.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
+from sde_diffusion.infra.runtime import resolve_device, seed_everything
+from sde_diffusion.infra.tracking import Tracker
 from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
 
 log = logging.getLogger("train")
@@ -298,7 +298,7 @@ def report(
 
 
 LEGEND = {
-    "main_metric": "the headline (sde_diffusion.evaluation.headline) of the first sampler: nll_excess with an oracle "
+    "main_metric": "the headline (evaluation.evaluator.headline) of the first sampler: nll_excess with an oracle "
     "(beside its recall pair, mode_weight_error), else sw2; floor_sd is its resolution",
     "train_wall_s": "training time of this process (a resumed run: its last segment)",
     "train_wall_s_total": "training time of every segment up to the final state (time lost after a kill's last "
@@ -372,7 +372,7 @@ def guided_report(
 
 
 def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, title: str, plot_paths: list) -> dict:
-    """The excess loss over the exact score per λ-bin (sde_diffusion.diagnosis) at each evaluation: metrics.json's
+    """The excess loss over the exact score per λ-bin (evaluation.diagnosis) at each evaluation: metrics.json's
     "score_error" (per step: lam, excess, se; returned), score_error.png (appended to `plot_paths`), and a tracker
     table."""
     path = plots.level_error_curves(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")

@@ -28,7 +28,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sde_diffusion.analytic import exact_flow_map
 from sde_diffusion.apps import (
     build_sde,
     config_error,
@@ -44,14 +43,15 @@ from sde_diffusion.apps import (
     start_tracker,
 )
 from sde_diffusion.apps.tuned import tuned_record
-from sde_diffusion.plots import describe
-from sde_diffusion.runtime import resolve_device
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.sde import SDE, ScoreFn
+from sde_diffusion.evaluation.plots import describe
+from sde_diffusion.infra.runtime import resolve_device
+from sde_diffusion.infra.tracking import Tracker
 from sde_diffusion.sampling import SAMPLERS, check_sampler, optimize_timesteps
 from sde_diffusion.sampling.optimize import BUILT_IN, rk45_reference, tunable
 from sde_diffusion.sampling.specs import GRID
 from sde_diffusion.sampling.timesteps import timesteps
-from sde_diffusion.sde import SDE, ScoreFn
-from sde_diffusion.tracking import Tracker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -1,8 +1,8 @@
 """sde-diffusion: continuous-time score-based diffusion models (Song et al. 2021)."""
 
-from .analytic import GaussianMixture, eight_gaussians, mixture
-from .learned_schedule import LearnedBeta
-from .schedules import (
+from .core.analytic import GaussianMixture, eight_gaussians, mixture
+from .core.learned_schedule import LearnedBeta
+from .core.schedules import (
     BetaSchedule,
     CallableBeta,
     ConstantBeta,
@@ -13,7 +13,7 @@ from .schedules import (
     PolynomialBeta,
     SigmoidBeta,
 )
-from .sde import SDE, VESDE, VPSDE, DDPMSchedule, SubVPSDE, expand_as
+from .core.sde import SDE, VESDE, VPSDE, DDPMSchedule, SubVPSDE, expand_as
 
 __all__ = [
     "SDE",

@@ -9,8 +9,8 @@ import torch
 
 from sde_diffusion import SDE, VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE
 from sde_diffusion.data import EightGaussians
+from sde_diffusion.infra.runtime import seed_everything
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.runtime import seed_everything
 from sde_diffusion.training import Trainer
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

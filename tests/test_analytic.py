@@ -7,7 +7,7 @@ import torch
 from conftest import SDES, diffused
 
 from sde_diffusion import VPSDE, GaussianMixture, eight_gaussians, mixture
-from sde_diffusion.analytic import PerturbedScore, eps_error
+from sde_diffusion.core.analytic import PerturbedScore, eps_error
 
 MIXTURES = {"eight": eight_gaussians(), "random16": mixture(dim=16, k=10)}
 

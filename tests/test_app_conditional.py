@@ -11,8 +11,8 @@ from test_conditional import ExactConditionalScore
 
 from sde_diffusion import VPSDE
 from sde_diffusion.apps import ConfigError
-from sde_diffusion.class_eval import GuidedEvaluator, fit_judge
 from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.evaluation.class_eval import GuidedEvaluator, fit_judge
 
 PNG = b"\x89PNG\r\n\x1a\n"
 COND = [*TINY, "+model.num_classes=8", "train.cond_drop=0.1", "guidance.per_class=8", "guidance.sampler.steps=5",

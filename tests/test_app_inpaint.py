@@ -122,7 +122,7 @@ def test_the_exact_posterior_helper_matches_the_oracle_for_noisy_and_exact_measu
     from inpaint import Posterior
 
     from sde_diffusion import eight_gaussians
-    from sde_diffusion.masks import half, measurement_matrix
+    from sde_diffusion.sampling.masks import half, measurement_matrix
 
     oracle, mask, y = eight_gaussians(), half((2,)), torch.tensor([2.0], dtype=torch.float64)
     noisy = Posterior(oracle, mask, y, 0.3)

@@ -18,10 +18,10 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion.apps import ConfigError, load_run
 from sde_diffusion.apps.app import check_option_overrides
-from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.guidance import classifier_free
-from sde_diffusion.metrics import sliced_wasserstein
+from sde_diffusion.core.metrics import sliced_wasserstein
+from sde_diffusion.infra.checkpoint import load_checkpoint, save_checkpoint
 from sde_diffusion.sampling import sample
+from sde_diffusion.sampling.guidance.conditional import classifier_free
 
 PNG = b"\x89PNG\r\n\x1a\n"
 QUIET = ["logger=none", "progress=false"]
@@ -264,3 +264,18 @@ def test_multirun_over_samplers_and_steps_on_one_checkpoint(runs, tmp_path):
     logged = [read_run(p) for p in find_run_files(sweep)]
     assert len(logged) == 4 and {(r.group, r.job_type) for r in logged} == {("sample-sweep", "sample")}
     assert "%|" in proc.stderr  # the samplers' progress bars
+
+
+def test_a_run_of_the_flat_layout_still_loads(runs, tmp_path):
+    """A 0.1 checkpoint's config names its classes by the old flat modules (sde_diffusion.sde.VPSDE, …): load_run
+    rebuilds the same model from it."""
+    state = load_checkpoint(runs["vector"], map_location="cpu")
+    text = json.dumps(state["config"])
+    for new, old in (("core.", ""), ("evaluation.evaluator.", "evaluation."), ("infra.tracking", "tracking")):
+        text = text.replace(f"sde_diffusion.{new}", f"sde_diffusion.{old}")
+    assert '"sde_diffusion.sde.VPSDE"' in text and '"sde_diffusion.schedules.LinearBeta"' in text
+    save_checkpoint(tmp_path / "old.pt", {**state, "config": json.loads(text)})
+    (old, *_), (new, *_) = load_run(tmp_path / "old.pt"), load_run(runs["vector"])
+    x, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.full((8,), 0.5)
+    with torch.no_grad():
+        assert torch.equal(old(x, t), new(x, t))

@@ -12,7 +12,7 @@ from apps import TINY, run_app, run_job
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion.apps import load_run
-from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.infra.checkpoint import load_checkpoint
 
 RUN = [*TINY, "eval.samplers.euler_maruyama.steps=20"]  # the metrics test counts >= 20 evaluations
 PNG = b"\x89PNG\r\n\x1a\n"

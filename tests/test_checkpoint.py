@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE
-from sde_diffusion.checkpoint import (
+from sde_diffusion.data import EightGaussians
+from sde_diffusion.infra.checkpoint import (
     CheckpointError,
     RunState,
     export_safetensors,
@@ -21,7 +22,6 @@ from sde_diffusion.checkpoint import (
     load_exported,
     save_checkpoint,
 )
-from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.training import Trainer
 

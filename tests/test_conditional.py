@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from sde_diffusion import VPSDE
-from sde_diffusion.analytic import GaussianMixture
-from sde_diffusion.checks import ArgumentError
+from sde_diffusion.core.analytic import GaussianMixture
+from sde_diffusion.core.checks import ArgumentError
 from sde_diffusion.data import MixtureSet, Moons
+from sde_diffusion.infra.runtime import seed_everything
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import Objective
-from sde_diffusion.runtime import seed_everything
 from sde_diffusion.training import Trainer
 
 

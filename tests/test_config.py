@@ -17,10 +17,10 @@ from PIL import Image
 
 from sde_diffusion.apps import ConfigError, apply_policy, build, build_evaluator, build_sde, start_tracker
 from sde_diffusion.apps.keys import check_key_overrides
-from sde_diffusion.evaluation import Evaluator, SamplerRun
+from sde_diffusion.core.sde import SDE, VESDE, VPSDE
+from sde_diffusion.evaluation.evaluator import Evaluator
 from sde_diffusion.models import ScoreModel
-from sde_diffusion.sampling import SAMPLERS, check_sampler
-from sde_diffusion.sde import SDE, VESDE, VPSDE
+from sde_diffusion.sampling import SAMPLERS, SamplerRun, check_sampler
 
 CONF = ROOT / "conf"
 
@@ -215,7 +215,7 @@ def test_a_warning_while_building_names_the_config_node_not_hydra(caplog):
         build_sde(cfg)
     assert not leaked
     (record,) = [r for r in caplog.records if r.name == "config"]
-    assert record.getMessage().startswith("sde (sde_diffusion.sde.VPSDE): PriorMismatchWarning: prior mismatch")
+    assert record.getMessage().startswith("sde (sde_diffusion.core.sde.VPSDE): PriorMismatchWarning: prior mismatch")
 
 
 def test_apps_run_one_torch_thread_by_default():
@@ -295,18 +295,18 @@ BAD_CONFIGS = {
     "+eval.samplers.dpm_solver.options.ordr=2": ("eval.samplers.dpm_solver.options.ordr=2",),
     "sde=ve sampler@eval.samplers.euler_maruyama=ancestral": ("eval.samplers.euler_maruyama.name='ancestral'", "VESDE"),
     "logger.mode=sometimes": ("logger.mode='sometimes'",),
-    "schedule.beta_min=-0.1": ("schedule (sde_diffusion.schedules.LinearBeta)", "beta_min", "-0.1"),
+    "schedule.beta_min=-0.1": ("schedule (sde_diffusion.core.schedules.LinearBeta)", "beta_min", "-0.1"),
     "schedule.beta_min=5 schedule.beta_max=1": ("schedule (", "beta_max"),
-    "schedule=cosine schedule.s=0": ("schedule (sde_diffusion.schedules.CosineBeta)", "s must", "0"),
+    "schedule=cosine schedule.s=0": ("schedule (sde_diffusion.core.schedules.CosineBeta)", "s must", "0"),
     "schedule=constant schedule.beta=0": ("schedule (", "beta", "0"),
-    "sde=ve sde.sigma_max=0.001": ("sde (sde_diffusion.sde.VESDE)", "sigma_max"),
+    "sde=ve sde.sigma_max=0.001": ("sde (sde_diffusion.core.sde.VESDE)", "sigma_max"),
     "model.hidden=0": ("model (sde_diffusion.models.MLP)", "hidden"),
     "data=tensor_file": ("data.path='???'",),
     "data=tensor_file data.path=/no/such.npy": ("data (sde_diffusion.data.TensorFile)", "/no/such.npy"),
     "data=tensor_file data.path={empty}": ("data (", "{empty}"),
     "data=tensor_file data.path={nan}": ("data (", "{nan}"),
     "data=tensor_file data.path={rank3}": ("data (", "{rank3}", "(20, 2, 2)"),
-    "data._target_=sde_diffusion.data.Nope": ("data (sde_diffusion.data.Nope)",),
+    "data._target_=sde_diffusion.data.datasets.Nope": ("data (sde_diffusion.data.datasets.Nope)",),
 }
 # The one-line contract in full, for a few: the key, the value, what is allowed or how to fix it.
 ONE_LINE = {

@@ -8,8 +8,7 @@ import torch
 
 from sde_diffusion import VPSDE, GaussianMixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.dequantise import DEQUANTISATIONS, discrete_elbo, quantised_log_pmf
-from sde_diffusion.likelihood import bits_per_dim
+from sde_diffusion.likelihood import DEQUANTISATIONS, bits_per_dim, discrete_elbo, quantised_log_pmf
 
 LEVELS = 17
 

@@ -9,10 +9,10 @@ from conftest import SDES, mlp_trainer
 
 from sde_diffusion import VPSDE, analytic, eight_gaussians, metrics
 from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import Objective
-from sde_diffusion.runtime import resolve_device
 from sde_diffusion.sampling import sample
 from sde_diffusion.training import Trainer
 

@@ -1,4 +1,4 @@
-"""The per-λ excess loss over the exact score (sde_diffusion.diagnosis) against known errors of the oracle's score
+"""The per-λ excess loss over the exact score (evaluation.diagnosis) against known errors of the oracle's score
 and the closed form of a Gaussian's, and its figure (plots.level_error_curves) against the curves it was given."""
 
 import math
@@ -7,9 +7,9 @@ import torch
 
 from sde_diffusion import VPSDE, CosineBeta
 from sde_diffusion import plots as plots_module
-from sde_diffusion.analytic import GaussianMixture, mixture
-from sde_diffusion.diagnosis import excess_loss_by_level
-from sde_diffusion.plots import level_error_curves
+from sde_diffusion.core.analytic import GaussianMixture, mixture
+from sde_diffusion.evaluation.diagnosis import excess_loss_by_level
+from sde_diffusion.evaluation.plots import level_error_curves
 
 
 def test_excess_is_zero_for_the_exact_score_and_a2_times_the_eps_power_for_a_scaled_one():

@@ -18,7 +18,7 @@ from conftest import mlp_trainer
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import distributed
-from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.infra.checkpoint import load_checkpoint
 from sde_diffusion.training import Preempted, StopOnSignal, Trainer
 
 STEPS, BATCH = 25, 64

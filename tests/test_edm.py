@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
-from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import flow_error
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error
 from sde_diffusion.sampling import sample, timesteps
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}

@@ -9,8 +9,8 @@ from torch import Tensor
 from torch.distributions import Independent, Normal, kl_divergence
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, LearnedBeta, LinearBeta, SubVPSDE, mixture
-from sde_diffusion.elbo import diffusion_term, elbo, gaussian_reconstruction, prior_kl, time_draws
-from sde_diffusion.sde import SDE
+from sde_diffusion.core.sde import SDE
+from sde_diffusion.objectives.elbo import diffusion_term, elbo, gaussian_reconstruction, prior_kl, time_draws
 
 SDES = {
     "vp-linear": lambda: VPSDE(LinearBeta()),
@@ -94,7 +94,7 @@ def _oracle_gap(sde: SDE, mix: GaussianMixture, t_min: float, n: int) -> tuple[f
 
 
 @pytest.mark.parametrize("name", [*SDES, "vp-short", pytest.param("vp-learned", marks=pytest.mark.slow)])
-@pytest.mark.filterwarnings("ignore::sde_diffusion.sde.PriorMismatchWarning")
+@pytest.mark.filterwarnings("ignore::sde_diffusion.core.sde.PriorMismatchWarning")
 def test_mean_elbo_gap_is_the_prior_mismatch_plus_truncation(name):
     """At t_min where σ/s = e^{−1} the truncation term is resolved; vp-short (B(T) = 2.1) adds a real prior mismatch;
     vp-learned is VDM's learned schedule (at a random shape)."""

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians, metrics
-from sde_diffusion.evaluation import Evaluator, SamplerFailed, SamplerRun
-from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.evaluation.evaluator import Evaluator, SamplerFailed
+from sde_diffusion.sampling import SamplerArgError, SamplerRun, sample
 
 ORACLE, SDE = eight_gaussians(), VPSDE()
 

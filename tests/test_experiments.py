@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
-from sde_diffusion.analytic import exact_flow_map
 from sde_diffusion.apps import ConfigError
-from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import sample
 
 sys.path.insert(0, str(ROOT / "experiments"))

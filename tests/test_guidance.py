@@ -6,8 +6,8 @@ import torch
 from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, eight_gaussians, mixture
-from sde_diffusion.guidance import classifier, classifier_free
 from sde_diffusion.sampling import sample
+from sde_diffusion.sampling.guidance.conditional import classifier, classifier_free
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 CLASSES = [[0, 3], [1], [2, 4]]  # each class a set of the mixture's components

@@ -10,9 +10,9 @@ import torch
 from apps import TINY, run_job
 
 from sde_diffusion.apps import ConfigError, load_run
-from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.evaluation import SamplerRun
-from sde_diffusion.guided_sampling import Guidance, guided_sample
+from sde_diffusion.infra.checkpoint import load_checkpoint
+from sde_diffusion.sampling import SamplerRun
+from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 QUIET = ["logger=none", "progress=false"]
 COND = [*TINY, "logger=none", "+model.num_classes=8", "train.cond_drop=0.2", "guidance.per_class=2"]

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.class_coverage import frechet_distance, knn_radii, recall
-from sde_diffusion.class_eval import fit_judge
-from sde_diffusion.class_measures import class_measures, summary
-from sde_diffusion.class_mixture import ClassMixtureData
+from sde_diffusion.data import ClassMixtureData
+from sde_diffusion.evaluation.class_coverage import frechet_distance, knn_radii, recall
+from sde_diffusion.evaluation.class_eval import fit_judge
+from sde_diffusion.evaluation.class_measures import class_measures, summary
 
 
 @pytest.fixture(scope="module")

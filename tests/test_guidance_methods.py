@@ -10,15 +10,14 @@ import torch
 from test_guidance import CLASSES, NULL, class_scores, draws, oracle_model
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, mixture
-from sde_diffusion.apg import adaptive_projected
-from sde_diffusion.autoguidance import autoguidance
-from sde_diffusion.cfgpp import cfgpp_ddim, cfgpp_sample
-from sde_diffusion.evaluation import SamplerRun
-from sde_diffusion.guidance import classifier, classifier_free, cond_uncond, conditional
-from sde_diffusion.guidance_interval import guidance_interval
-from sde_diffusion.guided_sampling import Guidance, guided_sample
-from sde_diffusion.sampling import sample, timesteps
-from sde_diffusion.schedules import CosineBeta
+from sde_diffusion.core.schedules import CosineBeta
+from sde_diffusion.sampling import SamplerRun, sample, timesteps
+from sde_diffusion.sampling.guidance.apg import adaptive_projected
+from sde_diffusion.sampling.guidance.autoguidance import autoguidance
+from sde_diffusion.sampling.guidance.cfgpp import cfgpp_ddim, cfgpp_sample
+from sde_diffusion.sampling.guidance.conditional import classifier, classifier_free, cond_uncond, conditional
+from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
+from sde_diffusion.sampling.guidance.interval import guidance_interval
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "vp-cosine": VPSDE(CosineBeta())}
 MIX = mixture(dim=4, k=5, seed=1)

@@ -7,7 +7,7 @@ import torch
 from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians, mixture
-from sde_diffusion.interop import as_denoiser, score_fn_from_denoiser
+from sde_diffusion.models.interop import as_denoiser, score_fn_from_denoiser
 
 SDES = [VPSDE(), SubVPSDE(CosineBeta()), VESDE()]
 ORACLE = mixture(dim=3, k=4, seed=2)

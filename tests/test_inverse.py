@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
+from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.data import EightGaussians
-from sde_diffusion.inverse import Measurement, _resample
-from sde_diffusion.metrics import energy_distance
 from sde_diffusion.models import MLP, ScoreModel
 from sde_diffusion.sampling import sample
+from sde_diffusion.sampling.inverse import Measurement, _resample
 from sde_diffusion.training import Trainer
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE, LearnedBeta, LinearBeta, mixture
-from sde_diffusion.elbo import elbo
 from sde_diffusion.models.mlp import MLP
 from sde_diffusion.models.score_model import ScoreModel
+from sde_diffusion.objectives.elbo import elbo
 from sde_diffusion.sampling import sample
 
 
@@ -146,7 +146,7 @@ def test_joint_training_cuts_the_estimators_variance_and_keeps_the_elbo():
 
 
 def test_joint_training_needs_the_elbo_weighting_with_uniform_t():
-    from sde_diffusion.checks import ArgumentError
+    from sde_diffusion.core.checks import ArgumentError
     from sde_diffusion.objectives import Objective, build_objective
     from sde_diffusion.training import Trainer
 

@@ -15,8 +15,8 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
+from sde_diffusion.evaluation.likelihood import NLLEstimator, evaluate_likelihood
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
-from sde_diffusion.likelihood_evaluation import NLLEstimator, evaluate_likelihood
 
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}

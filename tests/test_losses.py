@@ -8,7 +8,7 @@ from scipy.integrate import quad
 from torch import nn
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, LinearBeta, SubVPSDE, eight_gaussians
-from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.objectives import Objective, build_objective
 
 SDES = {

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sde_diffusion import masks
-from sde_diffusion.checks import ArgumentError
+from sde_diffusion.core.checks import ArgumentError
 
 
 def test_half_observes_the_first_half_of_a_vector_and_the_named_half_of_an_image():

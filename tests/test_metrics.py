@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, eight_gaussians
-from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import energy_distance, flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import energy_distance, flow_error, mmd2, mode_weight_error, sliced_wasserstein
 
 
 def normal(n, mean, seed):

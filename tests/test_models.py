@@ -8,13 +8,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sde_diffusion import VESDE, VPSDE, LinearBeta, SubVPSDE
-from sde_diffusion.analytic import GaussianMixture
 from sde_diffusion.apps import load_run
 from sde_diffusion.apps.build import build
-from sde_diffusion.checkpoint import export_safetensors
+from sde_diffusion.core.analytic import GaussianMixture
+from sde_diffusion.core.sde import RectifiedFlowSDE
+from sde_diffusion.infra.checkpoint import export_safetensors
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.models.unet import Attention
-from sde_diffusion.sde import RectifiedFlowSDE
 
 
 @pytest.mark.parametrize("shape", [(2,), (16,), (1, 4, 4)])
@@ -145,7 +145,7 @@ def test_each_parameterisation_of_the_oracle_optimum_is_the_exact_score(sde, par
 @pytest.mark.parametrize("score", [{}, {"parameterization": "x0", "sigma_data": 2.5}, {"parameterization": "v"}])
 def test_export_records_the_parameterisation_and_a_config_without_one_loads_as_eps(tmp_path, score):
     config = {
-        "sde": {"_target_": "sde_diffusion.sde.VPSDE"},
+        "sde": {"_target_": "sde_diffusion.core.sde.VPSDE"},
         "data": {"_target_": "sde_diffusion.data.EightGaussians"},
         "model": {"_target_": "sde_diffusion.models.MLP", "hidden": 16, "layers": 1},
         "score": {"_target_": "sde_diffusion.models.ScoreModel", **score},

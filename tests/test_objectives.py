@@ -9,13 +9,12 @@ import torch
 from scipy import integrate, stats
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, LinearBeta, SubVPSDE
-from sde_diffusion.analytic import mixture
+from sde_diffusion.core.analytic import mixture
+from sde_diffusion.core.sde import RectifiedFlowSDE
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.objectives import DENSITIES, Objective, build_objective
-from sde_diffusion.sde import RectifiedFlowSDE
+from sde_diffusion.objectives import DENSITIES, WEIGHTINGS, Objective, build_objective
 from sde_diffusion.training import Trainer
-from sde_diffusion.weightings import WEIGHTINGS
 
 SDES = {
     "vp": lambda: VPSDE(LinearBeta()),

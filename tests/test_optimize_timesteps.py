@@ -11,9 +11,9 @@ from conftest import SDES
 from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, eight_gaussians
-from sde_diffusion.analytic import exact_flow_map
 from sde_diffusion.apps import ConfigError
-from sde_diffusion.metrics import flow_error
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error
 from sde_diffusion.sampling import SAMPLERS, optimize_timesteps, sample, timesteps
 from sde_diffusion.sampling.optimize import BUILT_IN, _grid, _log_snr_inverse, _logits, rk45_reference
 

@@ -13,9 +13,9 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.apps import ConfigError
-from sde_diffusion.metrics import energy_distance
+from sde_diffusion.core.metrics import energy_distance
+from sde_diffusion.core.schedules import PolynomialBeta
 from sde_diffusion.sampling import sample
-from sde_diffusion.schedules import PolynomialBeta
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402

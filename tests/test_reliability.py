@@ -26,7 +26,7 @@ from wandb_reader import find_run_files, read_run
 
 from sde_diffusion import evaluation
 from sde_diffusion.apps import RunError, build, load_run
-from sde_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from sde_diffusion.infra.checkpoint import load_checkpoint, save_checkpoint
 from sde_diffusion.training import NonFiniteLossError, Trainer
 
 

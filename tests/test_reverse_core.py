@@ -9,11 +9,11 @@ import torch
 from omegaconf import OmegaConf
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians
-from sde_diffusion.inverse import Measurement
-from sde_diffusion.likelihood import _rhs
+from sde_diffusion.likelihood.ode import _rhs
 from sde_diffusion.sampling import INVERSE, SAMPLERS, sample, sampler_table
 from sde_diffusion.sampling.common import drift, tweedie_denoise
 from sde_diffusion.sampling.dpm_solver import _Model
+from sde_diffusion.sampling.inverse import Measurement
 from sde_diffusion.sampling.specs import register
 from sde_diffusion.sampling.torchsde_sdeint import _ReverseInS
 

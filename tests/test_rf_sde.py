@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE
-from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.core.analytic import GaussianMixture
+from sde_diffusion.core.sde import RectifiedFlowSDE
 from sde_diffusion.sampling import sample
-from sde_diffusion.sde import RectifiedFlowSDE
 
 
 def test_marginal_matches_euler_maruyama_monte_carlo():

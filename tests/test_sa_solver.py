@@ -9,10 +9,10 @@ import torch
 from scipy.integrate import solve_ivp
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, LinearBeta, SubVPSDE
-from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import flow_error
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error
+from sde_diffusion.core.sde import PriorMismatchWarning
 from sde_diffusion.sampling import sample
-from sde_diffusion.sde import PriorMismatchWarning
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 with warnings.catch_warnings():  # ending at moderate noise (λ_T ≈ −0.3) on purpose: one step's x̂₀ term is large

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, LinearBeta, eight_gaussians
-from sde_diffusion.analytic import exact_flow_map
-from sde_diffusion.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
+from sde_diffusion.core.analytic import exact_flow_map
+from sde_diffusion.core.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
 from sde_diffusion.sampling import SAMPLERS, sample
 from sde_diffusion.sampling.ancestral import chain_times, ddpm_posterior
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.inverse import Measurement
 from sde_diffusion.sampling import INVERSE, SAMPLERS, SolverError, sample, timesteps
+from sde_diffusion.sampling.inverse import Measurement
 
 SDE = VPSDE()
 MIX = eight_gaussians()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians
-from sde_diffusion.inverse import Measurement
 from sde_diffusion.sampling import INVERSE, SAMPLERS, sample
 from sde_diffusion.sampling.dpm_solver import singlestep_orders
+from sde_diffusion.sampling.inverse import Measurement
 
 SDE, MIX = VPSDE(), eight_gaussians()
 SCORE = MIX.score_fn(SDE)

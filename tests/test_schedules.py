@@ -8,9 +8,9 @@ import torch
 from scipy.integrate import quad
 
 from sde_diffusion import VPSDE, CallableBeta, ConstantBeta, CosineBeta, EDMBeta, LinearBeta, SubVPSDE
+from sde_diffusion.core.schedules import LogSNRLinearBeta, PolynomialBeta, SigmoidBeta
+from sde_diffusion.core.sde import PriorMismatchWarning
 from sde_diffusion.sampling import timesteps
-from sde_diffusion.schedules import LogSNRLinearBeta, PolynomialBeta, SigmoidBeta
-from sde_diffusion.sde import PriorMismatchWarning
 
 
 def user_beta(t):
@@ -282,7 +282,7 @@ def test_no_prior_mismatch_warning_for_the_defaults(schedule):
     ],
 )
 def test_every_schedule_is_named_as_a_person_would_in_figure_titles(schedule, name):
-    from sde_diffusion.plots import describe
+    from sde_diffusion.evaluation.plots import describe
 
     assert schedule.name == name
     assert describe("EightGaussians", VPSDE(schedule)) == f"EightGaussians · VPSDE, β(t) = {name}"

@@ -62,3 +62,47 @@ def test_the_checks_see_a_long_function_and_a_missing_hint():
     tree = ast.parse(f"def long(a: int):\n{body}\n\nclass C:\n    def m(self, b, c: int): ...\n")
     assert [fn.end_lineno - fn.lineno + 1 for fn in _functions(tree)] == [MAX_LINES + 1, 1]
     assert [(fn.name, missing) for fn, missing in _unhinted(tree)] == [("m", ["b"])]
+
+
+# The library's packages in data-flow order: each imports only the packages before it (and itself).
+LAYERS = ("core", "infra", "data", "models", "objectives", "likelihood", "sampling", "training", "evaluation", "apps")
+
+
+def _imported_packages(source: str, package: list[str]) -> set[str]:
+    """The library packages that a module of `package` (e.g. ["sde_diffusion", "core"]) imports, relative imports
+    resolved from its package; a name imported from the top level comes from core (its re-exports)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            target = package[: len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sde_diffusion"):
+            target = node.module.split(".")
+        else:
+            continue
+        if len(target) == 1:
+            found |= {a.name if a.name in LAYERS else "core" for a in node.names}
+        else:
+            found.add(target[1])
+    return found
+
+
+def test_the_top_level_is_ten_packages_and_no_import_runs_back_up():
+    top = sorted(p.name for p in (ROOT / "sde_diffusion").iterdir() if p.name != "__pycache__")
+    assert top == sorted([*LAYERS, "__init__.py"]), top
+    upward = [
+        f"{path.relative_to(ROOT)} ({pkg}) imports {other}"
+        for pkg in LAYERS
+        for path in (ROOT / "sde_diffusion" / pkg).rglob("*.py")
+        for other in _imported_packages(
+            path.read_text(), ["sde_diffusion", *path.relative_to(ROOT / "sde_diffusion").parts[:-1]]
+        )
+        if other in LAYERS and LAYERS.index(other) > LAYERS.index(pkg)
+    ]
+    assert not upward, "imports that run back up the layers:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """Relative and absolute imports of a sub-package's module resolve to the packages they name."""
+    source = "from ...evaluation import x\nfrom .. import sample\nfrom sde_diffusion.infra.tracking import T\n"
+    assert _imported_packages(source, ["sde_diffusion", "sampling", "guidance"]) == {"evaluation", "sampling", "infra"}
+    assert _imported_packages("from .. import VPSDE, training\n", ["sde_diffusion", "data"]) == {"core", "training"}

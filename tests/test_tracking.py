@@ -7,7 +7,7 @@ import warnings
 import pytest
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion.tracking import STEP_METRIC, Tracker, start_run
+from sde_diffusion.infra.tracking import STEP_METRIC, Tracker, start_run
 
 
 def test_offline_run_reads_back(tmp_path):

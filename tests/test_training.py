@@ -12,11 +12,11 @@ import torch
 from conftest import NaNAt, mlp_trainer
 
 from sde_diffusion import VPSDE
-from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sde_diffusion.data import Digits, EightGaussians
+from sde_diffusion.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sde_diffusion.infra.runtime import seed_everything
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import Objective
-from sde_diffusion.runtime import seed_everything
 from sde_diffusion.training import NonFiniteLossError, Preempted, StopOnSignal, Trainer
 from sde_diffusion.training.preemption import stop_signals
 

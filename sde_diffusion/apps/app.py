@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import check_number
+from ..core.checks import check_number
 from ..sampling import SAMPLERS
 from .errors import ConfigError, RunError, config_error, config_errors
 from .keys import check_key_overrides

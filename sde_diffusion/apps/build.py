@@ -17,13 +17,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_exported
-from ..checks import ArgumentError
-from ..evaluation import Evaluator, SamplerRun
-from ..runtime import resolve_device
-from ..sampling import SamplerArgError
-from ..sde import SDE, ScoreFn
+from ..core.checks import ArgumentError
+from ..core.sde import SDE, ScoreFn
+from ..evaluation.evaluator import Evaluator
+from ..infra.checkpoint import CheckpointError, load_checkpoint, load_exported
+from ..infra.runtime import resolve_device
+from ..sampling import SamplerArgError, SamplerRun
 from .errors import ConfigError, RunError, argument_error, config_error, config_errors
+from .layout import upgrade_targets
 
 log = logging.getLogger("config")
 
@@ -97,11 +98,12 @@ def run_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(EMA weights, run config) of a trained run: a checkpoint file of experiments/train.py, or a folder of
     experiments/export.py (model.safetensors + config.json); neither runs any pickled code."""
     if Path(path).is_dir():
-        return load_exported(path)
+        weights, config = load_exported(path)
+        return weights, upgrade_targets(config)
     state = load_checkpoint(path, map_location="cpu")
     if state.get("config") is None:
         raise ConfigError(f"checkpoint {path}: holds no 'config'; was it written by experiments/train.py?")
-    return state["ema"], state["config"]
+    return state["ema"], upgrade_targets(state["config"])
 
 
 def load_run(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, SDE, Any, DictConfig]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 
-from ..evaluation import legend
+from ..evaluation.evaluator import legend
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

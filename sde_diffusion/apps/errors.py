@@ -11,7 +11,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from ..checks import ArgumentError
+from ..core.checks import ArgumentError
 from ..sampling import SamplerArgError
 
 

@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import ArgumentError
-from ..tracking import Tracker
+from ..core.checks import ArgumentError
+from ..infra.tracking import Tracker
 from .build import argument_error
 
 
@@ -70,7 +70,7 @@ def sweep_run_name(cfg: DictConfig) -> str | None:
 def start_tracker(
     cfg: DictConfig, output_dir: str | Path, job_type: str, resume_id: str | None = None, history: Sequence = ()
 ) -> Tracker:
-    """Instantiate `cfg.logger` (sde_diffusion.tracking.start_run) with files in `output_dir`, the resolved
+    """Instantiate `cfg.logger` (sde_diffusion.infra.tracking.start_run) with files in `output_dir`, the resolved
     config, the names of `run_names`, and `resume_id` to continue a run (with its checkpoint's `history` rows,
     tracking.start_run); use it as `with start_tracker(...) as t:` (the run ends with exit code 1 if the block
     raises). A bad logger argument is a ConfigError."""

@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import SamplerRun
+from ..core.sde import SDE
+from ..sampling import SamplerRun
 from ..sampling.specs import GRID
 from ..sampling.timesteps import timesteps
-from ..sde import SDE
 from .errors import config_error
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import check_choice, check_number
+from ..core.checks import check_choice, check_number
 from .errors import config_error, config_errors
 
 _ABSENT = object()

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_choice, check_number
-from ..sde import SDE, expand_as
+from ..core.checks import check_choice, check_number
+from ..core.sde import SDE, expand_as
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
 

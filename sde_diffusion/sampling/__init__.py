@@ -1,24 +1,23 @@
 """Samplers of the reverse SDE and the probability-flow ODE, and of posteriors p(x | y), behind one entry point
 `sample`.
 
-Every module here that declares a sampler (`specs.register`) is imported below, and so is `sde_diffusion.inverse`,
-whose inverse methods register in `INVERSE`: adding a sampler is adding its module. `SAMPLERS` maps each name to
-its spec and `DETERMINISTIC` lists the ODE solvers.
+Every module here that declares a sampler (`specs.register`) is imported below, the inverse methods (`inverse`,
+registered in `INVERSE`) and the guidance sub-package included: adding a sampler is adding its module. `SAMPLERS`
+maps each name to its spec and `DETERMINISTIC` lists the ODE solvers.
 """
 
 import importlib
 import pkgutil
 
-from ..scipy_ode import SolverError
+from ..core.scipy_ode import SolverError
 from .common import Callback, Reverse, tweedie_denoise
 from .optimize import TunedGrid, optimize_timesteps
 from .sample import SampleResult, sample
-from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
+from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerRun, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
-importlib.import_module("sde_diffusion.inverse")
 
 DETERMINISTIC = tuple(name for name, spec in SAMPLERS.items() if not spec.stochastic)
 
@@ -31,6 +30,7 @@ __all__ = [
     "Reverse",
     "SampleResult",
     "SamplerArgError",
+    "SamplerRun",
     "SamplerSpec",
     "SolverError",
     "TunedGrid",

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..scipy_ode import SolverError
-from ..sde import SDE, ScoreFn, expand_as
+from ..core.scipy_ode import SolverError
+from ..core.sde import SDE, ScoreFn, expand_as
 from .common import Reverse
 from .specs import POSITIVE, Option, register
 

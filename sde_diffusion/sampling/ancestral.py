@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sde import VPSDE, DDPMSchedule
+from ..core.sde import VPSDE, DDPMSchedule
 from .common import Reverse
 from .specs import Option, register
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm import trange
 
-from ..sde import SDE, ScoreFn
+from ..core.sde import SDE, ScoreFn
 
 # callback(i, t, x, denoised): at step i, the time t (float64), the state x at t and Tweedie's E[x₀ | x_t = x]
 Callback = Callable[[int, Tensor, Tensor, Tensor], None]

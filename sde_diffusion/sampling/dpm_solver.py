@@ -14,7 +14,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from ..sde import SDE, ScoreFn
+from ..core.sde import SDE, ScoreFn
 from .common import Reverse, at
 from .specs import Option, register
 

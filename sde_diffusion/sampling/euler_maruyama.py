@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sde import SDE
+from ..core.sde import SDE
 from .common import Reverse, coef, randn_like
 from .specs import register
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checks import check_number
-from ..metrics import flow_error
-from ..sde import SDE, ScoreFn
+from ..core.checks import check_number
+from ..core.metrics import flow_error
+from ..core.sde import SDE, ScoreFn
 from .common import Reverse, tweedie_denoise
 from .sample import sample
 from .specs import GRID, SAMPLERS, check_sampler

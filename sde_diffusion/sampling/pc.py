@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..sde import SDE
+from ..core.sde import SDE
 from .common import Reverse, coef
 from .euler_maruyama import em_step
 from .specs import POSITIVE, Option, register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..scipy_ode import solve
+from ..core.scipy_ode import solve
 from .common import Reverse
 from .specs import POSITIVE, register
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sde import SDE, ScoreFn
+from ..core.sde import SDE, ScoreFn
 from .common import Callback, Reverse, tweedie_denoise
 from .specs import SamplerArgError, SamplerSpec, check_sampler
 

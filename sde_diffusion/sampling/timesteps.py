@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..sde import SDE
+from ..core.sde import SDE
 
 SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras", "custom")
 

@@ -6,7 +6,7 @@ import torch
 import torchsde
 from torch import Tensor
 
-from ..sde import SDE, ScoreFn
+from ..core.sde import SDE, ScoreFn
 from .common import Reverse, at, coef
 from .specs import Option, register
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from ..checks import check_choice, check_number
+from ..core.checks import check_choice, check_number
 from .amp import PRECISIONS
 from .guard import NAN_POLICIES
 

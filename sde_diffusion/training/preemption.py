@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
-from .. import distributed
+from ..infra import distributed
 
 
 def stop_signals() -> tuple[int, ...]:

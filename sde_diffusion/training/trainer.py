@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..checkpoint import check_fits
-from ..checks import ArgumentError
-from ..objectives import Draw, Objective, build_objective
-from ..runtime import resolve_device, seed_everything
-from ..sde import SDE
+from ..core.checks import ArgumentError
+from ..core.sde import SDE
+from ..infra import distributed
+from ..infra.checkpoint import check_fits
+from ..infra.runtime import resolve_device, seed_everything
+from ..objectives.objective import Draw, Objective, build_objective
 from . import rng
 from .amp import autocast, grad_scaler
 from .ema import EMA

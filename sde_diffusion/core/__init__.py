@@ -1,0 +1,1 @@
+"""The SDE core: β(t) schedules, the SDEs, the Gaussian-mixture oracle, sample distances and argument checks."""

@@ -1,0 +1,1 @@
+"""Evaluation: samplers against held-out data and the oracle, diagnosis, likelihood pipelines, plots."""

@@ -1,0 +1,1 @@
+"""Infrastructure: checkpoints, experiment tracking, torch.distributed and the runtime policy."""
