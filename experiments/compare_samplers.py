@@ -40,7 +40,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import analytic, metrics
 from sde_diffusion.apps import (
     build_sde,
     check_run,
@@ -58,6 +57,7 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.comparison import HEAD, Floors, columns, write
 from sde_diffusion.apps.guard import check_samples
+from sde_diffusion.core import analytic, metrics
 from sde_diffusion.core.sde import SDE, ScoreFn
 from sde_diffusion.evaluation.diagnosis import excess_loss_by_level
 from sde_diffusion.evaluation.evaluator import Draw, Evaluator

@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm import tqdm
 
-from sde_diffusion import plots
 from sde_diffusion.apps import (
     ConfigError,
     RunError,
@@ -45,6 +44,7 @@ from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.core.checks import ArgumentError
 from sde_diffusion.core.metrics import energy_distance
+from sde_diffusion.evaluation import plots
 from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.sampling import SamplerArgError, sample
 from sde_diffusion.sampling.inverse import Measurement

@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import distributed
 from sde_diffusion.apps import (
     RunError,
     argument_error,
@@ -57,6 +56,7 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.core.checks import ArgumentError
 from sde_diffusion.evaluation.likelihood import METHODS, NLLEstimator, per_sample_nll, summarise
+from sde_diffusion.infra import distributed
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, NOISES, SOLVERS

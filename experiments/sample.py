@@ -36,7 +36,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sde_diffusion import plots
 from sde_diffusion.apps import (
     RunError,
     check_run,
@@ -56,6 +55,7 @@ from sde_diffusion.apps import (
 )
 from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.core.sde import SDE
+from sde_diffusion.evaluation import plots
 from sde_diffusion.evaluation.evaluator import legend
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device

@@ -26,7 +26,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sde_diffusion import distributed, plots
 from sde_diffusion.apps import (
     Built,
     RunError,
@@ -48,9 +47,11 @@ from sde_diffusion.apps import (
 from sde_diffusion.apps.build import argument_error
 from sde_diffusion.apps.guard import check_samples
 from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.evaluation import plots
 from sde_diffusion.evaluation.class_eval import GuidedEvaluation
 from sde_diffusion.evaluation.diagnosis import LevelError, excess_loss_by_level
 from sde_diffusion.evaluation.evaluator import Evaluation, Evaluator, SamplerFailed, headline, legend
+from sde_diffusion.infra import distributed
 from sde_diffusion.infra.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from sde_diffusion.infra.runtime import resolve_device, seed_everything
 from sde_diffusion.infra.tracking import Tracker

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import SDES, mlp_trainer
 
-from sde_diffusion import VPSDE, analytic, eight_gaussians, metrics
+from sde_diffusion import VPSDE, eight_gaussians
+from sde_diffusion.core import analytic, metrics
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood

@@ -6,8 +6,8 @@ import math
 import torch
 
 from sde_diffusion import VPSDE, CosineBeta
-from sde_diffusion import plots as plots_module
 from sde_diffusion.core.analytic import GaussianMixture, mixture
+from sde_diffusion.evaluation import plots as plots_module
 from sde_diffusion.evaluation.diagnosis import excess_loss_by_level
 from sde_diffusion.evaluation.plots import level_error_curves
 

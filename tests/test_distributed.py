@@ -17,7 +17,7 @@ from apps import ROOT, TINY, app_env, run_job
 from conftest import mlp_trainer
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion import distributed
+from sde_diffusion.infra import distributed
 from sde_diffusion.infra.checkpoint import load_checkpoint
 from sde_diffusion.training import Preempted, StopOnSignal, Trainer
 

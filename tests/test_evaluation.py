@@ -4,7 +4,8 @@ the exact flow map; the documented seeds; a failing sampler named by its slot; b
 import pytest
 import torch
 
-from sde_diffusion import VPSDE, eight_gaussians, metrics
+from sde_diffusion import VPSDE, eight_gaussians
+from sde_diffusion.core import metrics
 from sde_diffusion.evaluation.evaluator import Evaluator, SamplerFailed
 from sde_diffusion.sampling import SamplerArgError, SamplerRun, sample
 

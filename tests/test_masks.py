@@ -4,8 +4,8 @@ fraction within binomial error and the same in every channel, and A = I[mask] re
 import pytest
 import torch
 
-from sde_diffusion import masks
 from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.sampling import masks
 
 
 def test_half_observes_the_first_half_of_a_vector_and_the_named_half_of_an_image():

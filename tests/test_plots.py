@@ -5,8 +5,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sde_diffusion import plots
 from sde_diffusion.data import EightGaussians
+from sde_diffusion.evaluation import plots
 
 
 @pytest.mark.parametrize("square", [True, False])

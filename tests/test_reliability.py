@@ -24,8 +24,8 @@ from conftest import NaNAt, mlp_trainer
 from omegaconf import OmegaConf, open_dict
 from wandb_reader import find_run_files, read_run
 
-from sde_diffusion import evaluation
 from sde_diffusion.apps import RunError, build, load_run
+from sde_diffusion.evaluation import evaluator
 from sde_diffusion.infra.checkpoint import load_checkpoint, save_checkpoint
 from sde_diffusion.training import NonFiniteLossError, Trainer
 
@@ -328,7 +328,7 @@ def test_failing_evaluation_sampler_is_one_line_and_the_trained_state_is_kept(tm
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
 
-    monkeypatch.setattr(evaluation, "sample", out_of_memory)
+    monkeypatch.setattr(evaluator, "sample", out_of_memory)
     out = tmp_path / "run"
     with pytest.raises(RunError) as info:
         run_job("train", *TINY, "logger=none", out=out)
