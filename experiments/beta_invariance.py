@@ -12,6 +12,8 @@ fixed (β(t)-free): every β(t) cut to the λ-range all five share, [λ_min, λ_
 starts at t_start with λ(t_start) = λ_min (N(0, I) there) and the solver stops at t_end with λ(t_end) = λ_max;
 DPM-Solver++ (its defaults at `steps`) on the logSNR grid; the loss is EDM's weighting with λ uniform on the range
 (`build_objective(sde, "edm", "uniform")`, σ_d and P_mean from the data).
+own ends: the same objective and grid on each β(t)'s own [1e-3, T = 1], whose λ-ends differ (the trained sweep's
+setting).
 classical: every β(t) on its own [1e-3, T = 1]; DPM-Solver++ on the time-quadratic grid (a grid in t); the loss is
 L_simple, the ε-MSE with t ~ U(1e-5, 1) (Ho et al. 2020, eq. 14).
 
@@ -69,11 +71,13 @@ def cut(sde: VPSDE, lam_min: float, lam_max: float) -> tuple[VPSDE, float]:
 
 
 def sweeps() -> dict[str, dict[str, tuple[VPSDE, float]]]:
-    """{"fixed": {β: (SDE cut to the common λ-range, t_end)}, "classical": {β: (SDE on [0, 1], T_MIN)}}."""
+    """{"fixed": {β: (SDE cut to the common λ-range, t_end)}, "own ends" and "classical": {β: (SDE on [0, 1],
+    T_MIN)}}: "own ends" is the fixed sweep's objective and grid on each β(t)'s own λ-range, as the trained
+    experiment=train/beta_sweep runs them."""
     full = {name: VPSDE(schedule(name)) for name in SCHEDULES}
     lam_min, lam_max = common_range(full, T_MIN)
-    return {"fixed": {k: cut(sde, lam_min, lam_max) for k, sde in full.items()},
-            "classical": {k: (sde, T_MIN) for k, sde in full.items()}}  # fmt: skip
+    own = {k: (sde, T_MIN) for k, sde in full.items()}
+    return {"fixed": {k: cut(sde, lam_min, lam_max) for k, sde in full.items()}, "own ends": own, "classical": own}
 
 
 def sample_row(
@@ -101,7 +105,7 @@ def expected_loss(
     """E[loss] ± MC standard error of the fixed model under the sweep's objective (module docstring)."""
     cov = oracle.covariance
     sigma_data = math.sqrt(float(cov.trace()) / cov.shape[0])
-    if sweep == "fixed":
+    if sweep != "classical":
         objective = build_objective(sde, "edm", "uniform", t_min=t_end, sigma_data=sigma_data,
                                     p_mean=edm_p_mean(sigma_data))  # fmt: skip
     else:
@@ -120,7 +124,7 @@ def table(oracle_name: str, oracle: GaussianMixture, args: argparse.Namespace) -
     print(f"\n{oracle_name}: sweep | β(t) | λ range | DPM 10: SW2/floor, mode-w err | DPM 20: same, max |Δx| | E[loss]")
     print("|---|---|---|---|---|---|")
     for sweep, runs in sweeps().items():
-        spacing, linear = ("logsnr" if sweep == "fixed" else "time_quadratic"), {}
+        spacing, linear = ("time_quadratic" if sweep == "classical" else "logsnr"), {}
         for name, (sde, t_end) in runs.items():
             cells, lo_hi = [], sde.log_snr_range(t_end)
             for steps in (10, 20):
@@ -136,14 +140,20 @@ def table(oracle_name: str, oracle: GaussianMixture, args: argparse.Namespace) -
     return rows
 
 
+LABELS = {
+    "fixed": "λ-defined loss and grid, equal λ ends",
+    "own ends": "the same, each β(t)'s own λ ends",
+    "classical": "L_simple, t-grid (classical)",
+}
+
+
 def figure(results: dict[str, dict], path: Path) -> None:
-    """Per β(t), the fixed and the classical sweep: SW2/floor at 10 steps (top) and E[loss] over linear β's (bottom),
+    """Per β(t), each sweep: SW2/floor at 10 steps (top) and E[loss] over linear β's (bottom),
     one column per oracle."""
     fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 6.4), squeeze=False)
     x = range(len(SCHEDULES))
     for col, (oracle_name, rows) in enumerate(results.items()):
-        for offset, sweep in ((-0.12, "fixed"), (0.12, "classical")):
-            label = "λ-defined loss and grid, equal λ ends" if sweep == "fixed" else "L_simple, t-grid (classical)"
+        for offset, (sweep, label) in zip((-0.2, 0.0, 0.2), LABELS.items(), strict=True):
             sw = [rows[(sweep, k, 10)] for k in SCHEDULES]
             axes[0, col].errorbar([i + offset for i in x], [r["sw2"] for r in sw], [r["sw2_sd"] for r in sw],
                                   fmt="o", capsize=3, label=label)  # fmt: skip
