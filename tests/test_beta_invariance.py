@@ -5,9 +5,9 @@ L_simple (t ~ U) and a t-grid do not."""
 
 import math
 
-import apps  # noqa: F401  (puts experiments/ on the path)
 import pytest
 import torch
+from apps import compose_job  # (also puts experiments/ on the path)
 from beta_invariance import common_range, cut
 
 from sde_diffusion import VPSDE, LinearBeta, PolynomialBeta, eight_gaussians
@@ -83,3 +83,12 @@ def test_cutting_each_beta_to_the_common_range_gives_it_exactly_that_range():
     for sde in sdes.values():
         cut_sde, t_end = cut(sde, lam_min, lam_max)
         assert cut_sde.log_snr_range(t_end) == pytest.approx((lam_min, lam_max), abs=1e-6)
+
+
+def test_the_beta_sweep_preset_holds_a_lambda_defined_objective_and_grid_beside_l_simple():
+    cfg = compose_job("train", "experiment=train/beta_sweep")
+    params = cfg.hydra.sweeper.params
+    assert set(params.schedule.split(",")) == {"linear", "cosine", "polynomial", "sigmoid", "learned"}
+    assert params.loss.split(",") == ["edm", "simple"]
+    runs = cfg.eval.samplers.values()
+    assert {r.name for r in runs} == {"dpm_solver"} and {r.options.spacing for r in runs} == {"logsnr"}

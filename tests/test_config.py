@@ -105,6 +105,7 @@ def test_every_experiment_preset_composes_and_builds():
         "train/fast_eval",
         "train/schedule_sweep",
         "train/objective_sweep",
+        "train/beta_sweep",
     }
     for option in (p for p in presets if p.startswith("train/")):
         check_builds(load(f"experiment={option}"))
