@@ -67,8 +67,9 @@ def build_sde(cfg: DictConfig, **kwargs: Any) -> SDE:
 
 
 def build(cfg: DictConfig) -> Built:
-    """Instantiate `sde`, `data`, `model` (the network, given `shape=data.shape`; a conditional one's num_classes
-    must be the data's) and `score` (the wrapper, given `net` and `sde`)."""
+    """Instantiate `sde`, `data` (and from it loss.sigma_data and loss.p_mean where `auto`: `resolve_data_scale`),
+    `model` (the network, given `shape=data.shape`; a conditional one's num_classes must be the data's) and `score`
+    (the wrapper, given `net` and `sde`)."""
     sde = build_sde(cfg)
     data = instantiate_node(cfg, "data")
     resolve_data_scale(cfg, data)
