@@ -106,6 +106,7 @@ def test_every_experiment_preset_composes_and_builds():
         "train/fast_eval",
         "train/schedule_sweep",
         "train/objective_sweep",
+        "train/beta_sweep",
     }
     for option in (p for p in presets if p.startswith("train/")):
         check_builds(load(f"experiment={option}"))
@@ -282,6 +283,9 @@ BAD_CONFIGS = {
     "seed=-1": ("train.seed=-1",),
     "train.resume=/no/such/file.pt": ("train.resume='/no/such/file.pt'", "not found: /no/such/file.pt"),
     "loss.t_min=0": ("loss.t_min=0",),
+    "loss=edm loss.sigma_data=wide": ("loss.sigma_data='wide'", "auto"),
+    "loss=edm loss.sigma_data=-1": ("loss.sigma_data=-1", "auto", "> 0"),
+    "loss=edm loss.p_mean=high": ("loss.p_mean='high'", "auto"),
     "train.keep_last=-1": ("train.keep_last=-1",),
     "train.threads=0": ("train.threads=0",),
     "train.ckpt_every=-5": ("train.ckpt_every=-5",),

@@ -17,8 +17,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..core.checks import ArgumentError
+from ..core.checks import ArgumentError, check_number
 from ..core.sde import SDE, ScoreFn
+from ..data.scale import data_std, edm_p_mean
 from ..evaluation.evaluator import Evaluator
 from ..infra.checkpoint import CheckpointError, load_checkpoint, load_exported
 from ..infra.runtime import resolve_device
@@ -67,10 +68,12 @@ def build_sde(cfg: DictConfig, **kwargs: Any) -> SDE:
 
 
 def build(cfg: DictConfig) -> Built:
-    """Instantiate `sde`, `data`, `model` (the network, given `shape=data.shape`; a conditional one's num_classes
-    must be the data's) and `score` (the wrapper, given `net` and `sde`)."""
+    """Instantiate `sde`, `data` (and from it loss.sigma_data and loss.p_mean where `auto`: `resolve_data_scale`),
+    `model` (the network, given `shape=data.shape`; a conditional one's num_classes must be the data's) and `score`
+    (the wrapper, given `net` and `sde`)."""
     sde = build_sde(cfg)
     data = instantiate_node(cfg, "data")
+    resolve_data_scale(cfg, data)
     net = instantiate_node(cfg, "model", shape=tuple(data.shape))
     classes, data_classes = getattr(net, "num_classes", None), getattr(data, "num_classes", None)
     if classes is not None and classes != data_classes:
@@ -78,6 +81,38 @@ def build(cfg: DictConfig) -> Built:
         raise config_error("model.num_classes", classes, f"must be {allowed}")
     model = instantiate_node(cfg, "score", net=net, sde=sde)
     return Built(sde=sde, data=data, model=model)
+
+
+def _number_or_auto(loss: DictConfig, key: str, **bounds: float) -> bool:
+    """True if loss.<key> is "auto"; else it must be a number (within `bounds`) or absent: one config-error line."""
+    value = loss.get(key)
+    if value == "auto" or key not in loss:
+        return value == "auto"
+    try:
+        check_number(key, value, **bounds)
+    except ArgumentError as err:
+        raise config_error(f"loss.{key}", value, f"must be auto (from the data) or {err.allowed}") from None
+    return False
+
+
+def resolve_data_scale(cfg: DictConfig, data: Any) -> None:
+    """`loss.sigma_data: auto` becomes the training data's per-dimension std σ_d (data_scale.data_std) and
+    `loss.p_mean: auto` EDM's P_mean moved by log(σ_d/0.5) (data_scale.edm_p_mean), written into `cfg`: the score's
+    ${loss.sigma_data}, the objective and the checkpoint's config then hold the number, so an app that rebuilds the run
+    reads it. An explicit number wins; any other value is a ConfigError naming the key."""
+    loss = cfg.get("loss")
+    if loss is None:
+        return
+    auto_sd, auto_pm = _number_or_auto(loss, "sigma_data", gt=0), _number_or_auto(loss, "p_mean")
+    if not (auto_sd or auto_pm):
+        return
+    sigma_data = data_std(data) if auto_sd or "sigma_data" not in loss else float(loss.sigma_data)
+    if auto_sd:
+        loss.sigma_data = sigma_data
+        log.info("loss.sigma_data=auto: %.4g, the training data's per-dimension std", sigma_data)
+    if auto_pm:
+        loss.p_mean = edm_p_mean(sigma_data)
+        log.info("loss.p_mean=auto: %.4g = -1.2 + log(sigma_data/0.5)", loss.p_mean)
 
 
 def build_evaluator(cfg: DictConfig, sde: SDE, key: str = "eval") -> Evaluator:
