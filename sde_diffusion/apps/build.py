@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.checks import ArgumentError, check_number
 from ..core.sde import SDE, ScoreFn
-from ..data.scale import data_std, edm_p_mean
+from ..data.scale import data_std, edm_p_mean, isotropy_gap
 from ..evaluation.evaluator import Evaluator
 from ..infra.checkpoint import CheckpointError, load_checkpoint, load_exported
 from ..infra.runtime import resolve_device
@@ -28,6 +28,7 @@ from .errors import ConfigError, RunError, argument_error, config_error, config_
 from .layout import upgrade_targets
 
 log = logging.getLogger("config")
+ISOTROPY_GAP = 0.5  # below: the 2-D toy sets on which σ_d = the data's std stalled (docs/training.md)
 
 
 @dataclass
@@ -110,6 +111,12 @@ def resolve_data_scale(cfg: DictConfig, data: Any) -> None:
     if auto_sd:
         loss.sigma_data = sigma_data
         log.info("loss.sigma_data=auto: %.4g, the training data's per-dimension std", sigma_data)
+        gap = isotropy_gap(data)
+        if gap is not None and gap < ISOTROPY_GAP:
+            log.warning(
+                "loss.sigma_data=auto: %.3g is the std of data whose second moment is ≈ σ_d²·I (gap %.2g), where EDM's "
+                "loss may not train (docs/training.md, 'The default objective'); set e.g. loss.sigma_data=1 "
+                "loss.p_mean=-1.2", sigma_data, gap)  # fmt: skip
     if auto_pm:
         loss.p_mean = edm_p_mean(sigma_data)
         log.info("loss.p_mean=auto: %.4g = -1.2 + log(sigma_data/0.5)", loss.p_mean)

@@ -29,6 +29,18 @@ def data_std(data: Any, n: int = 65536, seed: int = 0, chunk: int = 8192) -> flo
     return math.sqrt(float(var.mean()))
 
 
+def isotropy_gap(data: Any, n: int = 16384, seed: int = 0, max_dim: int = 256) -> float | None:
+    """‖E[x xᵀ]/σ_d² − I‖_F/√D over `n` draws, σ_d² = tr E[x xᵀ]/D: 0 when c_skip·x̃ with σ_d = the data's std is the
+    best linear denoiser (zero mean, covariance σ_d²I), where EDM's loss of F ≡ 0 is 1 at every σ̃ and the network
+    starts on a plateau (docs/training.md); None for data of more than `max_dim` dimensions (not computed)."""
+    x = data.batch(n, torch.Generator().manual_seed(seed)).flatten(1).double()
+    if x.shape[1] > max_dim:
+        return None
+    second = x.T @ x / len(x)
+    scaled = second / (torch.trace(second) / x.shape[1])
+    return float(torch.linalg.matrix_norm(scaled - torch.eye(x.shape[1], dtype=x.dtype)) / math.sqrt(x.shape[1]))
+
+
 def edm_p_mean(sigma_data: float) -> float:
     """EDM's P_mean moved with the data's scale: −1.2 + log(σ_d/0.5), so σ̃/σ_d keeps EDM's log-normal law."""
     return EDM_P_MEAN + math.log(sigma_data / EDM_SIGMA_DATA)
