@@ -60,7 +60,7 @@ def test_a_misspelt_key_is_one_line_naming_it_and_the_valid_keys_with_no_hydra_a
     assert error_line(proc) == (
         "config error: train.stpes=100: unknown key 'stpes' of train; valid keys: steps, batch_size, lr, weight_decay, "
         "warmup, ema_decay, grad_clip, seed, cond_drop, nan_policy, device, precision, compile, progress, log_every, "
-        "eval_every, ckpt_every, keep_last, threads, resume"
+        "eval_every, ckpt_every, keep_last, guide_at, threads, resume"
     )
     assert not (tmp_path / "run").exists()
 
