@@ -1,17 +1,21 @@
-"""Sampler benchmarks that print tables within one run: the overhead per NFE, and the defaults study.
+"""Sampler benchmarks that print tables within one run: the overhead per NFE, and the defaults studies.
 
     OMP_NUM_THREADS=1 python experiments/bench_samplers.py overhead [--batch 10000] [--steps 20]
-    OMP_NUM_THREADS=1 python experiments/bench_samplers.py defaults [--budgets 5 10 20 50] [--n 1000]
+    OMP_NUM_THREADS=1 python experiments/bench_samplers.py defaults [--budgets 5 10 20] [--n 300]
+    OMP_NUM_THREADS=1 python experiments/bench_samplers.py sde_defaults [--n 1000]
+    OMP_NUM_THREADS=1 python experiments/bench_samplers.py checkpoint --checkpoint RUN/checkpoints/last.pt
 
 overhead: wall time / (NFE × one score call) for a 3×256 MLP score (`ScoreModel(MLP((2,)), VPSDE())`, random
 weights) at batch 10 000; a ratio near 1 means the sampler adds nothing to the network's own cost.
 
-defaults: the flow error (RMS distance to the exact probability-flow map of the same noise, Tweedie's step included,
-`analytic.exact_flow_map`) of every setting of each deterministic grid sampler at each NFE budget (Tweedie's step
-counted) on both exact oracles, 8-Gaussians and the 16-D mixture (VP, linear β(t)), over two noise draws of `--n`
-each (seeds 0 and 1; on the 16-D mixture a single sample that lands in another mode can dominate one draw's RMS).
-The table gives each oracle's best setting, and as ratios to it the spec's defaults at that `steps` and the minimax
-setting, whose worst ratio over both oracles is smallest. The specs' `by_steps` defaults are the minimax settings.
+defaults: the median over samples of the distance to the exact probability-flow map of the same x_T (Tweedie's step
+included, `analytic.exact_flow_map`, t_min = 1e-3) of every setting of each deterministic grid sampler at each NFE
+budget (Tweedie's step counted), on both exact oracles (8-Gaussians, the 16-D mixture) under linear, cosine and
+polynomial β(t) (VP), `--n` draws of x_T (seed 0). Each cell's best setting, and as ratios to it the spec's defaults
+at that `steps` and the minimax setting among the grids in λ or σ̃ (the same under every β(t)): the smallest worst
+ratio over the cells of that budget. The specs' defaults are these minimax settings (docs/samplers.md).
+sde_defaults: the same cells for the SDE grid samplers, by SW₂ to an oracle draw (an SDE has no flow map to pair).
+checkpoint: dpm_solver's defaults against other settings on a trained checkpoint (SW₂; judge accuracy and FD).
 """
 
 from __future__ import annotations
@@ -228,7 +232,7 @@ def main() -> None:
     p = sub.add_parser("defaults", help="flow error of every setting per budget on both oracles")
     p.add_argument("--samplers", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=int, default=300)
     p = sub.add_parser("sde_defaults", help="SW2 of every grid of the SDE grid samplers on both oracles")
     p.add_argument("--n", type=int, default=1000)
     p = sub.add_parser("checkpoint", help="dpm_solver's defaults against other settings on a trained checkpoint")
