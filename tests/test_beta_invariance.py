@@ -13,7 +13,7 @@ from beta_invariance import common_range, cut
 from sde_diffusion import VPSDE, LinearBeta, PolynomialBeta, eight_gaussians
 from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.objectives import build_objective
-from sde_diffusion.sampling import sample, timesteps
+from sde_diffusion.sampling import INVERSE, SAMPLERS, sample, timesteps
 
 T_MIN = 1e-3
 
@@ -44,6 +44,25 @@ def test_the_pair_has_equal_ends_and_the_logsnr_grid_is_the_same_lambdas():
     lam_lin, lam_poly = lin.log_snr(t_lin), poly.log_snr(t_poly)
     torch.testing.assert_close(lam_lin, lam_poly, atol=1e-8, rtol=0)  # ... the same λ values
     torch.testing.assert_close(lam_lin, torch.linspace(*lin.log_snr_range(T_MIN), 13, dtype=torch.float64))
+
+
+UNIFORM_IN_T = {"torchsde"}  # torchsde's solvers take one step size: its grid is uniform in t by construction
+GRID_SAMPLERS = [n for n, s in {**SAMPLERS, **INVERSE}.items() if s.times == "grid" and n not in UNIFORM_IN_T]
+
+
+@pytest.mark.parametrize("name", GRID_SAMPLERS)
+def test_every_grid_samplers_default_grid_is_the_same_lambdas_under_both_betas(name):
+    """The defaults (spacing and by_steps) at every step count: different times under the two β(t) of one λ-range,
+    the same λ values, so a β(t) sweep compares the schedules, not two grids."""
+    spec, (lin, poly) = {**SAMPLERS, **INVERSE}[name], equal_range_pair()
+    for steps in sorted({3, 4, 6, 9, 10, 13, 19, 20, 30, 50, *spec.by_steps, *(n + 1 for n in spec.by_steps)}):
+        t_lin, t_poly = (spec.grid(sde, steps, T_MIN, {}).t for sde in (lin, poly))
+        assert (t_lin[1:-1] - t_poly[1:-1]).abs().max() > 1e-3, (steps, spec.defaults(steps)["spacing"])
+        torch.testing.assert_close(lin.log_snr(t_lin), poly.log_snr(t_poly), atol=1e-8, rtol=0)
+
+
+def test_torchsde_alone_keeps_a_t_grid_because_it_takes_only_uniform_steps():
+    assert SAMPLERS["torchsde"].options["spacing"].choices == ("time_uniform", "custom")
 
 
 def expected(objective, model, oracle: GaussianMixture, seed: int, n: int = 40_000) -> tuple[float, float]:

@@ -132,12 +132,12 @@ def singlestep(
     return x
 
 
-# {largest steps: options}: the minimax settings of `experiments/bench_samplers.py defaults` (docs/samplers.md)
-SINGLESTEP_3_QUADRATIC = {"order": 3, "method": "singlestep", "algorithm": "dpmsolver++", "spacing": "time_quadratic"}
+# {largest steps: options}: the minimax settings of `experiments/bench_samplers.py defaults` over linear, cosine and
+# polynomial β(t) on both oracles, among grids defined in λ or σ̃ (the same under every β(t); docs/samplers.md)
 BY_STEPS = {
-    6: SINGLESTEP_3_QUADRATIC,
-    13: {"order": 3, "method": "multistep", "algorithm": "dpmsolver", "spacing": "logsnr"},
-    30: SINGLESTEP_3_QUADRATIC,
+    6: {"order": 2, "method": "multistep", "algorithm": "dpmsolver++", "spacing": "karras"},
+    13: {"order": 2, "method": "multistep", "algorithm": "dpmsolver", "spacing": "logsnr"},
+    30: {"order": 3, "method": "multistep", "algorithm": "dpmsolver", "spacing": "karras"},
 }
 
 

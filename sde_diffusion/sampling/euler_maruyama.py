@@ -16,7 +16,7 @@ def em_step(sde: SDE, x: Tensor, score: Tensor, t: Tensor, t_next: Tensor, gener
     return x - sde.reverse_drift(x, t, score) * h + coef(sde.g, t, x) * h.sqrt() * randn_like(x, generator)
 
 
-@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", grid="time_uniform")
+@register("euler_maruyama", stochastic=True, nfe=lambda steps, o: steps, nfe_text="steps", grid="karras")
 def euler_maruyama(run: Reverse, x: Tensor, t: Tensor) -> Tensor:
     """x ← x − [f x − g² ∇log p] h + g √h z, h = t_i − t_{i+1} > 0, on the grid t (Song et al. 2021, eq. 6)."""
     for i in run.steps(len(t) - 1, desc="euler_maruyama"):

@@ -8,7 +8,7 @@ from .common import Reverse
 from .specs import register
 
 
-@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", grid="time_quadratic")
+@register("ode_euler", stochastic=False, nfe=lambda steps, o: steps, nfe_text="steps", grid="logsnr")
 def ode_euler(run: Reverse, x: Tensor, t: Tensor) -> Tensor:
     """Explicit Euler, x ← x + (t_{i+1} − t_i)·dx/dt(x, t_i), on the grid t."""
     for i in run.steps(len(t) - 1, desc="ode_euler"):

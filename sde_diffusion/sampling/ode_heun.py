@@ -8,7 +8,7 @@ from .common import Reverse, drift
 from .specs import register
 
 
-@register("ode_heun", stochastic=False, nfe=lambda steps, o: 2 * steps, nfe_text="2·steps", grid="time_quadratic")
+@register("ode_heun", stochastic=False, nfe=lambda steps, o: 2 * steps, nfe_text="2·steps", grid="karras")
 def ode_heun(run: Reverse, x: Tensor, t: Tensor) -> Tensor:
     """Heun's method (Karras et al. 2022, Alg. 1, in t): Euler predictor, trapezoidal corrector, on the grid t."""
     for i in run.steps(len(t) - 1, desc="ode_heun"):

@@ -24,7 +24,7 @@ def transition(sde: SDE, t: Tensor, u: Tensor, x: Tensor) -> tuple[Tensor, Tenso
     predictor=Option(choices=("reverse_diffusion", "euler_maruyama")),
     corrector_steps=Option(low=0, integer=True),
     snr=POSITIVE,
-    grid="time_uniform",
+    grid="logsnr",
 )
 def pc(
     run: Reverse,

@@ -115,7 +115,7 @@ def _singlestep(m: _Integrator, xt: Tensor, s: Tensor, l_s: Tensor, l_t: Tensor,
     eta=Option(low=0.0, high=1.0),
     bm=Option(types=(torchsde.BrownianInterval, type(None))),
     lower_order_final=Option(choices=(True, False)),
-    grid="time_quadratic",
+    grid="karras",
 )
 def sde_dpm_solver(
     run: Reverse,
