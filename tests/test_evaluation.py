@@ -56,7 +56,7 @@ def test_a_failing_sampler_is_named_by_its_slot():
         ({"floor_repeats": 1}, "^floor_repeats .*1$"),
         ({"mmd_samples": 1}, "^mmd_samples .*1$"),
         ({"batch_size": 0}, "^batch_size .*0$"),
-        ({"samplers": {}}, "^samplers .*none$"),
+        ({"samplers": {}}, r"^samplers must be at least one sampler, got \{\}$"),
     ],
 )
 def test_bad_settings_are_one_line_value_errors_naming_the_argument_and_value(kw, pattern):

@@ -88,7 +88,7 @@ def test_rk45_reference_is_the_exact_flow_map():
 @pytest.mark.parametrize(
     ("sampler", "kw", "match"),
     [
-        ("euler_maruyama", {}, r"sampler='euler_maruyama': one of \[.*'dpm_solver'"),
+        ("euler_maruyama", {}, r"sampler must be one of \[.*'dpm_solver'.*got 'euler_maruyama'"),
         ("rk45", {}, "deterministic, on a time grid"),
         ("dpm_solver", {"options": {"spacing": "logsnr"}}, r"\['spacing'\] are set by optimize_timesteps"),
         ("dpm_solver", {"options": {"order": 4}}, r"options.order=4: one of \[1, 2, 3\]"),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.checks import check_number
+from ..core.checks import ArgumentError, check_number
 from ..core.sde import SDE
 from ..sampling import SamplerRun, sample
 from ..sampling.guidance.conditional import classifier_free
@@ -77,7 +77,7 @@ class GuidedEvaluator:
         self, sampler: SamplerRun | Mapping[str, Any], *, scales: Sequence[float], per_class: int, seed: int = 0
     ):
         if isinstance(scales, str | bytes) or not isinstance(scales, Sequence) or not scales:
-            raise ValueError(f"scales must be a non-empty list of guidance scales w >= 0, got {scales!r}")
+            raise ArgumentError("scales", scales, "a non-empty list of guidance scales w >= 0")
         for w in scales:
             check_number("scales", w, ge=0)
         check_number("per_class", per_class, integer=True, ge=1)

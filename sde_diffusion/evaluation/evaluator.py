@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..core import metrics
 from ..core.analytic import GaussianMixture, exact_flow_map
-from ..core.checks import check_choice, check_number
+from ..core.checks import ArgumentError, check_choice, check_number
 from ..core.sde import SDE, ScoreFn
 from ..infra import distributed
 from ..sampling import DETERMINISTIC, SamplerRun, sample
@@ -143,7 +143,7 @@ class Evaluator:
         check_number("floor_repeats", floor_repeats, integer=True, ge=2)
         check_choice("flow_error", flow_error, (True, False))
         if not samplers:
-            raise ValueError("samplers must hold at least one sampler, got none")
+            raise ArgumentError("samplers", samplers, "at least one sampler")
         self.samplers = {k: v if isinstance(v, SamplerRun) else SamplerRun(**v) for k, v in samplers.items()}
         self.n, self.seed, self.batch_size, self.floor_repeats, self.flow_error = (
             n_samples, seed, batch_size, floor_repeats, flow_error,

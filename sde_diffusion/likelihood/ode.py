@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.scipy_ode import solve
 from ..core.sde import SDE, ScoreFn
 from .dequantise import Quantiser, quantised_levels
@@ -128,17 +129,17 @@ def log_likelihood(
     `rtol`/`atol` only for "rk45"; `steps` only for "euler"/"heun". The returned tensors have x's device and dtype.
     """
     if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        raise ArgumentError("divergence", divergence, f"one of {DIVERGENCES}")
     if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+        raise ArgumentError("noise", noise, f"one of {NOISES}")
     if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        raise ArgumentError("solver", solver, f"one of {SOLVERS}")
     if not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
+        raise ArgumentError("t_min", t_min, f"in (0, T={sde.T})")
     if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+        raise ArgumentError("rtol" if not rtol > 0 else "atol", rtol if not rtol > 0 else atol, "> 0")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ArgumentError("steps", steps, ">= 1")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch of shape (batch, ...), got {tuple(x.shape)}")
     probe = _probe(x, noise, generator) if divergence == "hutchinson" else None
@@ -179,7 +180,7 @@ def bits_per_dim(
     log-likelihood over `n_draws` draws of u. `options` go to `log_likelihood` (divergence, rtol, solver, …).
     """
     if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        raise ArgumentError("n_draws", n_draws, ">= 1")
     k, a, b = quantised_levels(x, scaler)
     log_det = a.abs().log().flatten(1).sum(1)  # log |∂x/∂y| per sample
     d = x[0].numel()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.checks import check_number
+from ..core.checks import ArgumentError, check_number
 from ..core.metrics import flow_error
 from ..core.sde import SDE, ScoreFn
 from .common import Reverse, tweedie_denoise
@@ -125,7 +125,7 @@ def optimize_timesteps(
     """
     options = dict(options or {})
     if sampler not in tunable():
-        raise ValueError(f"sampler={sampler!r}: one of {tunable()} (deterministic, on a time grid)")
+        raise ArgumentError("sampler", sampler, f"one of {tunable()} (deterministic, on a time grid)")
     spec = check_sampler(sampler, steps=steps, t_min=t_min, options=options, sde_type=type(sde), T=sde.T)
     if fixed := {k for k, v in options.items() if k in GRID and v is not None}:
         raise ValueError(f"options={options}: {sorted(fixed)} are set by optimize_timesteps; leave them out")

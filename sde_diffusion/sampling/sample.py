@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.sde import SDE, ScoreFn
 from .common import Callback, Reverse, tweedie_denoise
 from .specs import SamplerArgError, SamplerSpec, check_sampler
@@ -97,7 +98,7 @@ def sample(
     if x_T is None:
         x_T = sde.prior_sampling(shape, generator, dtype, generator.device if generator is not None else device)
     elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected shape={shape}")
+        raise ArgumentError("x_T", tuple(x_T.shape), f"of shape={shape}")
     x_T = x_T.to(device=device or x_T.device, dtype=dtype)
     outs, nfe, vjp = [], 0, 0
     with torch.no_grad():
