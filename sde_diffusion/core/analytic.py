@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .checks import ArgumentError
-from .scipy_ode import solve
+from .scipy_ode import Solver, solve
 from .sde import SDE, ScoreFn
 
 
@@ -342,7 +342,7 @@ def exact_flow_map(
         tt = torch.full((y.shape[0],), t, dtype=torch.float64)
         return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
 
-    x, _ = solve(drift, x, sde.T if T is None else T, t_min, "DOP853", rtol, atol, desc="exact_flow_map")
+    x, _ = solve(drift, x, sde.T if T is None else T, t_min, Solver("DOP853", rtol, atol), desc="exact_flow_map")
     if denoise:
         te = torch.full((x.shape[0],), t_min, dtype=torch.float64)
         x = sde.tweedie(x, te, score(x, te))

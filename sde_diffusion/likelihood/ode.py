@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..core.checks import ArgumentError
-from ..core.scipy_ode import solve
+from ..core.scipy_ode import Solver, solve
 from ..core.sde import SDE, ScoreFn
 from .dequantise import Quantiser, quantised_levels
 
@@ -91,7 +91,7 @@ def _solve_rk45(rhs: Rhs, x: Tensor, t_min: float, T: float, rtol: float, atol: 
         return torch.cat([drift.flatten(), div])
 
     y0 = torch.cat([x.detach().flatten(), x.new_zeros(n)])
-    y, nfe = solve(fun, y0, t_min, T, "RK45", rtol, atol, desc="likelihood RK45")
+    y, nfe = solve(fun, y0, t_min, T, Solver("RK45", rtol, atol), desc="likelihood RK45")
     return y[:-n].view(x.shape), y[-n:], nfe
 
 
