@@ -24,7 +24,7 @@ import torch
 
 from sde_diffusion import VPSDE, CosineBeta, GaussianMixture, LinearBeta, mixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.likelihood import bits_per_dim, discrete_elbo, log_likelihood, quantised_log_pmf
+from sde_diffusion.likelihood import FlowOptions, bits_per_dim, discrete_elbo, log_likelihood, quantised_log_pmf
 from sde_diffusion.objectives.elbo import elbo
 
 
@@ -38,7 +38,7 @@ def ode_table(sde: VPSDE, mix, x: torch.Tensor, repeats: int) -> dict[str, float
         walls = []
         for r in range(repeats):
             start = time.perf_counter()
-            res = log_likelihood(sde, mix.score_fn(sde), x, divergence=name, generator=torch.Generator().manual_seed(r))
+            res = log_likelihood(sde, mix.score_fn(sde), x, FlowOptions(name), torch.Generator().manual_seed(r))
             walls.append(time.perf_counter() - start)
         err = float((res.log_p - true).abs().mean()) / mix.dim
         vjps = mix.dim if name == "exact" else 1

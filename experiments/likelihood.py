@@ -44,6 +44,7 @@ from sde_diffusion.apps import (
     argument_error,
     build_sde,
     config_error,
+    config_errors,
     hydra_app,
     instantiate_node,
     load_run,
@@ -59,7 +60,7 @@ from sde_diffusion.evaluation.likelihood import METHODS, NLLEstimator, per_sampl
 from sde_diffusion.infra import distributed
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, NOISES, SOLVERS
+from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, FlowOptions
 
 log = logging.getLogger("likelihood")
 
@@ -67,20 +68,20 @@ log = logging.getLogger("likelihood")
 def check(cfg: DictConfig) -> None:
     """The `likelihood` node and `checkpoint`: every bad value is a ConfigError naming the key."""
     require_values(cfg)
-    for key in ("n", "batch_size", "steps", "n_draws", "n_t"):
+    for key in ("n", "batch_size", "n_draws", "n_t"):
         require_number(cfg, f"likelihood.{key}", integer=True, ge=1)
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
     if OmegaConf.select(cfg, "likelihood.control_variate") != "auto":
         require_number(cfg, "likelihood.control_variate", gt=0, optional=True)
-    for key in ("rtol", "atol", "t_min", "tau"):
+    for key in ("t_min", "tau"):
         require_number(cfg, f"likelihood.{key}", gt=0)
     require_choice(cfg, "likelihood.method", METHODS)
     require_choice(cfg, "likelihood.importance", (True, False))
     require_choice(cfg, "progress", (True, False))
     require_choice(cfg, "likelihood.dequantisation", DEQUANTISATIONS)
     require_choice(cfg, "likelihood.divergence", ("auto", *DIVERGENCES))
-    require_choice(cfg, "likelihood.noise", NOISES)
-    require_choice(cfg, "likelihood.solver", SOLVERS)
+    with config_errors("likelihood"):  # the library's own checks of the PF-ODE's options (for either method)
+        FlowOptions(**estimator_options(OmegaConf.merge(cfg, {"likelihood": {"method": "ode"}}), discrete=False)[1])
     require_run(cfg, "checkpoint")
 
 
