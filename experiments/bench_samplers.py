@@ -27,7 +27,7 @@ from sde_diffusion import VPSDE, eight_gaussians, mixture
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.sampling import SAMPLERS, sample
+from sde_diffusion.sampling import SAMPLERS, SampleSetup, sample
 
 T_MIN = 1e-3
 SPACINGS = ("time_uniform", "logsnr", "time_quadratic", "karras")
@@ -65,7 +65,7 @@ def overhead(args: argparse.Namespace) -> None:
         for _ in range(args.repeats):
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
-            r = sample(sde, model, (args.batch, 2), sampler=name, steps=steps, generator=g, **opts)
+            r = sample(sde, model, (args.batch, 2), sampler=name, steps=steps, setup=SampleSetup(generator=g), **opts)
             walls.append(time.perf_counter() - t0)
         wall = min(walls)
         print(f"| {name} | {opts or ''} | {steps} | {r.nfe} | {wall:.2f} | {wall / (r.nfe * one):.3f} |", flush=True)
@@ -101,10 +101,21 @@ def flow_errors(name: str, steps: int, runs: list[dict], n: int) -> dict[tuple[s
             x_T = torch.randn(n, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             exact = exact_flow_map(sde, oracle, x_T, T_MIN, denoise=True)
             out[data, seed] = [
-                flow_error(sample(sde, oracle.score_fn(sde), (n, oracle.dim), name, steps, T_MIN, x_T=x_T,
-                                  dtype=torch.float64, **opts).x, exact)
+                flow_error(
+                    sample(
+                        sde,
+                        oracle.score_fn(sde),
+                        (n, oracle.dim),
+                        name,
+                        steps,
+                        T_MIN,
+                        setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+                        **opts,
+                    ).x,
+                    exact,
+                )
                 for opts in runs
-            ]  # fmt: skip
+            ]
     return out
 
 

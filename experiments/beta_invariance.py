@@ -40,7 +40,7 @@ from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.core.metrics import mode_weight_error, sliced_wasserstein
 from sde_diffusion.data.scale import edm_p_mean
 from sde_diffusion.objectives import build_objective
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,7 +88,12 @@ def sample_row(
     gen = torch.Generator().manual_seed(123)
     refs = [oracle.sample(len(x_T[0]), gen).float() for _ in range(3)]
     floor = (sliced_wasserstein(refs[1], refs[0]) + sliced_wasserstein(refs[2], refs[0])) / 2
-    xs = [sample(sde, oracle.score_fn(sde), x.shape, "dpm_solver", steps, t_end, x_T=x, spacing=spacing).x for x in x_T]
+    xs = [
+        sample(
+            sde, oracle.score_fn(sde), x.shape, "dpm_solver", steps, t_end, spacing=spacing, setup=SampleSetup(x_T=x)
+        ).x
+        for x in x_T
+    ]
     sw = torch.tensor([sliced_wasserstein(x, refs[0]) / floor for x in xs])
     mw = torch.tensor([mode_weight_error(oracle, x) for x in xs])
     return {"sw2": float(sw.mean()), "sw2_sd": float(sw.std()), "mw": float(mw.mean()), "mw_sd": float(mw.std())}, xs

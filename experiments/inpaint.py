@@ -46,7 +46,7 @@ from sde_diffusion.core.checks import ArgumentError
 from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.evaluation import plots
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.sampling import SamplerArgError, SampleSetup, sample
 from sde_diffusion.sampling.inverse import Measurement
 from sde_diffusion.sampling.masks import measurement_matrix
 from sde_diffusion.sampling.timesteps import SPACINGS
@@ -142,8 +142,17 @@ def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, s
     is a RunError."""
     options = {"eta": cfg.eta, "spacing": cfg.spacing, "measurement": Measurement(A, y, cfg.noise_std)}
     try:
-        return sample(sde, score_fn, shape, method.func.__name__, cfg.steps, cfg.t_min, device=device,
-                      generator=torch.Generator(device).manual_seed(seed), **options, **method.keywords)  # fmt: skip
+        return sample(
+            sde,
+            score_fn,
+            shape,
+            method.func.__name__,
+            cfg.steps,
+            cfg.t_min,
+            setup=SampleSetup(device=device, generator=torch.Generator(device).manual_seed(seed)),
+            **options,
+            **method.keywords,
+        )
     except FloatingPointError as err:
         raise RunError(f"{method.func.__name__} diverged: {err}") from err
 

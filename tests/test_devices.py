@@ -14,7 +14,7 @@ from sde_diffusion.infra.runtime import resolve_device
 from sde_diffusion.likelihood import FlowOptions, bits_per_dim, log_likelihood
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import Objective
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.training import Trainer
 
 META = torch.device("meta")
@@ -127,7 +127,7 @@ def test_unet_training_and_sampling_on_cuda():
     model = ScoreModel(UNet(data.shape, channels=8), VPSDE())
     trainer = Trainer(model, VPSDE(), data, steps=3, batch_size=8, device="cuda", precision="bf16", progress=False)
     trainer.fit()
-    x = sample(VPSDE(), trainer.ema_model, (4, *data.shape), steps=3, device="cuda").x
+    x = sample(VPSDE(), trainer.ema_model, (4, *data.shape), steps=3, setup=SampleSetup(device="cuda")).x
     assert x.device.type == "cuda" and torch.isfinite(x).all()
 
 

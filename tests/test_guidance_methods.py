@@ -11,7 +11,7 @@ from test_guidance import CLASSES, NULL, class_scores, draws, oracle_model
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, mixture
 from sde_diffusion.core.schedules import CosineBeta
-from sde_diffusion.sampling import SamplerRun, sample, timesteps
+from sde_diffusion.sampling import SamplerRun, SampleSetup, sample, timesteps
 from sde_diffusion.sampling.guidance.apg import adaptive_projected
 from sde_diffusion.sampling.guidance.autoguidance import autoguidance
 from sde_diffusion.sampling.guidance.cfgpp import cfgpp_ddim, cfgpp_sample
@@ -57,10 +57,16 @@ def test_an_interval_covering_every_lambda_is_the_unintervalled_guidance_bitwise
     for name, guided in guided_kinds(sde, y).items():
         unguided = conditional(oracle_model(MIX, sde), y)
         runs = [
-            sample(sde, s, (12, 4), sampler, steps=8, x_T=x_T, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(1)).x
+            sample(
+                sde,
+                s,
+                (12, 4),
+                sampler,
+                steps=8,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+            ).x
             for s in (guided, guidance_interval(guided, unguided, sde, interval))
-        ]  # fmt: skip
+        ]
         assert torch.equal(runs[0], runs[1]), name
 
 
@@ -126,7 +132,7 @@ def test_cfgpp_outside_its_interval_is_conditional_ddim_and_covering_it_changes_
     x_T = sde.prior_sampling((10, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     pair, cond = cond_uncond(model, y, NULL), conditional(model, y)
     never = cfgpp_sample(sde, pair, cond, 0.7, x_T, steps, interval=(100.0, 200.0)).x
-    ddim = sample(sde, cond, (10, 4), "ddim", steps, x_T=x_T, dtype=torch.float64, eta=0.0).x
+    ddim = sample(sde, cond, (10, 4), "ddim", steps, eta=0.0, setup=SampleSetup(x_T=x_T, dtype=torch.float64)).x
     torch.testing.assert_close(never, ddim, atol=1e-12, rtol=1e-12)
     full = cfgpp_sample(sde, pair, cond, 0.7, x_T, steps, interval=(-math.inf, math.inf)).x
     assert torch.equal(full, cfgpp_sample(sde, pair, cond, 0.7, x_T, steps).x)

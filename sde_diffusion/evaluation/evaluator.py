@@ -21,7 +21,7 @@ from ..core.analytic import GaussianMixture, exact_flow_map
 from ..core.checks import ArgumentError, check_choice, check_number
 from ..core.sde import SDE, ScoreFn
 from ..infra import distributed
-from ..sampling import DETERMINISTIC, SamplerRun, sample
+from ..sampling import DETERMINISTIC, SamplerRun, SampleSetup, sample
 
 Draw = Callable[[int, torch.Generator], Tensor]
 
@@ -199,9 +199,19 @@ class Evaluator:
             generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
             t0 = time.perf_counter()
             try:
-                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                             denoise=run.denoise, x_T=mine, generator=generator, device=device,
-                             batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
+                res = sample(
+                    sde,
+                    score_fn,
+                    tuple(mine.shape),
+                    sampler=run.name,
+                    steps=run.steps,
+                    t_min=run.t_min,
+                    denoise=run.denoise,
+                    setup=SampleSetup(
+                        x_T=mine, generator=generator, device=device, batch_size=self.batch_size, progress=progress
+                    ),
+                    **run.options,
+                )
             except (RuntimeError, ValueError) as err:
                 raise SamplerFailed(slot, run.name, err) from err
             x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)

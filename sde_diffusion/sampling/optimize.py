@@ -20,7 +20,7 @@ from ..core.checks import ArgumentError, check_number
 from ..core.metrics import flow_error
 from ..core.sde import SDE, ScoreFn
 from .common import Reverse, tweedie_denoise
-from .sample import sample
+from .sample import SampleSetup, sample
 from .specs import GRID, SAMPLERS, check_sampler
 from .timesteps import SPACINGS, timesteps
 
@@ -51,7 +51,9 @@ def rk45_reference(sde: SDE, score_fn: ScoreFn, t_min: float, tol: float = 1e-7)
 
     def reference(x_T: Tensor) -> Tensor:
         tols = {"rtol": tol, "atol": tol}
-        return sample(sde, score_fn, tuple(x_T.shape), "rk45", t_min=t_min, x_T=x_T, dtype=x_T.dtype, **tols).x
+        return sample(
+            sde, score_fn, tuple(x_T.shape), "rk45", t_min=t_min, setup=SampleSetup(x_T=x_T, dtype=x_T.dtype), **tols
+        ).x
 
     return reference
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...core.checks import ArgumentError, check_choice, check_number
 from ...core.sde import SDE, ScoreFn
-from .. import SampleResult, sample
+from .. import SampleResult, SampleSetup, sample
 from ..specs import SamplerRun
 from .apg import adaptive_projected
 from .autoguidance import autoguidance
@@ -105,7 +105,17 @@ def guided_sample(
                            generator=generator, progress=kwargs.get("progress", False))  # fmt: skip
     else:
         score = guided_score(g, sde, net, labels, null_label, weak)
-        res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                     denoise=run.denoise, x_T=x_T, generator=generator, **run.options, **kwargs)  # fmt: skip
+        res = sample(
+            sde,
+            score,
+            tuple(x_T.shape),
+            sampler=run.name,
+            steps=run.steps,
+            t_min=run.t_min,
+            denoise=run.denoise,
+            setup=SampleSetup(x_T=x_T, generator=generator),
+            **run.options,
+            **kwargs,
+        )
     n = x_T.shape[0]
     return res, {"model": net.rows / n, "guide": weak.rows / n if weak is not None else 0.0}
