@@ -32,7 +32,7 @@ from sde_diffusion.data import ClassMixtureData
 from sde_diffusion.evaluation.class_coverage import class_recall, frechet_distance
 from sde_diffusion.evaluation.class_eval import fit_judge
 from sde_diffusion.evaluation.class_measures import class_measures, summary
-from sde_diffusion.sampling import SamplerRun
+from sde_diffusion.sampling import SamplerRun, SampleSetup
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 GRIDS = {  # per data kind: method -> scales, and the intervals' (λ_lo, λ_hi) and scales
@@ -111,7 +111,7 @@ def run_all(args, kind: str, sde, data, model, guides) -> list[dict]:
     with torch.no_grad():
         for name, g, guide in methods(GRIDS[kind], guides):
             start = time.perf_counter()
-            res, evals = guided_sample(g, sde, model, labels, c, x_T, run, guides.get(guide))
+            res, evals = guided_sample(g, sde, model, labels, c, run, guides.get(guide), setup=SampleSetup(x_T=x_T))
             cost = {f"evals_{k}": v for k, v in evals.items()} | {"wall_s": time.perf_counter() - start}
             rows.append({"method": name, "w": g.w, **measures(res.x.float(), labels), **cost})
             print(row_text(rows[-1], kind), flush=True)

@@ -142,7 +142,7 @@ def draw(
     start = time.perf_counter()
     with tqdm(total=cfg.n, unit="sample", desc=run.name, disable=not cfg.progress or len(chunks) == 1) as bar:
         for chunk in chunks:
-            kwargs = {"device": device, "progress": cfg.progress and len(chunks) == 1}
+            setup = SampleSetup(generator, chunk, device=device, progress=cfg.progress and len(chunks) == 1)
             if labels is None:
                 res = sample(
                     sde,
@@ -152,14 +152,12 @@ def draw(
                     steps=run.steps,
                     t_min=run.t_min,
                     denoise=run.denoise,
-                    setup=SampleSetup(x_T=chunk, generator=generator),
-                    **kwargs,
+                    setup=setup,
                     **run.options,
                 )
             else:
                 y = labels[done : done + len(chunk)].to(device)
-                res, e = guided_sample(guided[0], sde, model, y, model.num_classes, chunk, run, guided[1], generator,
-                                       **kwargs)  # fmt: skip
+                res, e = guided_sample(guided[0], sde, model, y, model.num_classes, run, guided[1], setup=setup)
                 evals = {k: max(v, evals.get(k, 0.0)) for k, v in e.items()}
             outs.append(res.x.float().cpu())
             nfe, done = max(nfe, res.nfe), done + len(chunk)

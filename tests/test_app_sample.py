@@ -45,7 +45,9 @@ def sampler_options(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml").options)
 
 
-def library_samples(checkpoint: Path, n: int, name: str, steps: int, score=None, **options) -> torch.Tensor:
+def library_samples(
+    checkpoint: Path, n: int, name: str, steps: int, score=None, batch_size=None, **options
+) -> torch.Tensor:
     """`sample` on the run's EMA model as the app documents it: x_T from seed 0, the sampler's noise from seed 1."""
     model, sde, data, _ = load_run(checkpoint)
     x_T = sde.prior_sampling((n, *data.shape), generator=torch.Generator().manual_seed(0))
@@ -55,7 +57,7 @@ def library_samples(checkpoint: Path, n: int, name: str, steps: int, score=None,
         tuple(x_T.shape),
         sampler=name,
         steps=steps,
-        setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(1)),
+        setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(1), batch_size=batch_size),
         **sampler_options(name) | options,
     )
     return res.x

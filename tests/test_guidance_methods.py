@@ -101,9 +101,9 @@ def test_network_evaluations_count_two_per_guided_call_and_one_outside_the_inter
         (Guidance("cfgpp", 0.5), 2 * (steps + 1)),
         (Guidance("cfgpp", 0.5, interval=(-1, 2)), steps + 1 + inside),
     ]:
-        res, evals = guided_sample(g, sde, model, y, NULL, x_T, run)
+        res, evals = guided_sample(g, sde, model, y, NULL, run, setup=SampleSetup(x_T=x_T))
         assert evals == {"model": expected, "guide": 0.0} and res.nfe == steps + 1, g
-    _, evals = guided_sample(Guidance("auto", 1.0), sde, model, y, NULL, x_T, run, guide=model)
+    _, evals = guided_sample(Guidance("auto", 1.0), sde, model, y, NULL, run, guide=model, setup=SampleSetup(x_T=x_T))
     assert evals == {"model": steps + 1, "guide": steps + 1}
 
 
@@ -184,10 +184,10 @@ def test_bad_guidance_settings_are_named():
         Guidance("apg", 1.0, threshold=0)
     with pytest.raises(ValueError, match="^guide must be"):
         guided_sample(Guidance("auto", 1.0), VPSDE(), oracle_model(MIX, VPSDE()), torch.zeros(2, dtype=torch.long),
-                      NULL, torch.zeros(2, 4), SamplerRun("ddim", 2))  # fmt: skip
+                      NULL, SamplerRun("ddim", 2), setup=SampleSetup(x_T=torch.zeros(2, 4)))  # fmt: skip
     with pytest.raises(ValueError, match="^sampler must be ddim"):
         guided_sample(Guidance("cfgpp", 0.5), VPSDE(), oracle_model(MIX, VPSDE()), torch.zeros(2, dtype=torch.long),
-                      NULL, torch.zeros(2, 4), SamplerRun("dpm_solver", 2))  # fmt: skip
+                      NULL, SamplerRun("dpm_solver", 2), setup=SampleSetup(x_T=torch.zeros(2, 4)))  # fmt: skip
 
 
 def test_a_cfgpp_step_is_a_ddim_cfg_step_at_a_scale_set_by_the_step_size():
