@@ -111,8 +111,9 @@ def expected_loss(
     cov = oracle.covariance
     sigma_data = math.sqrt(float(cov.trace()) / cov.shape[0])
     if sweep != "classical":
-        objective = build_objective(sde, "edm", "uniform", t_min=t_end, sigma_data=sigma_data,
-                                    p_mean=edm_p_mean(sigma_data))  # fmt: skip
+        objective = build_objective(
+            sde, "edm", "uniform", t_min=t_end, sigma_data=sigma_data, p_mean=edm_p_mean(sigma_data)
+        )
     else:
         objective = build_objective(sde, "simple", "schedule", t_min=LOSS_T_MIN)
     gen = torch.Generator().manual_seed(seed)
@@ -140,8 +141,10 @@ def table(oracle_name: str, oracle: GaussianMixture, args: argparse.Namespace) -
                 cells.append(f"{row['sw2']:.3f} ± {row['sw2_sd']:.3f}, {row['mw']:.4f} ± {row['mw_sd']:.4f}")
             mean, se = expected_loss(oracle, sde, t_end, sweep, args.loss_draws, seed=SCHEDULES.index(name))
             rows[(sweep, name, "loss")] = (mean, se)
-            print(f"| {sweep} | {name} | [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}] | {cells[0]} | {cells[1]}, "
-                  f"{rows[(sweep, name, 20)]['dx']:.1e} | {mean:.5f} ± {se:.5f} |")  # fmt: skip
+            print(
+                f"| {sweep} | {name} | [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}] | {cells[0]} | {cells[1]}, "
+                f"{rows[(sweep, name, 20)]['dx']:.1e} | {mean:.5f} ± {se:.5f} |"
+            )
     return rows
 
 
@@ -160,12 +163,24 @@ def figure(results: dict[str, dict], path: Path) -> None:
     for col, (oracle_name, rows) in enumerate(results.items()):
         for offset, (sweep, label) in zip((-0.2, 0.0, 0.2), LABELS.items(), strict=True):
             sw = [rows[(sweep, k, 10)] for k in SCHEDULES]
-            axes[0, col].errorbar([i + offset for i in x], [r["sw2"] for r in sw], [r["sw2_sd"] for r in sw],
-                                  fmt="o", capsize=3, label=label)  # fmt: skip
+            axes[0, col].errorbar(
+                [i + offset for i in x],
+                [r["sw2"] for r in sw],
+                [r["sw2_sd"] for r in sw],
+                fmt="o",
+                capsize=3,
+                label=label,
+            )
             ref = rows[(sweep, "linear", "loss")][0]
             loss = [rows[(sweep, k, "loss")] for k in SCHEDULES]
-            axes[1, col].errorbar([i + offset for i in x], [m / ref for m, _ in loss], [se / ref for _, se in loss],
-                                  fmt="o", capsize=3, label=label)  # fmt: skip
+            axes[1, col].errorbar(
+                [i + offset for i in x],
+                [m / ref for m, _ in loss],
+                [se / ref for _, se in loss],
+                fmt="o",
+                capsize=3,
+                label=label,
+            )
         axes[0, col].set_title(f"{oracle_name}, exact score")
         axes[0, col].set_ylabel("SW2 / floor, DPM-Solver++ 10 steps")
         axes[1, col].set_ylabel("E[loss] of a fixed model / linear β's")

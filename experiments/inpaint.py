@@ -100,8 +100,11 @@ def posterior_metrics(x: Tensor, post: Posterior, exact: Tensor) -> dict[str, fl
     """Energy distance to exact draws, posterior-mean error and relative covariance error of samples x (n, D)."""
     x = x.flatten(1).double()
     cov_error = (torch.cov(x.T) - post.cov).norm() / post.cov.norm()
-    return {"energy": energy_distance(x, exact), "mean_error": float((x.mean(0) - post.mean).norm()),
-            "cov_error": float(cov_error)}  # fmt: skip
+    return {
+        "energy": energy_distance(x, exact),
+        "mean_error": float((x.mean(0) - post.mean).norm()),
+        "cov_error": float(cov_error),
+    }
 
 
 def consistency(x: Tensor, mask: Tensor, y: Tensor) -> float:
@@ -227,8 +230,16 @@ def main(cfg: DictConfig) -> float:
             samples.append((x, exact))
             log.info("truth %d: %s", i, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
         metrics = {k: statistics.mean(r[k] for r in rows) for k in rows[0] if k != "truth"}
-        result = {"method": name, "options": dict(method.keywords), "source": source, "sde": repr(sde),
-                  "mask": int(mask.sum()), "of": mask.numel(), **metrics, "per_truth": rows}  # fmt: skip
+        result = {
+            "method": name,
+            "options": dict(method.keywords),
+            "source": source,
+            "sde": repr(sde),
+            "mask": int(mask.sum()),
+            "of": mask.numel(),
+            **metrics,
+            "per_truth": rows,
+        }
         main_name = "energy" if data.oracle is not None else "consistency"
         result["main_metric"] = {"name": main_name, "value": metrics[main_name]}
         title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
@@ -253,8 +264,13 @@ def figure(cfg: DictConfig, data, mask: Tensor, truths: Tensor, ys: Tensor, samp
         for truth, y, (x, _) in zip(truths, ys, samples, strict=True):
             measured = torch.zeros(mask.numel()).masked_scatter(mask.flatten(), y.float()).view(mask.shape)
             rows += [measured[None], x[: cfg.show], truth[None]]
-        return plots.image_grid(torch.cat(rows), path, f"{title}\ncolumns: measurement, samples, truth",
-                                nrow=min(cfg.show, cfg.n) + 2, scaler=data.scaler)  # fmt: skip
+        return plots.image_grid(
+            torch.cat(rows),
+            path,
+            f"{title}\ncolumns: measurement, samples, truth",
+            nrow=min(cfg.show, cfg.n) + 2,
+            scaler=data.scaler,
+        )
     missing = (~mask.flatten()).nonzero()[:, 0]
     coords = missing[:2] if len(missing) >= 2 else torch.arange(2)
     x, exact = samples[0]

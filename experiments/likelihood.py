@@ -138,10 +138,12 @@ def evaluate_share(cfg: DictConfig, ctx: distributed.Context, score_fn, sde, dat
     oracle = data.oracle if data.scaler is None else None
     estimate = NLLEstimator(sde, score_fn, lc.method, data.scaler, oracle, lc.n_draws, opts)
     rows, nfe = per_sample_nll(
-        estimate, x[start : start + counts[ctx.rank]], lc.batch_size,
+        estimate,
+        x[start : start + counts[ctx.rank]],
+        lc.batch_size,
         generator=torch.Generator(ctx.device).manual_seed(distributed.rank_seed(lc.seed + 1, ctx.rank)),
         progress=cfg.progress and ctx.is_main,
-    )  # fmt: skip
+    )
     wall = distributed.all_reduce_max(round(1e3 * (time.perf_counter() - began))) / 1e3
     rows = {k: distributed.gather(v.to(ctx.device)).cpu() for k, v in rows.items()}
     nfe = distributed.gather(nfe.to(ctx.device)).cpu()
@@ -237,9 +239,15 @@ def write(cfg: DictConfig, out: Path, result: dict, main: str, rows: dict) -> No
             v = result["control_variate"]
             cv = f"with the control variate v = {v:.3g}" if v else "without a control variate (plain)"
             alt = "likelihood.control_variate=null: the plain estimate" if v else "likelihood.control_variate=auto"
-            log.info("ELBO %s: SE of the mean NLL %.3g, MC error %.3g nats per example (%s; the MC error falls as "
-                     "1/√likelihood.n_t, n_t=%d now)", cv, result["nll_sem"], result["mc_sem_per_sample"], alt,
-                     cfg.likelihood.n_t)  # fmt: skip
+            log.info(
+                "ELBO %s: SE of the mean NLL %.3g, MC error %.3g nats per example (%s; the MC error falls as "
+                "1/√likelihood.n_t, n_t=%d now)",
+                cv,
+                result["nll_sem"],
+                result["mc_sem_per_sample"],
+                alt,
+                cfg.likelihood.n_t,
+            )
         log.info("wrote %s and per_example.csv", out / "metrics.json")
         series = {f"likelihood/{k}": v for k, v in result.items() if isinstance(v, int | float)}
         tracker.log(series)

@@ -365,5 +365,14 @@ class CallableBeta(BetaSchedule):
         return self.beta_fn(t)
 
 
-_SYMBOLS = {"beta_min": "β_min", "beta_max": "β_max", "beta_value": "β", "tau": "τ", "lambda_max": "λ_max",
-            "lambda_min": "λ_min", "sigma_min": "σ_min", "sigma_max": "σ_max", "rho": "ρ"}  # fmt: skip
+_SYMBOLS = {
+    "beta_min": "β_min",
+    "beta_max": "β_max",
+    "beta_value": "β",
+    "tau": "τ",
+    "lambda_max": "λ_max",
+    "lambda_min": "λ_min",
+    "sigma_min": "σ_min",
+    "sigma_max": "σ_max",
+    "rho": "ρ",
+}

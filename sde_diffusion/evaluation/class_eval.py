@@ -109,7 +109,11 @@ class GuidedEvaluator:
             )
             x = res.x.float().cpu()
             hit = (judge.predict(x) == y).double()
-            rows[w] = {"accuracy": float(hit.mean()), "per_class": hit.view(c, -1).mean(1).tolist(), "nfe": res.nfe,
-                       "wall_s": time.perf_counter() - t0}  # fmt: skip
+            rows[w] = {
+                "accuracy": float(hit.mean()),
+                "per_class": hit.view(c, -1).mean(1).tolist(),
+                "nfe": res.nfe,
+                "wall_s": time.perf_counter() - t0,
+            }
             samples[w] = x
         return GuidedEvaluation(rows, samples, y, judge)

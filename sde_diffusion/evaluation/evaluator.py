@@ -110,8 +110,12 @@ def headline(ev: Evaluation, slot: str | None = None) -> dict[str, Any]:
         return {"name": f"{slot}/sw2", "value": row["sw2"], "floor": ev.floor["sw2"], "floor_sd": ev.floor_sd["sw2"]}
     recall = {"name": f"{slot}/mode_weight_error", "value": row["mode_weight_error"]}
     recall |= {"floor": ev.floor["mode_weight_error"], "floor_sd": ev.floor_sd["mode_weight_error"]}
-    return {"name": f"{slot}/nll_excess", "value": row["nll_excess"], "floor_sd": ev.floor_sd["nll_excess"],
-            "recall": recall}  # fmt: skip
+    return {
+        "name": f"{slot}/nll_excess",
+        "value": row["nll_excess"],
+        "floor_sd": ev.floor_sd["nll_excess"],
+        "recall": recall,
+    }
 
 
 class Evaluator:
@@ -146,16 +150,21 @@ class Evaluator:
             raise ArgumentError("samplers", samplers, "at least one sampler")
         self.samplers = {k: v if isinstance(v, SamplerRun) else SamplerRun(**v) for k, v in samplers.items()}
         self.n, self.seed, self.batch_size, self.floor_repeats, self.flow_error = (
-            n_samples, seed, batch_size, floor_repeats, flow_error,
-        )  # fmt: skip
+            n_samples,
+            seed,
+            batch_size,
+            floor_repeats,
+            flow_error,
+        )
         self.metric_kw = {"n_projections": n_projections, "mmd_samples": mmd_samples, "seed": seed}
 
     def reference(self, draw: Draw) -> Tensor:
         """The held-out draw every sampler is scored against: `draw(n_samples)` seeded with `seed + 500`."""
         return draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
 
-    def metrics(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
-              ) -> dict[str, float]:  # fmt: skip
+    def metrics(
+        self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
+    ) -> dict[str, float]:
         """Every metric of samples `x` against `reference`, `sw2_over_floor` (SW₂ over the floor's mean) and, with an
         oracle, `nll_excess` (the NLL under the exact density over the data's)."""
         row = sample_metrics(x, reference, oracle, **self.metric_kw)
@@ -165,10 +174,14 @@ class Evaluator:
     def floor(self, draw: Draw, reference: Tensor, oracle: GaussianMixture | None) -> tuple[dict, dict]:
         """(mean, sd) of every metric over `floor_repeats` independent data draws against `reference`."""
         rows = [
-            sample_metrics(draw(self.n, torch.Generator().manual_seed(self.seed + 1000 + k)).float(), reference,
-                           oracle, **self.metric_kw)
+            sample_metrics(
+                draw(self.n, torch.Generator().manual_seed(self.seed + 1000 + k)).float(),
+                reference,
+                oracle,
+                **self.metric_kw,
+            )
             for k in range(self.floor_repeats)
-        ]  # fmt: skip
+        ]
         mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
         sd = {k: statistics.stdev(r[k] for r in rows) for k in rows[0]}
         if oracle is not None:  # the data's own NLL excess: 0 by definition, with the spread of its NLL

@@ -89,8 +89,7 @@ def cfgpp_sample(
     interval = None if interval is None else check_interval(interval)
     t = timesteps(sde, steps, t_min, spacing)
     with torch.no_grad():
-        x = cfgpp_ddim(sde, pair, cond, lam, x_T, t, eta=eta, interval=interval, generator=generator,
-                       progress=progress)  # fmt: skip
+        x = cfgpp_ddim(sde, pair, cond, lam, x_T, t, eta=eta, interval=interval, generator=generator, progress=progress)
         if denoise:
             x = cfgpp_target(sde, pair, cond, lam, x, t[-1], interval)[1]
     return SampleResult(x=x, nfe=steps + int(denoise))

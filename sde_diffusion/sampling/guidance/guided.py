@@ -107,10 +107,21 @@ def guided_sample(
             raise ArgumentError("sampler", run.name, "ddim for guidance=cfgpp (CFG++ is defined for DDIM's step)")
         eta, spacing = run.options.get("eta"), run.options.get("spacing")
         x_T = x_T.to(setup.device or x_T.device)
-        res = cfgpp_sample(sde, cond_uncond(net, labels, null_label), conditional(net, labels), g.w, x_T, run.steps,
-                           t_min=run.t_min, denoise=run.denoise, eta=0.0 if eta is None else eta,
-                           spacing=spacing or "logsnr", interval=g.interval and tuple(g.interval),
-                           generator=setup.generator, progress=setup.progress)  # fmt: skip
+        res = cfgpp_sample(
+            sde,
+            cond_uncond(net, labels, null_label),
+            conditional(net, labels),
+            g.w,
+            x_T,
+            run.steps,
+            t_min=run.t_min,
+            denoise=run.denoise,
+            eta=0.0 if eta is None else eta,
+            spacing=spacing or "logsnr",
+            interval=g.interval and tuple(g.interval),
+            generator=setup.generator,
+            progress=setup.progress,
+        )
     else:
         score = guided_score(g, sde, net, labels, null_label, weak)
         res = sample(
