@@ -32,22 +32,42 @@ from sde_diffusion.data import ClassMixtureData
 from sde_diffusion.evaluation.class_coverage import class_recall, frechet_distance
 from sde_diffusion.evaluation.class_eval import fit_judge
 from sde_diffusion.evaluation.class_measures import class_measures, summary
-from sde_diffusion.sampling import SamplerRun
+from sde_diffusion.sampling import SamplerRun, SampleSetup
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 GRIDS = {  # per data kind: method -> scales, and the intervals' (λ_lo, λ_hi) and scales
-    "mixture": {"cfg": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0), "auto": (0.5, 1.0, 2.0, 3.0, 5.0),
-                "apg": (0.5, 1.0, 2.0, 3.0, 5.0), "cfgpp": (0.2, 0.4, 0.6, 0.8, 1.0),
-                "interval": (((-3.0, 0.0), (-2.0, 1.0), (-1.0, 2.0), (0.0, 3.0)), (1.0, 2.0, 3.0, 5.0))},
-    "digits": {"cfg": (0.0, 0.5, 1.0, 2.0, 3.0), "auto": (1.0, 2.0, 3.0), "apg": (1.0, 3.0, 5.0),
-               "cfgpp": (0.2, 0.4), "interval": (((-2.0, 1.0), (-1.0, 2.0)), (1.0, 3.0))},
-}  # fmt: skip
+    "mixture": {
+        "cfg": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0),
+        "auto": (0.5, 1.0, 2.0, 3.0, 5.0),
+        "apg": (0.5, 1.0, 2.0, 3.0, 5.0),
+        "cfgpp": (0.2, 0.4, 0.6, 0.8, 1.0),
+        "interval": (((-3.0, 0.0), (-2.0, 1.0), (-1.0, 2.0), (0.0, 3.0)), (1.0, 2.0, 3.0, 5.0)),
+    },
+    "digits": {
+        "cfg": (0.0, 0.5, 1.0, 2.0, 3.0),
+        "auto": (1.0, 2.0, 3.0),
+        "apg": (1.0, 3.0, 5.0),
+        "cfgpp": (0.2, 0.4),
+        "interval": (((-2.0, 1.0), (-1.0, 2.0)), (1.0, 3.0)),
+    },
+}
 COLUMNS = {  # per data kind: (key, header, format) of the printed table, then the x and y of the matched comparison
-    "mixture": ([("precision", "precision E log p(x|y)", ".3f"), ("recall_error", "in-class mode-weight error", ".4f"),
-                 ("sw2", "SW₂ to p(x|y)", ".3f"), ("accuracy", "accuracy", ".4f")], "precision", "recall_error"),
-    "digits": ([("accuracy", "accuracy (SVC)", ".3f"), ("fd", "FD (pixels)", ".2f"), ("recall", "recall (k=3)", ".3f")],
-               "accuracy", "fd"),
-}  # fmt: skip
+    "mixture": (
+        [
+            ("precision", "precision E log p(x|y)", ".3f"),
+            ("recall_error", "in-class mode-weight error", ".4f"),
+            ("sw2", "SW₂ to p(x|y)", ".3f"),
+            ("accuracy", "accuracy", ".4f"),
+        ],
+        "precision",
+        "recall_error",
+    ),
+    "digits": (
+        [("accuracy", "accuracy (SVC)", ".3f"), ("fd", "FD (pixels)", ".2f"), ("recall", "recall (k=3)", ".3f")],
+        "accuracy",
+        "fd",
+    ),
+}
 
 
 def exact_model(data: ClassMixtureData, sde):
@@ -96,8 +116,11 @@ def scorer(data, seed: int):
 
     def digits(x, y):
         rec = class_recall(real, real_y, x, y)
-        return {"accuracy": float((judge.predict(x) == y).double().mean()), "fd": frechet_distance(x, real),
-                "recall": sum(rec) / len(rec)}  # fmt: skip
+        return {
+            "accuracy": float((judge.predict(x) == y).double().mean()),
+            "fd": frechet_distance(x, real),
+            "recall": sum(rec) / len(rec),
+        }
 
     return digits
 
@@ -111,7 +134,7 @@ def run_all(args, kind: str, sde, data, model, guides) -> list[dict]:
     with torch.no_grad():
         for name, g, guide in methods(GRIDS[kind], guides):
             start = time.perf_counter()
-            res, evals = guided_sample(g, sde, model, labels, c, x_T, run, guides.get(guide))
+            res, evals = guided_sample(g, sde, model, labels, c, run, guides.get(guide), setup=SampleSetup(x_T=x_T))
             cost = {f"evals_{k}": v for k, v in evals.items()} | {"wall_s": time.perf_counter() - start}
             rows.append({"method": name, "w": g.w, **measures(res.x.float(), labels), **cost})
             print(row_text(rows[-1], kind), flush=True)
@@ -163,8 +186,9 @@ def figure(rows: list[dict], kind: str, marks: dict[str, float], path: str, titl
         c = curve(rows, name)
         ax.plot([r[x] for r in c], [r[y] for r in c], "o-", ms=3, lw=1, label=name)
     for label, value in marks.items():
-        ax.axvline(value, color="k" if "exact" in label else "grey", ls=":" if "exact" in label else "--", lw=1,
-                   label=label)  # fmt: skip
+        ax.axvline(
+            value, color="k" if "exact" in label else "grey", ls=":" if "exact" in label else "--", lw=1, label=label
+        )
     if kind == "mixture":  # the interesting range: from 25 nats below the exact draws' precision to just above it
         top = marks["exact draws of p(x | y)"]
         ax.set_xlim(top - 25, top + 1.5)
@@ -174,8 +198,12 @@ def figure(rows: list[dict], kind: str, marks: dict[str, float], path: str, titl
     ax.set_xlabel(
         {"precision": "precision: E log p(x | y), nats (higher: more typical)", "accuracy": "class accuracy"}[x]
     )
-    ax.set_ylabel({"recall_error": "in-class mode-weight error (lower: better recall)",
-                   "recall": "recall of the training digits (k = 3)"}[y])  # fmt: skip
+    ax.set_ylabel(
+        {
+            "recall_error": "in-class mode-weight error (lower: better recall)",
+            "recall": "recall of the training digits (k = 3)",
+        }[y]
+    )
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()

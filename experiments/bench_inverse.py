@@ -20,7 +20,7 @@ import torch
 
 from sde_diffusion import VPSDE, eight_gaussians, mixture
 from sde_diffusion.core.metrics import energy_distance
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.sampling.inverse import Measurement
 
 NOISE_STD = 0.05
@@ -53,10 +53,16 @@ def methods(sde, prior, post, A, y, shape, budget: int, zeta: float, particles: 
     score, m = prior.score_fn(sde), Measurement(A, y, NOISE_STD)
 
     def solve(name: str, n_steps: int = steps, **options):
-        return lambda g: sample(sde, score, shape, name, n_steps, measurement=m, generator=g, **options)
+        return lambda g: sample(
+            sde, score, shape, name, n_steps, measurement=m, setup=SampleSetup(generator=g), **options
+        )
 
     return [
-        ("exact score (DDIM)", "η=1", lambda g: sample(sde, post.score_fn(sde), shape, "ddim", steps, generator=g)),
+        (
+            "exact score (DDIM)",
+            "η=1",
+            lambda g: sample(sde, post.score_fn(sde), shape, "ddim", steps, setup=SampleSetup(generator=g)),
+        ),
         ("replacement", "η=1", solve("replacement")),
         (
             "RePaint",
@@ -74,7 +80,16 @@ def tuned_zeta(sde, prior, post, A, y, n: int, steps: int, seed: int) -> float:
     def energy(zeta: float) -> float:
         g = torch.Generator().manual_seed(seed)
         m = Measurement(A, y, NOISE_STD)
-        x = sample(sde, prior.score_fn(sde), (n, prior.dim), "dps", steps, measurement=m, zeta=zeta, generator=g).x
+        x = sample(
+            sde,
+            prior.score_fn(sde),
+            (n, prior.dim),
+            "dps",
+            steps,
+            measurement=m,
+            zeta=zeta,
+            setup=SampleSetup(generator=g),
+        ).x
         return energy_distance(x.double(), post.sample(n, generator=g))
 
     return min(ZETAS, key=energy)

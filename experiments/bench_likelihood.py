@@ -24,7 +24,7 @@ import torch
 
 from sde_diffusion import VPSDE, CosineBeta, GaussianMixture, LinearBeta, mixture
 from sde_diffusion.data import Scaler
-from sde_diffusion.likelihood import bits_per_dim, discrete_elbo, log_likelihood, quantised_log_pmf
+from sde_diffusion.likelihood import FlowOptions, bits_per_dim, discrete_elbo, log_likelihood, quantised_log_pmf
 from sde_diffusion.objectives.elbo import elbo
 
 
@@ -38,7 +38,7 @@ def ode_table(sde: VPSDE, mix, x: torch.Tensor, repeats: int) -> dict[str, float
         walls = []
         for r in range(repeats):
             start = time.perf_counter()
-            res = log_likelihood(sde, mix.score_fn(sde), x, divergence=name, generator=torch.Generator().manual_seed(r))
+            res = log_likelihood(sde, mix.score_fn(sde), x, FlowOptions(name), torch.Generator().manual_seed(r))
             walls.append(time.perf_counter() - start)
         err = float((res.log_p - true).abs().mean()) / mix.dim
         vjps = mix.dim if name == "exact" else 1
@@ -50,10 +50,14 @@ def ode_table(sde: VPSDE, mix, x: torch.Tensor, repeats: int) -> dict[str, float
 
 def per_sample_se(sde: VPSDE, mix, x: torch.Tensor, n_t: int, importance: bool, repeats: int) -> tuple[float, float]:
     """Mean over samples of the sd of `repeats` independent n_t-draw estimates, and the mean estimate."""
-    runs = torch.stack([
-        elbo(sde, mix.score_fn(sde), x, n_t=n_t, importance=importance, generator=torch.Generator().manual_seed(r)).nll
-        for r in range(repeats)
-    ])  # fmt: skip
+    runs = torch.stack(
+        [
+            elbo(
+                sde, mix.score_fn(sde), x, n_t=n_t, importance=importance, generator=torch.Generator().manual_seed(r)
+            ).nll
+            for r in range(repeats)
+        ]
+    )
     return float(runs.std(0).mean()), float(runs.mean())
 
 
@@ -75,17 +79,27 @@ def cost_table(mix, x: torch.Tensor, repeats: int, ode: dict[str, float]) -> Non
     sde = VPSDE()
     exact_calls, hutch_calls = ode["exact"] * (1 + mix.dim), ode["hutchinson"] * 2  # forward + VJPs
     print(f"\n3. ELBO per-sample SE (nats/dim, sd over {repeats} repeats) vs score calls; VP linear")
-    print(f"   ODE calls/sample (forward + VJPs): exact {exact_calls}, Hutchinson {hutch_calls:.0f} whose own"
-          f" per-sample rms error is {ode['hutchinson_rms']:.3f} nats/dim")  # fmt: skip
+    print(
+        f"   ODE calls/sample (forward + VJPs): exact {exact_calls}, Hutchinson {hutch_calls:.0f} whose own"
+        f" per-sample rms error is {ode['hutchinson_rms']:.3f} nats/dim"
+    )
     print(f"{'n_t':>4s} {'SE plain':>9s} {'SE cv=0.1':>10s} {'calls / exact ODE':>18s} {'calls / Hutch. ODE':>19s}")
     for n_t in (4, 8, 16, 32, 64):
         se = []
         for cv in (None, 0.1):
-            runs = torch.stack([
-                elbo(sde, mix.score_fn(sde), x, n_t=n_t, control_variate=cv,
-                     generator=torch.Generator().manual_seed(100 + r)).nll
-                for r in range(repeats)
-            ])  # fmt: skip
+            runs = torch.stack(
+                [
+                    elbo(
+                        sde,
+                        mix.score_fn(sde),
+                        x,
+                        n_t=n_t,
+                        control_variate=cv,
+                        generator=torch.Generator().manual_seed(100 + r),
+                    ).nll
+                    for r in range(repeats)
+                ]
+            )
             se.append(float(runs.std(0).mean()) / mix.dim)
         flag = " <- useful" if se[1] <= ode["hutchinson_rms"] else ""
         print(f"{n_t:4d} {se[0]:9.3f} {se[1]:10.3f} {n_t / exact_calls:18.4f} {n_t / hutch_calls:19.4f}{flag}")
@@ -110,9 +124,12 @@ def dequantisation_table(n: int) -> None:
         return float(sde.log_snr_inverse(torch.tensor(-math.log(ratio * scaler.slope), dtype=torch.float64)))
 
     rows = {"ODE, uniform (RK45, exact div.)": lambda g: bits_per_dim(sde, score, x, scaler, 4, g).bpd}
-    for name, deq, t_min in (("ELBO, uniform", "uniform", 1e-5), ("ELBO, truncnormal τ=0.25", "truncnormal", 1e-5),
-                             ("ELBO, discretised σ/s=a/2", "discretised", t_at(0.5)),
-                             ("ELBO, discretised σ/s=a/4", "discretised", t_at(0.25))):  # fmt: skip
+    for name, deq, t_min in (
+        ("ELBO, uniform", "uniform", 1e-5),
+        ("ELBO, truncnormal τ=0.25", "truncnormal", 1e-5),
+        ("ELBO, discretised σ/s=a/2", "discretised", t_at(0.5)),
+        ("ELBO, discretised σ/s=a/4", "discretised", t_at(0.25)),
+    ):
         rows[name] = lambda g, d=deq, t=t_min: discrete_elbo(sde, score, x, scaler, d, 4, t, 16, generator=g).bpd
     print(f"\n4. Bits/dim, quantised 2-D mixture on 17 levels, {n} draws: exact entropy {entropy:.4f} bits/dim")
     print(f"{'bound':32s} {'bits/dim':>9s} {'gap to −log₂P(k)/D':>19s} {'SE':>6s} {'calls/sample':>13s}")
@@ -120,8 +137,10 @@ def dequantisation_table(n: int) -> None:
         bpd = run(torch.Generator().manual_seed(1))
         gap = bpd - nll
         calls = "4×NFE" if name.startswith("ODE") else "64"
-        print(f"{name:32s} {float(bpd.mean()):9.4f} {float(gap.mean()):19.4f} "
-              f"{float(gap.std()) / math.sqrt(n):6.4f} {calls:>13s}")  # fmt: skip
+        print(
+            f"{name:32s} {float(bpd.mean()):9.4f} {float(gap.mean()):19.4f} "
+            f"{float(gap.std()) / math.sqrt(n):6.4f} {calls:>13s}"
+        )
 
 
 def main() -> None:

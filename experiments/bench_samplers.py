@@ -33,7 +33,7 @@ from sde_diffusion.core.metrics import sliced_wasserstein
 from sde_diffusion.evaluation.class_coverage import frechet_distance
 from sde_diffusion.evaluation.class_eval import fit_judge
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.sampling import SAMPLERS, SamplerRun, sample
+from sde_diffusion.sampling import SAMPLERS, SamplerRun, SampleSetup, sample
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 T_MIN = 1e-3
@@ -79,7 +79,7 @@ def overhead(args: argparse.Namespace) -> None:
         for _ in range(args.repeats):
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
-            r = sample(sde, model, (args.batch, 2), sampler=name, steps=steps, generator=g, **opts)
+            r = sample(sde, model, (args.batch, 2), sampler=name, steps=steps, setup=SampleSetup(generator=g), **opts)
             walls.append(time.perf_counter() - t0)
         wall = min(walls)
         print(f"| {name} | {opts or ''} | {steps} | {r.nfe} | {wall:.2f} | {wall / (r.nfe * one):.3f} |", flush=True)
@@ -108,6 +108,11 @@ def label(opts: dict) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items()) or "defaults"
 
 
+def noise(x_T: torch.Tensor) -> SampleSetup:
+    """The same x_T and sampler noise (a fresh generator, seed 3) for every setting compared."""
+    return SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
 def median_distance(x: torch.Tensor, exact: torch.Tensor) -> float:
     """The median over samples of ‖x − x_exact‖ (robust to the rare sample that a grid sends to another mode)."""
     return float((x - exact).flatten(1).norm(dim=1).median())
@@ -117,11 +122,11 @@ def flow_errors(name: str, steps: int, runs: list[dict], n: int, exact: dict) ->
     """(β, oracle) ↦ the median distance to the exact flow map of each run's options, on n noise draws (seed 0)."""
     out = {}
     for (beta, data), (sde, oracle, x_T, x_exact) in exact.items():
+        setup, score = SampleSetup(x_T=x_T, dtype=torch.float64), oracle.score_fn(sde)
         out[beta, data] = [
-            median_distance(sample(sde, oracle.score_fn(sde), x_T.shape, name, steps, T_MIN, x_T=x_T,
-                                   dtype=torch.float64, **opts).x, x_exact)
+            median_distance(sample(sde, score, x_T.shape, name, steps, T_MIN, setup=setup, **opts).x, x_exact)
             for opts in runs
-        ]  # fmt: skip
+        ]
     return out
 
 
@@ -176,9 +181,8 @@ def sde_defaults(args: argparse.Namespace) -> None:
             sde, oracle, n = VPSDE(schedule), make(), args.n
             ref, floor = (oracle.sample(n, torch.Generator().manual_seed(s)).double() for s in (1, 2))
             x_T = torch.randn(n, oracle.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-            sw = [sliced_wasserstein(sample(sde, oracle.score_fn(sde), x_T.shape, name, steps, T_MIN, x_T=x_T,
-                                            generator=torch.Generator().manual_seed(3), dtype=torch.float64,
-                                            **g).x, ref)
+            score = oracle.score_fn(sde)
+            sw = [sliced_wasserstein(sample(sde, score, x_T.shape, name, steps, T_MIN, setup=noise(x_T), **g).x, ref)
                   for g in GRIDS]  # fmt: skip
             ratio = [v / min(sw) for v in sw]
             worst = [max(w, r) for w, r in zip(worst, ratio, strict=True)]
@@ -213,8 +217,8 @@ def checkpoint(args: argparse.Namespace) -> None:
     for steps in args.steps:
         for opts in runs:
             with torch.no_grad():
-                res, _ = guided_sample(Guidance("cfg", 0.0), sde, model, labels, c, x_T,
-                                       SamplerRun("dpm_solver", steps, options=opts))  # fmt: skip
+                run = SamplerRun("dpm_solver", steps, options=opts)
+                res, _ = guided_sample(Guidance("cfg", 0.0), sde, model, labels, c, run, setup=SampleSetup(x_T=x_T))
             x = res.x.float()
             sw2 = sliced_wasserstein(x, real)
             acc = float((judge.predict(x) == labels).double().mean())

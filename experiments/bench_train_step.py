@@ -116,8 +116,16 @@ def bench_objectives(steps: int, repeats: int, device) -> None:
     for name, (param, kw) in OBJECTIVES.items():
         seed_everything(0)
         model = ScoreModel(MLP(data.shape, hidden=128), sde, param, sigma_data=2.7)
-        trainers[name] = Trainer(model, sde, data, steps=10_000, batch_size=1024, objective=build_objective(sde, **kw),
-                                 device=device, progress=False)  # fmt: skip
+        trainers[name] = Trainer(
+            model,
+            sde,
+            data,
+            steps=10_000,
+            batch_size=1024,
+            objective=build_objective(sde, **kw),
+            device=device,
+            progress=False,
+        )
     times = {k: [] for k in trainers}
     ratios = {k: [] for k in trainers}
     for _ in range(repeats):

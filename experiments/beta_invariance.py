@@ -40,7 +40,7 @@ from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.core.metrics import mode_weight_error, sliced_wasserstein
 from sde_diffusion.data.scale import edm_p_mean
 from sde_diffusion.objectives import build_objective
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,7 +88,12 @@ def sample_row(
     gen = torch.Generator().manual_seed(123)
     refs = [oracle.sample(len(x_T[0]), gen).float() for _ in range(3)]
     floor = (sliced_wasserstein(refs[1], refs[0]) + sliced_wasserstein(refs[2], refs[0])) / 2
-    xs = [sample(sde, oracle.score_fn(sde), x.shape, "dpm_solver", steps, t_end, x_T=x, spacing=spacing).x for x in x_T]
+    xs = [
+        sample(
+            sde, oracle.score_fn(sde), x.shape, "dpm_solver", steps, t_end, spacing=spacing, setup=SampleSetup(x_T=x)
+        ).x
+        for x in x_T
+    ]
     sw = torch.tensor([sliced_wasserstein(x, refs[0]) / floor for x in xs])
     mw = torch.tensor([mode_weight_error(oracle, x) for x in xs])
     return {"sw2": float(sw.mean()), "sw2_sd": float(sw.std()), "mw": float(mw.mean()), "mw_sd": float(mw.std())}, xs
@@ -106,8 +111,9 @@ def expected_loss(
     cov = oracle.covariance
     sigma_data = math.sqrt(float(cov.trace()) / cov.shape[0])
     if sweep != "classical":
-        objective = build_objective(sde, "edm", "uniform", t_min=t_end, sigma_data=sigma_data,
-                                    p_mean=edm_p_mean(sigma_data))  # fmt: skip
+        objective = build_objective(
+            sde, "edm", "uniform", t_min=t_end, sigma_data=sigma_data, p_mean=edm_p_mean(sigma_data)
+        )
     else:
         objective = build_objective(sde, "simple", "schedule", t_min=LOSS_T_MIN)
     gen = torch.Generator().manual_seed(seed)
@@ -135,8 +141,10 @@ def table(oracle_name: str, oracle: GaussianMixture, args: argparse.Namespace) -
                 cells.append(f"{row['sw2']:.3f} ± {row['sw2_sd']:.3f}, {row['mw']:.4f} ± {row['mw_sd']:.4f}")
             mean, se = expected_loss(oracle, sde, t_end, sweep, args.loss_draws, seed=SCHEDULES.index(name))
             rows[(sweep, name, "loss")] = (mean, se)
-            print(f"| {sweep} | {name} | [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}] | {cells[0]} | {cells[1]}, "
-                  f"{rows[(sweep, name, 20)]['dx']:.1e} | {mean:.5f} ± {se:.5f} |")  # fmt: skip
+            print(
+                f"| {sweep} | {name} | [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}] | {cells[0]} | {cells[1]}, "
+                f"{rows[(sweep, name, 20)]['dx']:.1e} | {mean:.5f} ± {se:.5f} |"
+            )
     return rows
 
 
@@ -155,12 +163,24 @@ def figure(results: dict[str, dict], path: Path) -> None:
     for col, (oracle_name, rows) in enumerate(results.items()):
         for offset, (sweep, label) in zip((-0.2, 0.0, 0.2), LABELS.items(), strict=True):
             sw = [rows[(sweep, k, 10)] for k in SCHEDULES]
-            axes[0, col].errorbar([i + offset for i in x], [r["sw2"] for r in sw], [r["sw2_sd"] for r in sw],
-                                  fmt="o", capsize=3, label=label)  # fmt: skip
+            axes[0, col].errorbar(
+                [i + offset for i in x],
+                [r["sw2"] for r in sw],
+                [r["sw2_sd"] for r in sw],
+                fmt="o",
+                capsize=3,
+                label=label,
+            )
             ref = rows[(sweep, "linear", "loss")][0]
             loss = [rows[(sweep, k, "loss")] for k in SCHEDULES]
-            axes[1, col].errorbar([i + offset for i in x], [m / ref for m, _ in loss], [se / ref for _, se in loss],
-                                  fmt="o", capsize=3, label=label)  # fmt: skip
+            axes[1, col].errorbar(
+                [i + offset for i in x],
+                [m / ref for m, _ in loss],
+                [se / ref for _, se in loss],
+                fmt="o",
+                capsize=3,
+                label=label,
+            )
         axes[0, col].set_title(f"{oracle_name}, exact score")
         axes[0, col].set_ylabel("SW2 / floor, DPM-Solver++ 10 steps")
         axes[1, col].set_ylabel("E[loss] of a fixed model / linear β's")

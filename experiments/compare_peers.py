@@ -37,7 +37,7 @@ from sde_diffusion import VPSDE, eight_gaussians, mixture
 from sde_diffusion.core.analytic import GaussianMixture, exact_flow_map
 from sde_diffusion.core.metrics import energy_distance, flow_error, mode_weight_error
 from sde_diffusion.models.interop import as_denoiser
-from sde_diffusion.sampling import SAMPLERS, optimize_timesteps, sample
+from sde_diffusion.sampling import SAMPLERS, SampleSetup, optimize_timesteps, sample
 from sde_diffusion.sampling.ancestral import chain_times
 from sde_diffusion.sampling.optimize import BUILT_IN
 
@@ -173,15 +173,31 @@ def project_run(sampler: str, options: dict, sde: VPSDE, score, x_T: Tensor, bud
     spec = SAMPLERS[sampler]
     full, t_min = spec.defaults() | options, EPS if spec.takes_t_min else None
     if not spec.takes_steps:  # adaptive: its own tolerance decides
-        r = sample(sde, score, tuple(x_T.shape), sampler, None, t_min, x_T=x_T, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(seed), **options)  # fmt: skip
+        r = sample(
+            sde,
+            score,
+            tuple(x_T.shape),
+            sampler,
+            None,
+            t_min,
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+            **options,
+        )
         return (r.x, r.nfe) if r.nfe <= budget else None
     fits = [n for n in range(spec.min_steps, budget + 1) if spec.nfe(n, full) + 1 <= budget]
     if not fits:
         return None
     try:
-        r = sample(sde, score, tuple(x_T.shape), sampler, max(fits), t_min, x_T=x_T, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(seed), **options)  # fmt: skip
+        r = sample(
+            sde,
+            score,
+            tuple(x_T.shape),
+            sampler,
+            max(fits),
+            t_min,
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+            **options,
+        )
     except ValueError:  # e.g. a DDPM chain too short for this β(t)
         return None
     return r.x, r.nfe

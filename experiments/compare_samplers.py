@@ -170,9 +170,15 @@ def runs(cfg: DictConfig, sdes: list[SDE]) -> tuple[list[Run], dict | None]:
         if cfg.get("timesteps") is not None:
             raise config_error("timesteps", cfg.timesteps, "needs sampler=NAME: one sampler at one budget")
         entries = OmegaConf.to_container(cfg.grid.runs, resolve=True)
-        one = [Run(e.get("label", e["name"]), f"grid.runs.{i}", SamplerRun(e["name"], steps, e.get("t_min", cfg.t_min),
-                                                                           cfg.denoise, e.get("options", {})))
-               for i, e in enumerate(entries) for steps in e["steps"]]  # fmt: skip
+        one = [
+            Run(
+                e.get("label", e["name"]),
+                f"grid.runs.{i}",
+                SamplerRun(e["name"], steps, e.get("t_min", cfg.t_min), cfg.denoise, e.get("options", {})),
+            )
+            for i, e in enumerate(entries)
+            for steps in e["steps"]
+        ]
     for r in one:
         for sde in sdes:
             check_run(r.run, sde, r.key)
@@ -208,12 +214,27 @@ def rows_of(cfg: DictConfig, evaluator: Evaluator, all_runs: list[Run], todo: li
         for r, row in zip(all_runs, ev.rows.values(), strict=True):
             time_ratio = row["wall_s"] / (row["nfe"] * one_call)
             kind = "SDE" if SAMPLERS[r.run.name].stochastic else "ODE"
-            rows.append({"data": p.data, "schedule": p.schedule, **row, "sampler": r.label, "kind": kind,
-                         "time_ratio": time_ratio, "diverged": row["sw2"] > prior})  # fmt: skip
+            rows.append(
+                {
+                    "data": p.data,
+                    "schedule": p.schedule,
+                    **row,
+                    "sampler": r.label,
+                    "kind": kind,
+                    "time_ratio": time_ratio,
+                    "diverged": row["sw2"] > prior,
+                }
+            )
             if rows[-1]["diverged"]:
-                log.warning("%s, %s at %d steps: diverged, SW2 %.3g is worse than its prior noise x_T's (%.3g): "
-                            "its metrics measure no quality (more steps, or a lower solver order, may converge)",
-                            p.data, r.label, r.run.steps, row["sw2"], prior)  # fmt: skip
+                log.warning(
+                    "%s, %s at %d steps: diverged, SW2 %.3g is worse than its prior noise x_T's (%.3g): "
+                    "its metrics measure no quality (more steps, or a lower solver order, may converge)",
+                    p.data,
+                    r.label,
+                    r.run.steps,
+                    row["sw2"],
+                    prior,
+                )
         floors.setdefault(p.data, (ev.floor, ev.floor_sd))
         check_samples({r.label: x for r, x in zip(all_runs, ev.samples.values(), strict=True)}, ev.reference)
     return [{c: r.get(c, math.nan) for c in columns(rows)} for r in rows], floors

@@ -37,8 +37,12 @@ def main(cfg: DictConfig) -> None:
         raise RunError(str(err)) from err
     log.info("wrote %s and %s", out / "model.safetensors", out / "config.json")
     with start_tracker(cfg, output_dir(), job_type="export") as tracker:  # the export as a "model" artifact
-        tracker.log_artifact([out / "model.safetensors", out / "config.json"], f"export-{state.get('wandb_run_id')}",
-                             "model", {"checkpoint": str(cfg.checkpoint), "step": state.get("step")})  # fmt: skip
+        tracker.log_artifact(
+            [out / "model.safetensors", out / "config.json"],
+            f"export-{state.get('wandb_run_id')}",
+            "model",
+            {"checkpoint": str(cfg.checkpoint), "step": state.get("step")},
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from sde_diffusion.core.checks import ArgumentError
 from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.evaluation import plots
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.sampling import SamplerArgError, sample
+from sde_diffusion.sampling import SamplerArgError, SampleSetup, sample
 from sde_diffusion.sampling.inverse import Measurement
 from sde_diffusion.sampling.masks import measurement_matrix
 from sde_diffusion.sampling.timesteps import SPACINGS
@@ -100,8 +100,11 @@ def posterior_metrics(x: Tensor, post: Posterior, exact: Tensor) -> dict[str, fl
     """Energy distance to exact draws, posterior-mean error and relative covariance error of samples x (n, D)."""
     x = x.flatten(1).double()
     cov_error = (torch.cov(x.T) - post.cov).norm() / post.cov.norm()
-    return {"energy": energy_distance(x, exact), "mean_error": float((x.mean(0) - post.mean).norm()),
-            "cov_error": float(cov_error)}  # fmt: skip
+    return {
+        "energy": energy_distance(x, exact),
+        "mean_error": float((x.mean(0) - post.mean).norm()),
+        "cov_error": float(cov_error),
+    }
 
 
 def consistency(x: Tensor, mask: Tensor, y: Tensor) -> float:
@@ -142,8 +145,17 @@ def run(method: partial, cfg: DictConfig, sde, score_fn, A: Tensor, y: Tensor, s
     is a RunError."""
     options = {"eta": cfg.eta, "spacing": cfg.spacing, "measurement": Measurement(A, y, cfg.noise_std)}
     try:
-        return sample(sde, score_fn, shape, method.func.__name__, cfg.steps, cfg.t_min, device=device,
-                      generator=torch.Generator(device).manual_seed(seed), **options, **method.keywords)  # fmt: skip
+        return sample(
+            sde,
+            score_fn,
+            shape,
+            method.func.__name__,
+            cfg.steps,
+            cfg.t_min,
+            setup=SampleSetup(device=device, generator=torch.Generator(device).manual_seed(seed)),
+            **options,
+            **method.keywords,
+        )
     except FloatingPointError as err:
         raise RunError(f"{method.func.__name__} diverged: {err}") from err
 
@@ -218,8 +230,16 @@ def main(cfg: DictConfig) -> float:
             samples.append((x, exact))
             log.info("truth %d: %s", i, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
         metrics = {k: statistics.mean(r[k] for r in rows) for k in rows[0] if k != "truth"}
-        result = {"method": name, "options": dict(method.keywords), "source": source, "sde": repr(sde),
-                  "mask": int(mask.sum()), "of": mask.numel(), **metrics, "per_truth": rows}  # fmt: skip
+        result = {
+            "method": name,
+            "options": dict(method.keywords),
+            "source": source,
+            "sde": repr(sde),
+            "mask": int(mask.sum()),
+            "of": mask.numel(),
+            **metrics,
+            "per_truth": rows,
+        }
         main_name = "energy" if data.oracle is not None else "consistency"
         result["main_metric"] = {"name": main_name, "value": metrics[main_name]}
         title = plots.describe(type(data).__name__, sde, sweep_run_name(cfg))
@@ -244,8 +264,13 @@ def figure(cfg: DictConfig, data, mask: Tensor, truths: Tensor, ys: Tensor, samp
         for truth, y, (x, _) in zip(truths, ys, samples, strict=True):
             measured = torch.zeros(mask.numel()).masked_scatter(mask.flatten(), y.float()).view(mask.shape)
             rows += [measured[None], x[: cfg.show], truth[None]]
-        return plots.image_grid(torch.cat(rows), path, f"{title}\ncolumns: measurement, samples, truth",
-                                nrow=min(cfg.show, cfg.n) + 2, scaler=data.scaler)  # fmt: skip
+        return plots.image_grid(
+            torch.cat(rows),
+            path,
+            f"{title}\ncolumns: measurement, samples, truth",
+            nrow=min(cfg.show, cfg.n) + 2,
+            scaler=data.scaler,
+        )
     missing = (~mask.flatten()).nonzero()[:, 0]
     coords = missing[:2] if len(missing) >= 2 else torch.arange(2)
     x, exact = samples[0]

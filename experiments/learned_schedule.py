@@ -43,16 +43,21 @@ def uniform_t_loss(sde: VPSDE, score_fn, x: torch.Tensor, generator: torch.Gener
 def variance(sde: VPSDE, mix, x: torch.Tensor, seed: int) -> tuple[float, float, float]:
     """Var L̂ over (x, t, ε), its mean and the mean's SE, from 8 stratified passes over x (no gradients)."""
     with torch.no_grad():
-        losses = torch.cat([uniform_t_loss(sde, mix.score_fn(sde), x, torch.Generator().manual_seed(seed + r))
-                            for r in range(8)])  # fmt: skip
+        losses = torch.cat(
+            [uniform_t_loss(sde, mix.score_fn(sde), x, torch.Generator().manual_seed(seed + r)) for r in range(8)]
+        )
     return float(losses.var()), float(losses.mean()), float(losses.std() / math.sqrt(losses.numel()))
 
 
 def train(schedule: LearnedBeta, mix, steps: int, endpoints: bool, history: list) -> None:
     """Adam on the shape (gradient of E[L̂²]) and, with `endpoints`, on γ₀, γ₁ (gradient of E[L̂])."""
     sde = VPSDE(schedule)
-    opt = torch.optim.Adam([{"params": schedule.shape_parameters(), "lr": 2e-2},
-                            {"params": schedule.endpoint_parameters(), "lr": 2e-2 if endpoints else 0.0}])  # fmt: skip
+    opt = torch.optim.Adam(
+        [
+            {"params": schedule.shape_parameters(), "lr": 2e-2},
+            {"params": schedule.endpoint_parameters(), "lr": 2e-2 if endpoints else 0.0},
+        ]
+    )
     gen = torch.Generator().manual_seed(1)
     eval_x = mix.sample(512, torch.Generator().manual_seed(2))
     offset = history[-1][0] + 1 if history else 0
@@ -61,23 +66,27 @@ def train(schedule: LearnedBeta, mix, steps: int, endpoints: bool, history: list
         loss = uniform_t_loss(sde, mix.score_fn(sde), x, gen)
         shape_grads = torch.autograd.grad(loss.pow(2).mean(), schedule.shape_parameters(), retain_graph=True)
         end_grads = torch.autograd.grad(loss.mean(), schedule.endpoint_parameters())
-        for p, g in zip([*schedule.shape_parameters(), *schedule.endpoint_parameters()], [*shape_grads, *end_grads],
-                        strict=True):  # fmt: skip
+        for p, g in zip(
+            [*schedule.shape_parameters(), *schedule.endpoint_parameters()], [*shape_grads, *end_grads], strict=True
+        ):
             p.grad = g
         opt.step()
         if step % 25 == 0 or step == steps - 1:
             var, mean, _ = variance(sde, mix, eval_x, 1000 + step)
             history.append((offset + step, var, mean))
-            print(f"  step {step:4d}  Var L̂ {var:10.1f}  E L̂ {mean:8.3f}  γ0 {float(schedule.gamma_0.detach()):.3f} "
-                  f"γ1 {float(schedule.gamma_1.detach()):.3f}")  # fmt: skip
+            print(
+                f"  step {step:4d}  Var L̂ {var:10.1f}  E L̂ {mean:8.3f}  γ0 {float(schedule.gamma_0.detach()):.3f} "
+                f"γ1 {float(schedule.gamma_1.detach()):.3f}"
+            )
 
 
 def elbo_at(sde: VPSDE, mix, x: torch.Tensor, lam_hi: float) -> tuple[float, float, float]:
     """Mean −ELBO (importance-sampled, 64 draws, control variate v = 0.1) with t_min at λ(t_min) = lam_hi, and the mean
     gap −ELBO + log p(x) over the same x with its SE."""
     t_min = float(sde.log_snr_inverse(torch.tensor(lam_hi, dtype=torch.float64)))
-    res = elbo(sde, mix.score_fn(sde), x, t_min=t_min, n_t=64, generator=torch.Generator().manual_seed(3),
-               control_variate=0.1)  # fmt: skip
+    res = elbo(
+        sde, mix.score_fn(sde), x, t_min=t_min, n_t=64, generator=torch.Generator().manual_seed(3), control_variate=0.1
+    )
     gap = res.nll + mix.log_prob(x)
     return float(res.nll.mean()), float(gap.mean()), float(gap.std() / math.sqrt(x.shape[0]))
 
@@ -86,8 +95,10 @@ def invariance_table(mix, schedules: dict) -> None:
     """−ELBO of schedules sharing λ(t_min) (t_min chosen per schedule), and their λ(T) and prior terms."""
     x = mix.sample(2048, torch.Generator().manual_seed(4))
     lam_hi = float(VPSDE().log_snr(torch.tensor(T_MIN, dtype=torch.float64)))
-    print(f"\n−ELBO with the exact score at λ(t_min) = {lam_hi:.3f} (2 048 points, 64 draws each); E[−log p] = "
-          f"{float(-mix.log_prob(x).mean()):.3f}")  # fmt: skip
+    print(
+        f"\n−ELBO with the exact score at λ(t_min) = {lam_hi:.3f} (2 048 points, 64 draws each); E[−log p] = "
+        f"{float(-mix.log_prob(x).mean()):.3f}"
+    )
     print(f"{'schedule':26s} {'λ(T)':>8s} {'prior KL':>9s} {'−ELBO':>9s} {'−ELBO + log p':>14s} {'SE':>6s}")
     for name, sch in schedules.items():
         sde = VPSDE(sch)
@@ -139,15 +150,26 @@ def main() -> None:
     with torch.no_grad():
         var1, mean1, se1 = variance(VPSDE(learned), mix, eval_x, 0)
     print(f"\n{'schedule':22s} {'Var L̂':>10s} {'vs linear':>10s} {'E L̂ (uniform t)':>16s} {'SE':>6s}")
-    for name, v, m, s in (("linear β", lin_var, lin_mean, lin_se), ("learned, init", var0, mean0, se0),
-                          ("learned, shape trained", var1, mean1, se1)):  # fmt: skip
+    for name, v, m, s in (
+        ("linear β", lin_var, lin_mean, lin_se),
+        ("learned, init", var0, mean0, se0),
+        ("learned, shape trained", var1, mean1, se1),
+    ):
         print(f"{name:22s} {v:10.1f} {lin_var / v:10.1f} {m:16.3f} {s:6.3f}")
     shaped = LearnedBeta(**ends)
     shaped.load_state_dict(learned.state_dict())
     print("\nthen the endpoints too (on the ELBO):")
     train(learned, mix, args.endpoint_steps, endpoints=True, history=history)
-    invariance_table(mix, {"linear β": LinearBeta(), "cosine β": CosineBeta(), "learned, init": init,
-                           "learned, shape trained": shaped, "learned, endpoints trained": learned})  # fmt: skip
+    invariance_table(
+        mix,
+        {
+            "linear β": LinearBeta(),
+            "cosine β": CosineBeta(),
+            "learned, init": init,
+            "learned, shape trained": shaped,
+            "learned, endpoints trained": learned,
+        },
+    )
     figure(init, learned, history, lin_var, args.out)
     print(f"wrote {args.out}")
 

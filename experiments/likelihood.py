@@ -44,6 +44,7 @@ from sde_diffusion.apps import (
     argument_error,
     build_sde,
     config_error,
+    config_errors,
     hydra_app,
     instantiate_node,
     load_run,
@@ -59,7 +60,7 @@ from sde_diffusion.evaluation.likelihood import METHODS, NLLEstimator, per_sampl
 from sde_diffusion.infra import distributed
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, NOISES, SOLVERS
+from sde_diffusion.likelihood import DEQUANTISATIONS, DIVERGENCES, FlowOptions
 
 log = logging.getLogger("likelihood")
 
@@ -67,20 +68,20 @@ log = logging.getLogger("likelihood")
 def check(cfg: DictConfig) -> None:
     """The `likelihood` node and `checkpoint`: every bad value is a ConfigError naming the key."""
     require_values(cfg)
-    for key in ("n", "batch_size", "steps", "n_draws", "n_t"):
+    for key in ("n", "batch_size", "n_draws", "n_t"):
         require_number(cfg, f"likelihood.{key}", integer=True, ge=1)
     require_number(cfg, "likelihood.seed", integer=True, ge=0)
     if OmegaConf.select(cfg, "likelihood.control_variate") != "auto":
         require_number(cfg, "likelihood.control_variate", gt=0, optional=True)
-    for key in ("rtol", "atol", "t_min", "tau"):
+    for key in ("t_min", "tau"):
         require_number(cfg, f"likelihood.{key}", gt=0)
     require_choice(cfg, "likelihood.method", METHODS)
     require_choice(cfg, "likelihood.importance", (True, False))
     require_choice(cfg, "progress", (True, False))
     require_choice(cfg, "likelihood.dequantisation", DEQUANTISATIONS)
     require_choice(cfg, "likelihood.divergence", ("auto", *DIVERGENCES))
-    require_choice(cfg, "likelihood.noise", NOISES)
-    require_choice(cfg, "likelihood.solver", SOLVERS)
+    with config_errors("likelihood"):  # the library's own checks of the PF-ODE's options (for either method)
+        FlowOptions(**estimator_options(OmegaConf.merge(cfg, {"likelihood": {"method": "ode"}}), discrete=False)[1])
     require_run(cfg, "checkpoint")
 
 
@@ -137,10 +138,12 @@ def evaluate_share(cfg: DictConfig, ctx: distributed.Context, score_fn, sde, dat
     oracle = data.oracle if data.scaler is None else None
     estimate = NLLEstimator(sde, score_fn, lc.method, data.scaler, oracle, lc.n_draws, opts)
     rows, nfe = per_sample_nll(
-        estimate, x[start : start + counts[ctx.rank]], lc.batch_size,
+        estimate,
+        x[start : start + counts[ctx.rank]],
+        lc.batch_size,
         generator=torch.Generator(ctx.device).manual_seed(distributed.rank_seed(lc.seed + 1, ctx.rank)),
         progress=cfg.progress and ctx.is_main,
-    )  # fmt: skip
+    )
     wall = distributed.all_reduce_max(round(1e3 * (time.perf_counter() - began))) / 1e3
     rows = {k: distributed.gather(v.to(ctx.device)).cpu() for k, v in rows.items()}
     nfe = distributed.gather(nfe.to(ctx.device)).cpu()
@@ -236,9 +239,15 @@ def write(cfg: DictConfig, out: Path, result: dict, main: str, rows: dict) -> No
             v = result["control_variate"]
             cv = f"with the control variate v = {v:.3g}" if v else "without a control variate (plain)"
             alt = "likelihood.control_variate=null: the plain estimate" if v else "likelihood.control_variate=auto"
-            log.info("ELBO %s: SE of the mean NLL %.3g, MC error %.3g nats per example (%s; the MC error falls as "
-                     "1/√likelihood.n_t, n_t=%d now)", cv, result["nll_sem"], result["mc_sem_per_sample"], alt,
-                     cfg.likelihood.n_t)  # fmt: skip
+            log.info(
+                "ELBO %s: SE of the mean NLL %.3g, MC error %.3g nats per example (%s; the MC error falls as "
+                "1/√likelihood.n_t, n_t=%d now)",
+                cv,
+                result["nll_sem"],
+                result["mc_sem_per_sample"],
+                alt,
+                cfg.likelihood.n_t,
+            )
         log.info("wrote %s and per_example.csv", out / "metrics.json")
         series = {f"likelihood/{k}": v for k, v in result.items() if isinstance(v, int | float)}
         tracker.log(series)

@@ -59,7 +59,7 @@ from sde_diffusion.evaluation import plots
 from sde_diffusion.evaluation.evaluator import legend
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.sampling import SamplerRun, sample
+from sde_diffusion.sampling import SamplerRun, SampleSetup, sample
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 log = logging.getLogger("sample")
@@ -142,14 +142,22 @@ def draw(
     start = time.perf_counter()
     with tqdm(total=cfg.n, unit="sample", desc=run.name, disable=not cfg.progress or len(chunks) == 1) as bar:
         for chunk in chunks:
-            kwargs = {"device": device, "progress": cfg.progress and len(chunks) == 1}
+            setup = SampleSetup(generator, chunk, device=device, progress=cfg.progress and len(chunks) == 1)
             if labels is None:
-                res = sample(sde, model, tuple(chunk.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                             denoise=run.denoise, x_T=chunk, generator=generator, **kwargs, **run.options)  # fmt: skip
+                res = sample(
+                    sde,
+                    model,
+                    tuple(chunk.shape),
+                    sampler=run.name,
+                    steps=run.steps,
+                    t_min=run.t_min,
+                    denoise=run.denoise,
+                    setup=setup,
+                    **run.options,
+                )
             else:
                 y = labels[done : done + len(chunk)].to(device)
-                res, e = guided_sample(guided[0], sde, model, y, model.num_classes, chunk, run, guided[1], generator,
-                                       **kwargs)  # fmt: skip
+                res, e = guided_sample(guided[0], sde, model, y, model.num_classes, run, guided[1], setup=setup)
                 evals = {k: max(v, evals.get(k, 0.0)) for k, v in e.items()}
             outs.append(res.x.float().cpu())
             nfe, done = max(nfe, res.nfe), done + len(chunk)

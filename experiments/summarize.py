@@ -199,13 +199,21 @@ def schedule_caveat(jobs: list[Job], swept: list[str]) -> str:
     density = any((c.get("loss") or {}).get("density") == "schedule" for c in configs)
     samplers = [s for c in configs for s in ((c.get("eval") or {}).get("samplers") or {}).values()]
     grid = any(((s or {}).get("options") or {}).get("spacing") != "logsnr" for s in samplers)
-    moving = [what for what, on in (("the training objective's λ-density (loss.density=schedule)", density),
-                                    ("the samplers' time grid (spacing other than logsnr)", grid)) if on]  # fmt: skip
+    moving = [
+        what
+        for what, on in (
+            ("the training objective's λ-density (loss.density=schedule)", density),
+            ("the samplers' time grid (spacing other than logsnr)", grid),
+        )
+        if on
+    ]
     if not moving:
         return ""
-    return (f"Caution: β(t) is swept while {' and '.join(moving)} move with it, so these jobs compare β(t) together "
-            f"with them. To compare β(t) alone: `python experiments/train.py -m {FAIR_PRESET}` (docs/training.md, "
-            "choosing an objective).")  # fmt: skip
+    return (
+        f"Caution: β(t) is swept while {' and '.join(moving)} move with it, so these jobs compare β(t) together "
+        f"with them. To compare β(t) alone: `python experiments/train.py -m {FAIR_PRESET}` (docs/training.md, "
+        "choosing an objective)."
+    )
 
 
 def select(columns: list[str], patterns: list[str] | tuple[str, ...]) -> list[str]:
@@ -268,8 +276,13 @@ def seed_table(jobs: list[Job], swept: list[str], metrics: list[str], names: dic
     for j in jobs:
         if j.status == "ok":
             groups.setdefault(tuple(j.overrides.get(k, "") for k in others), []).append(j)
-    lines = ["", f"Over the seeds ({', '.join(seeds)}): mean ± sd", "", "| " + " | ".join([*others, "jobs",
-             *names.values()]) + " |", "|" + "---|" * (len(others) + 1 + len(metrics))]  # fmt: skip
+    lines = [
+        "",
+        f"Over the seeds ({', '.join(seeds)}): mean ± sd",
+        "",
+        "| " + " | ".join([*others, "jobs", *names.values()]) + " |",
+        "|" + "---|" * (len(others) + 1 + len(metrics)),
+    ]
     for key, group in groups.items():
         cells = [*key, str(len(group))]
         for m in metrics:
@@ -284,10 +297,15 @@ def write_csv(jobs: list[Job], swept: list[str], path: Path) -> list[dict[str, A
     """Every metric of every job, one row per job; returns the rows."""
     metric_cols = list(dict.fromkeys(m for j in jobs for m in j.metrics))
     rows = [
-        {"job": j.label, "status": j.status, **{k: j.overrides.get(k, "") for k in swept}, **j.metrics,
-         "error": j.error}
+        {
+            "job": j.label,
+            "status": j.status,
+            **{k: j.overrides.get(k, "") for k in swept},
+            **j.metrics,
+            "error": j.error,
+        }
         for j in jobs
-    ]  # fmt: skip
+    ]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["job", "status", *swept, *metric_cols, "error"])
         writer.writeheader()
@@ -376,8 +394,11 @@ def plot_search(jobs: list[Job], search: Search, label: str, path: Path) -> Path
             ax.legend(fontsize=7)
         if _log_range(ys + fit):
             ax.set_yscale("log")
-        ax.set(xlabel=key + (" (log search)" if key in logs else ""), ylabel=label,
-               title=f"{label.split(' (')[0]} vs {key}")  # fmt: skip
+        ax.set(
+            xlabel=key + (" (log search)" if key in logs else ""),
+            ylabel=label,
+            title=f"{label.split(' (')[0]} vs {key}",
+        )
         ax.grid(alpha=0.3)
     bar = fig.colorbar(points, ax=axes[0, -1], label="trial")
     bar.locator = matplotlib.ticker.MaxNLocator(integer=True)

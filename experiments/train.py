@@ -171,10 +171,16 @@ def build_trainer(cfg: DictConfig, built: Built, ctx: distributed.Context, callb
     partial = hydra.utils.instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in LOOP_KEYS]))
     try:
         return partial(
-            built.model, built.sde, built.data, objective=instantiate_node(cfg, "loss", sde=built.sde),
-            device=ctx.device, callbacks=callbacks,
-            progress=cfg.train.progress if ctx.is_main else False, rank=ctx.rank, world_size=ctx.world_size,
-        )  # fmt: skip
+            built.model,
+            built.sde,
+            built.data,
+            objective=instantiate_node(cfg, "loss", sde=built.sde),
+            device=ctx.device,
+            callbacks=callbacks,
+            progress=cfg.train.progress if ctx.is_main else False,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
     except ArgumentError as err:  # a dotted name is a whole key already (loss.density)
         raise argument_error("" if "." in err.name else "train", err) from None
 
@@ -234,8 +240,12 @@ class StepHooks:
             self.save(trainer)
         if step == t.get("guide_at"):  # autoguidance's weak guide: this run's own early state (Karras et al. 2024)
             self.save(trainer, self.path.with_name("guide.pt"))
-            log.info("saved the weak guide (step %d of %d, no extra training) to %s", step, t.steps,
-                     self.path.with_name("guide.pt"))  # fmt: skip
+            log.info(
+                "saved the weak guide (step %d of %d, no extra training) to %s",
+                step,
+                t.steps,
+                self.path.with_name("guide.pt"),
+            )
 
     def evaluate(self, trainer: Trainer) -> Evaluation:
         """Every evaluation sampler on the EMA model (progress bars with train.progress, on rank 0); a failing one is
@@ -243,14 +253,22 @@ class StepHooks:
         b, sde = self.built, trainer.ema_model.sde  # the EMA's own copy: a trained schedule=learned is averaged too
         if b.data.oracle is not None and trainer.rank == 0:
             gen = torch.Generator().manual_seed(self.cfg.eval.seed)
-            c = excess_loss_by_level(sde, trainer.ema_model, b.data.oracle, trainer.objective.t_min, generator=gen,
-                                     device=trainer.device)  # fmt: skip
+            c = excess_loss_by_level(
+                sde, trainer.ema_model, b.data.oracle, trainer.objective.t_min, generator=gen, device=trainer.device
+            )
             self.level_errors[trainer.step] = c
             row = {f"score_error/lam{lam:+.2f}": v for lam, v in zip(c.lam, c.excess, strict=True)}
             self.tracker.log(row, step=trainer.step)
         try:
-            return self.evaluator(sde, trainer.ema_model, b.data.reference, tuple(b.data.shape), b.data.oracle,
-                                  trainer.device, progress=self.cfg.train.progress and trainer.rank == 0)  # fmt: skip
+            return self.evaluator(
+                sde,
+                trainer.ema_model,
+                b.data.reference,
+                tuple(b.data.shape),
+                b.data.oracle,
+                trainer.device,
+                progress=self.cfg.train.progress and trainer.rank == 0,
+            )
         except SamplerFailed as err:
             raise RunError(
                 f"evaluation sampler eval.samplers.{err.slot} ({err.name}) failed at training step {trainer.step}: "
@@ -263,8 +281,15 @@ class StepHooks:
         if trainer.rank == 0:
             config = OmegaConf.to_container(self.cfg, resolve=True)
             wall = self.run.train_wall_s + time.perf_counter() - self.start  # every segment up to this state
-            state = RunState(trainer.state_dict(), config, self.tracker.run_id, self.run.loss_history, self.window,
-                             self.tracker.history, wall)  # fmt: skip
+            state = RunState(
+                trainer.state_dict(),
+                config,
+                self.tracker.run_id,
+                self.run.loss_history,
+                self.window,
+                self.tracker.history,
+                wall,
+            )
             keep = self.cfg.train.keep_last if path is None else 0
             save_checkpoint(path or self.path, state.to_state(), keep_last=keep)
 
@@ -288,8 +313,14 @@ def report(
         )
     log.info("floor: %s", ev.floor)
     main = result["main_metric"]
-    log.info("main metric %s = %.4g (floor sd %.2g); trained %.1f s (%.1f s over every segment)", main["name"],
-             main["value"], main["floor_sd"], walls["train_wall_s"], walls["train_wall_s_total"])  # fmt: skip
+    log.info(
+        "main metric %s = %.4g (floor sd %.2g); trained %.1f s (%.1f s over every segment)",
+        main["name"],
+        main["value"],
+        main["floor_sd"],
+        walls["train_wall_s"],
+        walls["train_wall_s_total"],
+    )
     tracker.log(series(ev), step=trainer.step)
     floor_rows = [{"slot": "floor (data vs data)", **ev.floor}, {"slot": "floor sd", **ev.floor_sd}]
     tracker.log_table("eval/samplers", [{"slot": k, **v} for k, v in ev.rows.items()] + floor_rows)
@@ -349,17 +380,27 @@ def guided_report(
     if scaler is not None and len(built.data.shape) == 3:
         show = min(10, len(ev.labels) // c)
         paths = [
-            plots.image_grid(x.view(c, -1, *x.shape[1:])[:, :show].flatten(0, 1), out / f"guided_w{w:g}.png",
-                             f"{title}\nguidance w = {w:g}: one row per class, accuracy {ev.rows[w]['accuracy']:.1%} "
-                             f"({judge})", nrow=show, scaler=scaler, row_labels=[f"class {i}" for i in range(c)])
+            plots.image_grid(
+                x.view(c, -1, *x.shape[1:])[:, :show].flatten(0, 1),
+                out / f"guided_w{w:g}.png",
+                f"{title}\nguidance w = {w:g}: one row per class, accuracy {ev.rows[w]['accuracy']:.1%} ({judge})",
+                nrow=show,
+                scaler=scaler,
+                row_labels=[f"class {i}" for i in range(c)],
+            )
             for w, x in ev.samples.items()
-        ]  # fmt: skip
+        ]
     else:
         titled = {f"w = {w:g}: accuracy {ev.rows[w]['accuracy']:.1%}": x for w, x in ev.samples.items()}
         data = built.data.reference(len(ev.labels), torch.Generator().manual_seed(0))
         paths = [plots.scatter_panels(titled, data, out / "guided.png", f"{title}\n{judge}")]
-    result = {"guidance": {"judge": ev.judge.name, "judge_held_out_accuracy": ev.judge.held_out_accuracy,
-                           "scales": {f"{w:g}": row for w, row in ev.rows.items()}}}  # fmt: skip
+    result = {
+        "guidance": {
+            "judge": ev.judge.name,
+            "judge_held_out_accuracy": ev.judge.held_out_accuracy,
+            "scales": {f"{w:g}": row for w, row in ev.rows.items()},
+        }
+    }
     plot_paths += [str(p) for p in paths]
     for w, row in ev.rows.items():
         log.info("guidance w=%g: accuracy %.3f (%d NFE, %.1f s)", w, row["accuracy"], row["nfe"], row["wall_s"])
@@ -378,8 +419,11 @@ def level_report(curves: dict[int, LevelError], out: Path, tracker: Tracker, tit
     table."""
     path = plots.level_error_curves(curves, out / "score_error.png", f"{title}\nexcess loss over the exact score per λ")
     plot_paths.append(str(path))
-    rows = [{"step": k, "lam": lam, "excess": e, "se": se} for k, c in curves.items()
-            for lam, e, se in zip(c.lam, c.excess, c.se, strict=True)]  # fmt: skip
+    rows = [
+        {"step": k, "lam": lam, "excess": e, "se": se}
+        for k, c in curves.items()
+        for lam, e, se in zip(c.lam, c.excess, c.se, strict=True)
+    ]
     tracker.log_table("eval/score_error", rows)
     tracker.log_images({"eval/score_error_plot": path})  # not the table's key: one key holds one kind
     return {"score_error": {str(step): c.as_dict() for step, c in curves.items()}}

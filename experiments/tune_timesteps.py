@@ -80,8 +80,9 @@ def steps_for(cfg: DictConfig, sde: SDE, budget: int) -> int:
     against its spec (a bad value names its key)."""
     spec, options = SAMPLERS[cfg.sampler.name], OmegaConf.to_container(cfg.sampler.options)
     with config_errors("sampler"):
-        check_sampler(spec.name, steps=spec.min_steps, t_min=cfg.sampler.t_min, options=options, sde_type=type(sde),
-                      T=sde.T)  # fmt: skip
+        check_sampler(
+            spec.name, steps=spec.min_steps, t_min=cfg.sampler.t_min, options=options, sde_type=type(sde), T=sde.T
+        )
     fits = [n for n in range(spec.min_steps, budget) if spec.nfe(n, spec.defaults() | options) + 1 <= budget]
     if not fits:
         raise config_error("budgets", budget, f"too small for {cfg.sampler.name} with options {options}")
@@ -127,8 +128,13 @@ def problem(cfg: DictConfig, device: torch.device) -> tuple[ScoreFn, SDE, object
         sde, data = build_sde(cfg), instantiate_node(cfg, "data")
         if data.oracle is None:
             raise config_error("data", cfg.data._target_, "without a checkpoint, a data set with an exact oracle")
-        return data.oracle.score_fn(sde), sde, data, partial(exact_flow_map, sde, data.oracle, t_min=t_min,
-                                                             denoise=True), "oracle"  # fmt: skip
+        return (
+            data.oracle.score_fn(sde),
+            sde,
+            data,
+            partial(exact_flow_map, sde, data.oracle, t_min=t_min, denoise=True),
+            "oracle",
+        )
     score_fn, sde, data = load_score(cfg.checkpoint, device)  # frozen: only the grid is differentiated
     return score_fn, sde, data, rk45_reference(sde, score_fn, t_min), str(cfg.checkpoint)
 
@@ -144,18 +150,49 @@ def tune(
         default = default_spacing(cfg, n)
         passes = cfg.iters + 2 * (len(BUILT_IN) + 1)
         counted = Progress(score_fn, passes * budget, f"{budget} NFE", cfg.progress)
-        r = optimize_timesteps(sde, counted, name, n, noise["train"], lambda z: targets[id(z)], t_min=cfg.sampler.t_min,
-                               options=options, iters=cfg.iters, lr=cfg.lr, held_out=noise["held_out"])  # fmt: skip
+        r = optimize_timesteps(
+            sde,
+            counted,
+            name,
+            n,
+            noise["train"],
+            lambda z: targets[id(z)],
+            t_min=cfg.sampler.t_min,
+            options=options,
+            iters=cfg.iters,
+            lr=cfg.lr,
+            held_out=noise["held_out"],
+        )
         counted.bar.close()
         grids[budget] = r.timesteps
         built_in = {k: v for k, v in r.held_out.items() if k != "tuned"}
         best = min(built_in, key=built_in.get)
-        results[str(budget)] = {"steps": n, "init": r.init, "default_spacing": default, "best_built_in": best,
-                                "held_out": r.held_out, "train": r.train, "final_loss": r.losses[-1]}  # fmt: skip
-        log.info("%d NFE: held-out flow error default (%s) %.4g, best built-in (%s) %.4g, tuned %.4g", budget,
-                 default, r.held_out[default], best, built_in[best], r.held_out["tuned"])  # fmt: skip
-        tracker.log({"tune/nfe": budget, "tune/default": r.held_out[default], "tune/best_built_in": built_in[best],
-                     "tune/tuned": r.held_out["tuned"]})  # fmt: skip
+        results[str(budget)] = {
+            "steps": n,
+            "init": r.init,
+            "default_spacing": default,
+            "best_built_in": best,
+            "held_out": r.held_out,
+            "train": r.train,
+            "final_loss": r.losses[-1],
+        }
+        log.info(
+            "%d NFE: held-out flow error default (%s) %.4g, best built-in (%s) %.4g, tuned %.4g",
+            budget,
+            default,
+            r.held_out[default],
+            best,
+            built_in[best],
+            r.held_out["tuned"],
+        )
+        tracker.log(
+            {
+                "tune/nfe": budget,
+                "tune/default": r.held_out[default],
+                "tune/best_built_in": built_in[best],
+                "tune/tuned": r.held_out["tuned"],
+            }
+        )
     return grids, results
 
 
@@ -181,8 +218,10 @@ def main(cfg: DictConfig) -> float:
     score_fn, sde, data, reference, source = problem(cfg, device)
     steps = {budget: steps_for(cfg, sde, budget) for budget in cfg.budgets}
     shape, name, t_min = tuple(data.shape), cfg.sampler.name, cfg.sampler.t_min
-    noise = {k: sde.prior_sampling((n, *shape), torch.Generator().manual_seed(cfg.seed + i), torch.float64).to(device)
-             for i, (k, n) in enumerate((("train", cfg.n_train), ("held_out", cfg.n_held_out)))}  # fmt: skip
+    noise = {
+        k: sde.prior_sampling((n, *shape), torch.Generator().manual_seed(cfg.seed + i), torch.float64).to(device)
+        for i, (k, n) in enumerate((("train", cfg.n_train), ("held_out", cfg.n_held_out)))
+    }
     with start_tracker(cfg, out, job_type="tune_timesteps") as tracker:
         log.info("references of %d + %d noise paths (%s)", cfg.n_train, cfg.n_held_out, source)
         targets = {id(z): reference(z) for z in noise.values()}  # each solved once
@@ -196,20 +235,26 @@ def main(cfg: DictConfig) -> float:
             "checkpoint": tuned_record(cfg.checkpoint),
         } | {"grids": {str(b): g for b, g in grids.items()}}
         (out / "timesteps.json").write_text(json.dumps(saved, indent=2))
-        plot_grids(sde, grids, t_min, describe(type(data).__name__, sde, f"{name} {saved['options']}"),
-                   out / "grids.png")  # fmt: skip
+        plot_grids(
+            sde, grids, t_min, describe(type(data).__name__, sde, f"{name} {saved['options']}"), out / "grids.png"
+        )
         first = results[str(cfg.budgets[0])]["held_out"]["tuned"]
         metrics = {k: saved[k] for k in ("source", "sde", "sampler", "options", "t_min")}
-        metrics |= {"n_train": cfg.n_train, "n_held_out": cfg.n_held_out, "budgets": results,
-                    "main_metric": {"name": f"flow_error_tuned_{cfg.budgets[0]}", "value": first}}  # fmt: skip
+        metrics |= {
+            "n_train": cfg.n_train,
+            "n_held_out": cfg.n_held_out,
+            "budgets": results,
+            "main_metric": {"name": f"flow_error_tuned_{cfg.budgets[0]}", "value": first},
+        }
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("wrote %s", ", ".join(str(out / f) for f in ("timesteps.json", "grids.png", "metrics.json")))
         tracker.log_table(
             "grids", [{"nfe": b, "steps": steps[b], "timesteps": json.dumps(g)} for b, g in grids.items()]
         )
         tracker.log_images({"grids": out / "grids.png"})
-        tracker.summary({f"nfe{b}/{k}": v for b, m in results.items() for k, v in m["held_out"].items()}
-                        | {"main_metric": first})  # fmt: skip
+        tracker.summary(
+            {f"nfe{b}/{k}": v for b, m in results.items() for k, v in m["held_out"].items()} | {"main_metric": first}
+        )
         return float(first)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
-from sde_diffusion.sampling import SolverError, sample
+from sde_diffusion.sampling import SampleSetup, SolverError, sample
 
 MIX = eight_gaussians()
 
@@ -21,8 +21,17 @@ def test_two_accepted_steps_are_em_and_stochastic_improved_euler_by_hand():
     sde, g, t_min = VPSDE(), gaussian(2), 1e-3
     score = g.score_fn(sde)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sample(sde, score, (6, 2), sampler="adaptive_sde", t_min=t_min, denoise=False, x_T=x, dtype=torch.float64,
-                 generator=torch.Generator().manual_seed(1), rtol=1e9, atol=1e9)  # fmt: skip
+    out = sample(
+        sde,
+        score,
+        (6, 2),
+        sampler="adaptive_sde",
+        t_min=t_min,
+        denoise=False,
+        rtol=1e9,
+        atol=1e9,
+        setup=SampleSetup(x_T=x, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+    )
     gen = torch.Generator().manual_seed(1)
 
     def a(y, t):  # the reverse drift f x − g² ∇log p at the scalar time t
@@ -45,8 +54,19 @@ def _runs(rtols, atol=1e-3, n=200_000):
     sde, g = VPSDE(), gaussian(1)
     x_T = g.marginal(sde, sde.T).sample(n, torch.Generator().manual_seed(0))
     exact = g.marginal(sde, 1e-3).covs[0, 0, 0].item()
-    runs = [sample(sde, g.score_fn(sde), (n, 1), sampler="adaptive_sde", denoise=False, x_T=x_T, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(1), rtol=r, atol=atol) for r in rtols]  # fmt: skip
+    runs = [
+        sample(
+            sde,
+            g.score_fn(sde),
+            (n, 1),
+            sampler="adaptive_sde",
+            denoise=False,
+            rtol=r,
+            atol=atol,
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+        )
+        for r in rtols
+    ]
     return [r.nfe for r in runs], [abs(r.x.var().item() - exact) for r in runs]
 
 
@@ -61,8 +81,14 @@ def test_tightening_rtol_costs_nfe_and_cuts_the_error():
 def test_every_sde_samples_the_oracle(sde):
     """rtol = 0.05: the mode weights and the spread inside each mode (std 0.15) are right. (At the default, ≈ 50 NFE,
     sub-VP's spread is still 6% short, VP's and VE's 1–3%.)"""
-    r = sample(sde, MIX.score_fn(sde), (2000, 2), sampler="adaptive_sde", rtol=0.05,
-               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = sample(
+        sde,
+        MIX.score_fn(sde),
+        (2000, 2),
+        sampler="adaptive_sde",
+        rtol=0.05,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+    )
     x = r.x.double()
     residual = x - MIX.means[MIX.responsibilities(x).argmax(1)]
     assert residual.std().item() == pytest.approx(0.15, rel=0.05)
@@ -77,7 +103,14 @@ def test_nfe_counts_every_tried_step_twice():
         calls.append(1)
         return MIX.score_fn(VPSDE())(x, t)
 
-    r = sample(VPSDE(), score, (64, 2), sampler="adaptive_sde", rtol=0.05, generator=torch.Generator().manual_seed(0))
+    r = sample(
+        VPSDE(),
+        score,
+        (64, 2),
+        sampler="adaptive_sde",
+        rtol=0.05,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+    )
     assert r.nfe == len(calls) and (r.nfe - 1) % 2 == 0 and r.nfe > 20  # 2 per tried step + the Tweedie step
 
 
@@ -90,9 +123,17 @@ def test_per_sample_steps_need_many_dimensions():
         x_T = g.marginal(sde, sde.T).sample(n, torch.Generator().manual_seed(0))
         exact = g.marginal(sde, 1e-3).covs[0, 0, 0].item()
         for per_sample in (True, False):
-            x = sample(sde, g.score_fn(sde), (n, dim), sampler="adaptive_sde", denoise=False, x_T=x_T, rtol=0.2,
-                       atol=1e-3, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
-                       per_sample=per_sample).x  # fmt: skip
+            x = sample(
+                sde,
+                g.score_fn(sde),
+                (n, dim),
+                sampler="adaptive_sde",
+                denoise=False,
+                rtol=0.2,
+                atol=1e-3,
+                per_sample=per_sample,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+            ).x
             errs[dim, per_sample] = x.var().item() - exact
     assert abs(errs[1024, True]) < 0.01 and abs(errs[1024, False]) < 0.01 and abs(errs[1, False]) < 0.01, errs
     assert errs[1, True] > 0.1, errs
@@ -104,4 +145,10 @@ def test_a_non_finite_score_names_the_time_reached():
         return out if float(t[0]) > 0.5 else out * float("nan")
 
     with pytest.raises(SolverError, match=r"t=0\.[5-9]\d*: the error estimate is not finite"):
-        sample(VPSDE(), score, (4, 2), sampler="adaptive_sde", generator=torch.Generator().manual_seed(0))
+        sample(
+            VPSDE(),
+            score,
+            (4, 2),
+            sampler="adaptive_sde",
+            setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+        )

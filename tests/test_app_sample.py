@@ -20,7 +20,7 @@ from sde_diffusion.apps import ConfigError, load_run
 from sde_diffusion.apps.app import check_option_overrides
 from sde_diffusion.core.metrics import sliced_wasserstein
 from sde_diffusion.infra.checkpoint import load_checkpoint, save_checkpoint
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.sampling.guidance.conditional import classifier_free
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -45,12 +45,21 @@ def sampler_options(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml").options)
 
 
-def library_samples(checkpoint: Path, n: int, name: str, steps: int, score=None, **options) -> torch.Tensor:
+def library_samples(
+    checkpoint: Path, n: int, name: str, steps: int, score=None, batch_size=None, **options
+) -> torch.Tensor:
     """`sample` on the run's EMA model as the app documents it: x_T from seed 0, the sampler's noise from seed 1."""
     model, sde, data, _ = load_run(checkpoint)
     x_T = sde.prior_sampling((n, *data.shape), generator=torch.Generator().manual_seed(0))
-    res = sample(sde, score or model, tuple(x_T.shape), sampler=name, steps=steps, x_T=x_T,
-                 generator=torch.Generator().manual_seed(1), **(sampler_options(name) | options))  # fmt: skip
+    res = sample(
+        sde,
+        score or model,
+        tuple(x_T.shape),
+        sampler=name,
+        steps=steps,
+        setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(1), batch_size=batch_size),
+        **sampler_options(name) | options,
+    )
     return res.x
 
 
@@ -165,11 +174,20 @@ def test_class_labels_with_guidance(runs, tmp_path):
     assert np.array_equal(arrays["labels"], labels.numpy())
     model, sde, _, _ = load_run(runs["cond"])
     x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0))
-    expected = torch.cat([  # the app's chunks of batch_size=5, each guided with its own labels (equal chunking: float32
-        sample(sde, classifier_free(model, y, 1.5, null_label=8), tuple(x.shape), sampler="dpm_solver", steps=3,
-               x_T=x, **sampler_options("dpm_solver")).x  # matmuls round differently at other batch sizes)
-        for x, y in zip(x_T.split(5), labels.split(5), strict=True)
-    ])  # fmt: skip
+    expected = torch.cat(
+        [  # the app's chunks of batch_size=5, each guided with its own labels (equal chunking: float32
+            sample(
+                sde,
+                classifier_free(model, y, 1.5, null_label=8),
+                tuple(x.shape),
+                sampler="dpm_solver",
+                steps=3,
+                setup=SampleSetup(x_T=x),
+                **sampler_options("dpm_solver"),
+            ).x  # matmuls round differently at other batch sizes)
+            for x, y in zip(x_T.split(5), labels.split(5), strict=True)
+        ]
+    )
     torch.testing.assert_close(torch.from_numpy(arrays["x"]), expected)
 
     for overrides, line in [

@@ -13,7 +13,7 @@ from beta_invariance import common_range, cut
 from sde_diffusion import VPSDE, LinearBeta, PolynomialBeta, eight_gaussians
 from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.objectives import build_objective
-from sde_diffusion.sampling import INVERSE, SAMPLERS, sample, timesteps
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SampleSetup, sample, timesteps
 
 T_MIN = 1e-3
 
@@ -90,8 +90,12 @@ def test_the_exact_score_odes_samples_agree_on_the_logsnr_grid_not_on_a_t_grid()
     x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
     pair = equal_range_pair()
     for spacing, agree in (("logsnr", True), ("time_quadratic", False)):
-        a, b = (sample(s, oracle.score_fn(s), x_T.shape, "dpm_solver", 10, T_MIN, x_T=x_T, spacing=spacing).x
-                for s in pair)  # fmt: skip
+        a, b = (
+            sample(
+                s, oracle.score_fn(s), x_T.shape, "dpm_solver", 10, T_MIN, spacing=spacing, setup=SampleSetup(x_T=x_T)
+            ).x
+            for s in pair
+        )
         assert ((a - b).norm(dim=1).max() < 1e-3) == agree
 
 

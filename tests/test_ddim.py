@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
-from sde_diffusion.sampling import sample, timesteps
+from sde_diffusion.sampling import SampleSetup, sample, timesteps
 
 MIX = eight_gaussians()
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
@@ -21,7 +21,7 @@ def _x_T(sde, n=64):
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_eta_zero_is_dpm_solver_order_one(sde, spacing):
     x_T, score = _x_T(sde), MIX.score_fn(sde)
-    run = dict(steps=7, denoise=False, x_T=x_T, dtype=torch.float64, spacing=spacing)
+    run = dict(steps=7, denoise=False, setup=SampleSetup(x_T=x_T, dtype=torch.float64), spacing=spacing)
     ddim = sample(sde, score, x_T.shape, sampler="ddim", eta=0.0, **run).x
     dpm = sample(sde, score, x_T.shape, sampler="dpm_solver", order=1, algorithm="dpmsolver++", **run).x
     torch.testing.assert_close(ddim, dpm, rtol=1e-10, atol=1e-10)
@@ -32,8 +32,17 @@ def test_eta_zero_is_dpm_solver_order_one(sde, spacing):
 def test_each_step_is_k_diffusions_euler_ancestral_in_sigma_tilde(sde, eta):
     """k-diffusion's sample_euler_ancestral on D(x̃, σ̃) = E[x₀ | x_t], x̃ = x/s, σ̃ = σ/s, with the same draws z."""
     x_T, score = _x_T(sde, 16), MIX.score_fn(sde)
-    out = sample(sde, score, x_T.shape, sampler="ddim", steps=5, denoise=False, x_T=x_T, dtype=torch.float64,
-                 eta=eta, spacing="karras", generator=torch.Generator().manual_seed(3)).x  # fmt: skip
+    out = sample(
+        sde,
+        score,
+        x_T.shape,
+        sampler="ddim",
+        steps=5,
+        denoise=False,
+        eta=eta,
+        spacing="karras",
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+    ).x
     t = timesteps(sde, 5, 1e-3, "karras")
     s, sig = sde.scale(t), sde.sigma(t) / sde.scale(t)
     g = torch.Generator().manual_seed(3)
@@ -60,8 +69,20 @@ def test_one_eta_one_step_has_the_exact_mean_and_the_posterior_variance(sde):
     cov_ts, var_s = a_t * a_s * c2 + a_s / a_t * sg_t**2, a_s**2 * c2 + sg_s**2  # Cov(x_t, x_s), Var(x_s)
     mean = a_t * mu + cov_ts / var_s * (x_s - a_s * mu)
     var = sg_t**2 - a_s**2 * sg_t**4 / (a_t**2 * sg_s**2)
-    x = sample(sde, mix.score_fn(sde), (n, 2), sampler="ddim", steps=1, t_min=0.3, denoise=False, eta=1.0,
-               x_T=torch.full((n, 2), x_s, dtype=torch.float64), dtype=torch.float64,
-               generator=torch.Generator().manual_seed(0)).x  # fmt: skip
+    x = sample(
+        sde,
+        mix.score_fn(sde),
+        (n, 2),
+        sampler="ddim",
+        steps=1,
+        t_min=0.3,
+        denoise=False,
+        eta=1.0,
+        setup=SampleSetup(
+            x_T=torch.full((n, 2), x_s, dtype=torch.float64),
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(0),
+        ),
+    ).x
     assert abs(x.mean().item() - mean) < 4 * math.sqrt(var / (2 * n))
     assert abs(x.var().item() - var) < 4 * var * math.sqrt(2 / (2 * n))

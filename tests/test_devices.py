@@ -11,10 +11,10 @@ from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.core import analytic, metrics
 from sde_diffusion.data import Digits, EightGaussians
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.likelihood import FlowOptions, bits_per_dim, log_likelihood
 from sde_diffusion.models import MLP, ScoreModel, UNet
 from sde_diffusion.objectives import Objective
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.training import Trainer
 
 META = torch.device("meta")
@@ -55,7 +55,7 @@ def test_oracle_score_and_density_stay_on_the_device():
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_fixed_step_likelihood_stays_on_the_device(solver, divergence):
     x = torch.randn(3, 2, device=META)
-    ll = log_likelihood(VPSDE(), lambda x, t: -x, x, divergence=divergence, solver=solver, steps=2)
+    ll = log_likelihood(VPSDE(), lambda x, t: -x, x, FlowOptions(divergence, solver=solver, steps=2))
     assert all(v.device == META for v in (ll.log_p, ll.prior_logp, ll.divergence_integral, ll.z))
 
 
@@ -127,7 +127,7 @@ def test_unet_training_and_sampling_on_cuda():
     model = ScoreModel(UNet(data.shape, channels=8), VPSDE())
     trainer = Trainer(model, VPSDE(), data, steps=3, batch_size=8, device="cuda", precision="bf16", progress=False)
     trainer.fit()
-    x = sample(VPSDE(), trainer.ema_model, (4, *data.shape), steps=3, device="cuda").x
+    x = sample(VPSDE(), trainer.ema_model, (4, *data.shape), steps=3, setup=SampleSetup(device="cuda")).x
     assert x.device.type == "cuda" and torch.isfinite(x).all()
 
 
@@ -136,7 +136,7 @@ def test_scipy_round_trips_return_to_cuda():
     """rk45 likelihood and the exact flow map solve on the CPU with scipy and hand results back on x's device."""
     gm, sde = eight_gaussians(), VPSDE()
     x = gm.sample(4, torch.Generator().manual_seed(0)).float().cuda()
-    ll = log_likelihood(sde, gm.score_fn(sde), x, rtol=1e-3, atol=1e-3)
+    ll = log_likelihood(sde, gm.score_fn(sde), x, FlowOptions(rtol=1e-3, atol=1e-3))
     assert all(v.device.type == "cuda" for v in (ll.log_p, ll.z))
     assert analytic.exact_flow_map(sde, gm, x, 1e-3, rtol=1e-4, atol=1e-4).device.type == "cuda"
 
@@ -153,5 +153,5 @@ def test_metrics_accept_cuda_samples():
 def test_bits_per_dim_on_cuda():
     data = Digits()
     x = data.batch(4, torch.Generator().manual_seed(0)).cuda()
-    bpd = bits_per_dim(VPSDE(), lambda x, t: -x, x, data.scaler, solver="euler", steps=2)
+    bpd = bits_per_dim(VPSDE(), lambda x, t: -x, x, data.scaler, flow=FlowOptions(solver="euler", steps=2))
     assert bpd.bpd.device.type == "cuda"

@@ -7,7 +7,7 @@ import torch
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error
-from sde_diffusion.sampling import sample, timesteps
+from sde_diffusion.sampling import SampleSetup, sample, timesteps
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 MIX = eight_gaussians()
@@ -26,7 +26,9 @@ def posterior_mean(mix: GaussianMixture, x: torch.Tensor, sigma: float) -> torch
 def test_no_churn_is_karras_alg1_heun_in_sigma(name):
     sde = SDES[name]
     x_T = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(0)).double()
-    got = sample(sde, MIX.score_fn(sde), (64, 2), "edm", 6, x_T=x_T, dtype=torch.float64, s_churn=0.0).x
+    got = sample(
+        sde, MIX.score_fn(sde), (64, 2), "edm", 6, s_churn=0.0, setup=SampleSetup(x_T=x_T, dtype=torch.float64)
+    ).x
     t = timesteps(sde, 6, 1e-3, "karras")
     sigma, s_T = torch.exp(-sde.log_snr(t)).tolist(), float(sde.scale(t[:1]))
     x = x_T / s_T
@@ -42,8 +44,15 @@ def test_no_churn_converges_to_the_exact_flow_at_second_order(name):
     sde = SDES[name]
     x_T = sde.prior_sampling((500, 2), generator=torch.Generator().manual_seed(1)).double()
     exact = exact_flow_map(sde, MIX, x_T, 1e-3, denoise=True)
-    errs = [flow_error(sample(sde, MIX.score_fn(sde), (500, 2), "edm", n, x_T=x_T, dtype=torch.float64,
-                              s_churn=0.0).x, exact) for n in (10, 20, 40)]  # fmt: skip
+    errs = [
+        flow_error(
+            sample(
+                sde, MIX.score_fn(sde), (500, 2), "edm", n, s_churn=0.0, setup=SampleSetup(x_T=x_T, dtype=torch.float64)
+            ).x,
+            exact,
+        )
+        for n in (10, 20, 40)
+    ]
     assert all(3.2 < a / b < 8 for a, b in zip(errs, errs[1:], strict=False)), errs
 
 
@@ -53,7 +62,15 @@ def test_churn_keeps_the_exact_marginal_of_point_data(churn):
     whatever the churn, x at eps has variance σ(eps)² (Monte Carlo, 4 standard errors)."""
     point = GaussianMixture(torch.ones(1), torch.zeros(1, 1), torch.full((1, 1, 1), 1e-12))
     sde, n = VPSDE(), 200_000
-    x = sample(sde, point.score_fn(sde), (n, 1), "edm", 5, denoise=False, dtype=torch.float64, s_churn=churn,
-               generator=torch.Generator().manual_seed(2)).x  # fmt: skip
+    x = sample(
+        sde,
+        point.score_fn(sde),
+        (n, 1),
+        "edm",
+        5,
+        denoise=False,
+        s_churn=churn,
+        setup=SampleSetup(dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
+    ).x
     var = float(sde.sigma(torch.tensor([1e-3], dtype=torch.float64))) ** 2
     assert abs(x.var().item() - var) < 4 * var * (2 / n) ** 0.5

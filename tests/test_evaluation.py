@@ -7,7 +7,7 @@ import torch
 from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.core import metrics
 from sde_diffusion.evaluation.evaluator import Evaluator, SamplerFailed
-from sde_diffusion.sampling import SamplerArgError, SamplerRun, sample
+from sde_diffusion.sampling import SamplerArgError, SamplerRun, SampleSetup, sample
 
 ORACLE, SDE = eight_gaussians(), VPSDE()
 
@@ -28,7 +28,14 @@ def test_the_documented_seeds():
     runs = {"em": SamplerRun("euler_maruyama", 10), "em again": SamplerRun("euler_maruyama", 10)}
     ev = Evaluator(runs, n_samples=n, seed=seed, floor_repeats=3)(SDE, score, ORACLE.sample, (2,), ORACLE)
     x_T = SDE.prior_sampling((n, 2), generator=torch.Generator().manual_seed(seed))
-    x = sample(SDE, score, (n, 2), "euler_maruyama", 10, x_T=x_T, generator=torch.Generator().manual_seed(seed + 1)).x
+    x = sample(
+        SDE,
+        score,
+        (n, 2),
+        "euler_maruyama",
+        10,
+        setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(seed + 1)),
+    ).x
     assert torch.equal(ev.samples["em"], x) and torch.equal(ev.samples["em again"], x)  # common random numbers
     assert torch.equal(ev.reference, ORACLE.sample(n, torch.Generator().manual_seed(seed + 500)).float())
     floor_sw2 = [
@@ -56,7 +63,7 @@ def test_a_failing_sampler_is_named_by_its_slot():
         ({"floor_repeats": 1}, "^floor_repeats .*1$"),
         ({"mmd_samples": 1}, "^mmd_samples .*1$"),
         ({"batch_size": 0}, "^batch_size .*0$"),
-        ({"samplers": {}}, "^samplers .*none$"),
+        ({"samplers": {}}, r"^samplers must be at least one sampler, got \{\}$"),
     ],
 )
 def test_bad_settings_are_one_line_value_errors_naming_the_argument_and_value(kw, pattern):

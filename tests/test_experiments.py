@@ -18,7 +18,7 @@ from sde_diffusion import VPSDE, LinearBeta, eight_gaussians
 from sde_diffusion.apps import ConfigError
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402
@@ -110,8 +110,17 @@ def test_compare_multirun_matches_a_direct_sample_call(tmp_path):
     reference = oracle.sample(n, torch.Generator().manual_seed(500)).float()
     for job, name in (("0", "euler_maruyama"), ("1", "dpm_solver")):
         sc = OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml")
-        res = sample(sde, oracle.score_fn(sde), (n, 2), sampler=name, steps=5, t_min=sc.t_min, denoise=sc.denoise,
-                     x_T=x_T, generator=torch.Generator().manual_seed(1), **sc.options)  # fmt: skip
+        res = sample(
+            sde,
+            oracle.score_fn(sde),
+            (n, 2),
+            sampler=name,
+            steps=5,
+            t_min=sc.t_min,
+            denoise=sc.denoise,
+            setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(1)),
+            **sc.options,
+        )
         x = res.x.double()
         with open(sweep / job / "comparison.csv") as f:
             (row,) = list(csv.DictReader(f))
@@ -209,7 +218,9 @@ def test_compare_runs_each_oracle_again_with_its_perturbed_score(tmp_path):
     sde, mix = VPSDE(), eight_gaussians()
     x_T = sde.prior_sampling((200, 2), generator=torch.Generator().manual_seed(0)).double()
     score = mix.score_fn(sde)
-    x = sample(sde, lambda x, t: 1.25 * score(x, t), (200, 2), "rk45", x_T=x_T, dtype=torch.float64).x
+    x = sample(
+        sde, lambda x, t: 1.25 * score(x, t), (200, 2), "rk45", setup=SampleSetup(x_T=x_T, dtype=torch.float64)
+    ).x
     assert exact < 1e-3 and scaled == pytest.approx(flow_error(x, exact_flow_map(sde, mix, x_T, 1e-3, denoise=True)),
                                                     rel=0.05)  # fmt: skip
     with pytest.raises(ConfigError, match="config error: perturbations.bad="):

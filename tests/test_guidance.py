@@ -6,7 +6,7 @@ import torch
 from conftest import diffused
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, eight_gaussians, mixture
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.sampling.guidance.conditional import classifier, classifier_free
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -89,7 +89,9 @@ def test_a_sampler_runs_the_guided_score_unchanged(kind):
         score = classifier(mix.score_fn(sde), lambda x, t: mix.classifier_log_prob(sde, x, t), 5, 1.0)
     else:
         score = classifier_free(oracle_model(mix, sde, range(8)), 5, 0.0, 8)
-    x = sample(sde, score, (512, 2), "dpm_solver", steps=20, generator=torch.Generator().manual_seed(0)).x
+    x = sample(
+        sde, score, (512, 2), "dpm_solver", steps=20, setup=SampleSetup(generator=torch.Generator().manual_seed(0))
+    ).x
     assert (mix.responsibilities(x).argmax(1) == 5).float().mean() > 0.99
 
 
@@ -109,4 +111,4 @@ def test_bad_labels_and_scales_are_named():
         classifier(score, log_p, 5, 1.0)(torch.zeros(2, 4), torch.full((2,), 0.5))
     labelled = classifier(score, log_p, torch.arange(4), 1.0)
     with pytest.raises(ValueError, match="^labels has 4 entries .*batch of 2"):
-        sample(VPSDE(), labelled, (4, 4), "ode_euler", steps=2, batch_size=2)
+        sample(VPSDE(), labelled, (4, 4), "ode_euler", steps=2, setup=SampleSetup(batch_size=2))

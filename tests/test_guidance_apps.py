@@ -11,7 +11,7 @@ from apps import TINY, run_job
 
 from sde_diffusion.apps import ConfigError, load_run
 from sde_diffusion.infra.checkpoint import load_checkpoint
-from sde_diffusion.sampling import SamplerRun
+from sde_diffusion.sampling import SamplerRun, SampleSetup
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 QUIET = ["logger=none", "progress=false"]
@@ -52,9 +52,9 @@ def test_sample_draws_the_library_guided_samples_and_counts_evaluations(run, tmp
     model, sde, _, cfg = load_run(run / "last.pt")
     x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0))
     sampler = "ddim" if "sampler=ddim" in overrides else "dpm_solver"
-    res, evals = guided_sample(guidance, sde, model, torch.arange(8).repeat_interleave(2), 8, x_T,
+    res, evals = guided_sample(guidance, sde, model, torch.arange(8).repeat_interleave(2), 8,
                                SamplerRun(sampler, 4), load_run(run / "guide.pt")[0] if guide else None,
-                               torch.Generator().manual_seed(1))  # fmt: skip
+                               setup=SampleSetup(torch.Generator().manual_seed(1), x_T))  # fmt: skip
     torch.testing.assert_close(torch.from_numpy(np.load(out / "samples.npz")["x"]), res.x)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["network_evals"] == evals and metrics["guidance"]["method"] == guidance.method

@@ -11,7 +11,7 @@ from test_guidance import CLASSES, NULL, class_scores, draws, oracle_model
 
 from sde_diffusion import VESDE, VPSDE, SubVPSDE, mixture
 from sde_diffusion.core.schedules import CosineBeta
-from sde_diffusion.sampling import SamplerRun, sample, timesteps
+from sde_diffusion.sampling import SamplerRun, SampleSetup, sample, timesteps
 from sde_diffusion.sampling.guidance.apg import adaptive_projected
 from sde_diffusion.sampling.guidance.autoguidance import autoguidance
 from sde_diffusion.sampling.guidance.cfgpp import cfgpp_ddim, cfgpp_sample
@@ -57,10 +57,16 @@ def test_an_interval_covering_every_lambda_is_the_unintervalled_guidance_bitwise
     for name, guided in guided_kinds(sde, y).items():
         unguided = conditional(oracle_model(MIX, sde), y)
         runs = [
-            sample(sde, s, (12, 4), sampler, steps=8, x_T=x_T, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(1)).x
+            sample(
+                sde,
+                s,
+                (12, 4),
+                sampler,
+                steps=8,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+            ).x
             for s in (guided, guidance_interval(guided, unguided, sde, interval))
-        ]  # fmt: skip
+        ]
         assert torch.equal(runs[0], runs[1]), name
 
 
@@ -95,9 +101,9 @@ def test_network_evaluations_count_two_per_guided_call_and_one_outside_the_inter
         (Guidance("cfgpp", 0.5), 2 * (steps + 1)),
         (Guidance("cfgpp", 0.5, interval=(-1, 2)), steps + 1 + inside),
     ]:
-        res, evals = guided_sample(g, sde, model, y, NULL, x_T, run)
+        res, evals = guided_sample(g, sde, model, y, NULL, run, setup=SampleSetup(x_T=x_T))
         assert evals == {"model": expected, "guide": 0.0} and res.nfe == steps + 1, g
-    _, evals = guided_sample(Guidance("auto", 1.0), sde, model, y, NULL, x_T, run, guide=model)
+    _, evals = guided_sample(Guidance("auto", 1.0), sde, model, y, NULL, run, guide=model, setup=SampleSetup(x_T=x_T))
     assert evals == {"model": steps + 1, "guide": steps + 1}
 
 
@@ -126,7 +132,7 @@ def test_cfgpp_outside_its_interval_is_conditional_ddim_and_covering_it_changes_
     x_T = sde.prior_sampling((10, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     pair, cond = cond_uncond(model, y, NULL), conditional(model, y)
     never = cfgpp_sample(sde, pair, cond, 0.7, x_T, steps, interval=(100.0, 200.0)).x
-    ddim = sample(sde, cond, (10, 4), "ddim", steps, x_T=x_T, dtype=torch.float64, eta=0.0).x
+    ddim = sample(sde, cond, (10, 4), "ddim", steps, eta=0.0, setup=SampleSetup(x_T=x_T, dtype=torch.float64)).x
     torch.testing.assert_close(never, ddim, atol=1e-12, rtol=1e-12)
     full = cfgpp_sample(sde, pair, cond, 0.7, x_T, steps, interval=(-math.inf, math.inf)).x
     assert torch.equal(full, cfgpp_sample(sde, pair, cond, 0.7, x_T, steps).x)
@@ -178,10 +184,10 @@ def test_bad_guidance_settings_are_named():
         Guidance("apg", 1.0, threshold=0)
     with pytest.raises(ValueError, match="^guide must be"):
         guided_sample(Guidance("auto", 1.0), VPSDE(), oracle_model(MIX, VPSDE()), torch.zeros(2, dtype=torch.long),
-                      NULL, torch.zeros(2, 4), SamplerRun("ddim", 2))  # fmt: skip
+                      NULL, SamplerRun("ddim", 2), setup=SampleSetup(x_T=torch.zeros(2, 4)))  # fmt: skip
     with pytest.raises(ValueError, match="^sampler must be ddim"):
         guided_sample(Guidance("cfgpp", 0.5), VPSDE(), oracle_model(MIX, VPSDE()), torch.zeros(2, dtype=torch.long),
-                      NULL, torch.zeros(2, 4), SamplerRun("dpm_solver", 2))  # fmt: skip
+                      NULL, SamplerRun("dpm_solver", 2), setup=SampleSetup(x_T=torch.zeros(2, 4)))  # fmt: skip
 
 
 def test_a_cfgpp_step_is_a_ddim_cfg_step_at_a_scale_set_by_the_step_size():

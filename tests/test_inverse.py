@@ -12,7 +12,7 @@ from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussia
 from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.data import EightGaussians
 from sde_diffusion.models import MLP, ScoreModel
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 from sde_diffusion.sampling.inverse import Measurement, _resample
 from sde_diffusion.training import Trainer
 
@@ -49,8 +49,7 @@ def run(method, sde, prior, A, y, seed=1, noise_std=0.0, steps=None, **kw):
         method,
         steps,
         measurement=m,
-        generator=torch.Generator().manual_seed(seed),
-        **F64,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(seed), **F64),
         **kw,
     )
 
@@ -223,7 +222,11 @@ def test_tds_on_a_trained_network_stays_finite_and_consistent(trained_score):
     A, oracle = torch.tensor([[0.0, 1.0]]), eight_gaussians()
     for y in (-2.8, 0.1, 2.8):
         y = torch.tensor([y])
-        kw = dict(measurement=Measurement(A, y, 0.05), particles=16, generator=torch.Generator().manual_seed(1))
+        kw = dict(
+            measurement=Measurement(A, y, 0.05),
+            particles=16,
+            setup=SampleSetup(generator=torch.Generator().manual_seed(1)),
+        )
         x = sample(sde, score, (256, 2), "tds", 100, **kw).x
         assert torch.isfinite(x).all() and x.abs().max() < 10
         assert 0.8 * 0.05 < float((x[:, 1] - y).square().mean().sqrt()) < 1.25 * 0.05

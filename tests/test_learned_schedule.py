@@ -10,7 +10,7 @@ from sde_diffusion import VPSDE, LearnedBeta, LinearBeta, mixture
 from sde_diffusion.models.mlp import MLP
 from sde_diffusion.models.score_model import ScoreModel
 from sde_diffusion.objectives.elbo import elbo
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 
 def test_beta_is_the_derivative_of_its_integral_and_the_log_snr_is_gamma():
@@ -47,8 +47,15 @@ def test_elbo_depends_only_on_the_endpoints():
 def test_samplers_and_the_oracle_run_on_it():
     sde, mix = VPSDE(LearnedBeta()), mixture(dim=4, k=3)
     with torch.no_grad():
-        out = sample(sde, mix.score_fn(sde), (2000, 4), sampler="euler_maruyama", steps=200, t_min=1e-3,
-                     dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = sample(
+            sde,
+            mix.score_fn(sde),
+            (2000, 4),
+            sampler="euler_maruyama",
+            steps=200,
+            t_min=1e-3,
+            setup=SampleSetup(dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+        )
     # the first two moments of the samples against the data's, to 5 standard errors of 2 000 draws
     sd = mix.covariance.diag().sqrt()
     assert ((out.x.mean(0) - mix.mean).abs() < 5 * sd / math.sqrt(2000) + 0.05).all()

@@ -16,7 +16,7 @@ from wandb_reader import find_run_files, read_run
 from sde_diffusion import VESDE, VPSDE, CosineBeta, GaussianMixture, SubVPSDE, eight_gaussians, mixture
 from sde_diffusion.data import Scaler
 from sde_diffusion.evaluation.likelihood import NLLEstimator, evaluate_likelihood
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.likelihood import FlowOptions, bits_per_dim, log_likelihood
 
 EPS = 1e-5
 SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(CosineBeta()), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -78,7 +78,7 @@ def test_hutchinson_is_unbiased(noise):
     x, probes = mix.sample(3, g), 64
     exact = log_likelihood(sde, mix.score_fn(sde), x).log_p
     est = log_likelihood(
-        sde, mix.score_fn(sde), x.repeat_interleave(probes, 0), divergence="hutchinson", noise=noise, generator=g
+        sde, mix.score_fn(sde), x.repeat_interleave(probes, 0), FlowOptions("hutchinson", noise), generator=g
     ).log_p.reshape(3, probes)
     stderr = est.std(1) / math.sqrt(probes)
     assert bool((stderr > 0).all())
@@ -91,7 +91,7 @@ def test_rademacher_probes_have_smaller_variance():
     g = torch.Generator().manual_seed(1)
     x = mix.sample(2, g).repeat_interleave(64, 0)
     var = {
-        noise: log_likelihood(sde, mix.score_fn(sde), x, divergence="hutchinson", noise=noise, generator=g)
+        noise: log_likelihood(sde, mix.score_fn(sde), x, FlowOptions("hutchinson", noise), generator=g)
         .log_p.reshape(2, 64)
         .var(1)
         for noise in ("rademacher", "gaussian")
@@ -107,7 +107,7 @@ def test_fixed_step_solvers_converge_at_their_order(solver, order):
     ref, _ = _gaussian_flow(sde, mu, lam, u, x)
     errors = []
     for steps in (25, 50, 100):
-        result = log_likelihood(sde, gauss.score_fn(sde), x, solver=solver, steps=steps)
+        result = log_likelihood(sde, gauss.score_fn(sde), x, FlowOptions(solver=solver, steps=steps))
         assert result.nfe == steps * order
         errors.append(float((result.log_p - ref).abs().mean()))
     for coarse, fine in zip(errors[:-1], errors[1:], strict=True):
@@ -202,7 +202,7 @@ def test_bad_arguments_raise():
         ({"steps": 0, "solver": "euler"}, "steps"),
     ]:
         with pytest.raises(ValueError, match=name):
-            log_likelihood(sde, score, x, **kwargs)
+            log_likelihood(sde, score, x, FlowOptions(**kwargs))
     with pytest.raises(ValueError, match="x must"):
         log_likelihood(sde, score, x[0])
     scaler = Scaler(17)
@@ -277,7 +277,7 @@ def _dequantised_bpd(checkpoint, n):
     a = 2 / (levels - 1)
     gen = torch.Generator().manual_seed(11)
     y = k + torch.rand(k.shape, generator=gen) - 0.5
-    log_p = log_likelihood(sde, score_fn, a * y - 1, divergence="hutchinson", generator=gen).log_p
+    log_p = log_likelihood(sde, score_fn, a * y - 1, FlowOptions("hutchinson"), generator=gen).log_p
     return -(log_p + d * math.log(a)) / (d * math.log(2))
 
 

@@ -14,7 +14,7 @@ from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.apps import ConfigError
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error
-from sde_diffusion.sampling import SAMPLERS, optimize_timesteps, sample, timesteps
+from sde_diffusion.sampling import SAMPLERS, SampleSetup, optimize_timesteps, sample, timesteps
 from sde_diffusion.sampling.optimize import BUILT_IN, _grid, _log_snr_inverse, _logits, rk45_reference
 
 SDE, MIX, T_MIN = VPSDE(), eight_gaussians(), 1e-3
@@ -42,7 +42,17 @@ def test_tuned_10_nfe_grid_beats_every_built_in_spacing_on_held_out_noise(tuned)
 
     def err(**grid) -> float:
         return flow_error(
-            sample(SDE, SCORE, (500, 2), "dpm_solver", STEPS, x_T=x_T, dtype=torch.float64, **DPM_3M, **grid).x, truth
+            sample(
+                SDE,
+                SCORE,
+                (500, 2),
+                "dpm_solver",
+                STEPS,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+                **DPM_3M,
+                **grid,
+            ).x,
+            truth,
         )
 
     built_in = {s: err(spacing=s) for s in BUILT_IN}
@@ -65,7 +75,7 @@ def test_held_out_errors_are_each_grids_flow_error():
     assert set(r.held_out) == {*BUILT_IN, "tuned"}
     for name, value in r.held_out.items():
         grid = {"spacing": "custom", "timesteps": r.timesteps} if name == "tuned" else {"spacing": name}
-        x = sample(SDE, SCORE, (64, 2), "ode_euler", 4, x_T=x_T, dtype=torch.float64, **grid).x
+        x = sample(SDE, SCORE, (64, 2), "ode_euler", 4, setup=SampleSetup(x_T=x_T, dtype=torch.float64), **grid).x
         assert value == pytest.approx(flow_error(x, exact(x_T)), rel=1e-9)
 
 
@@ -88,7 +98,7 @@ def test_rk45_reference_is_the_exact_flow_map():
 @pytest.mark.parametrize(
     ("sampler", "kw", "match"),
     [
-        ("euler_maruyama", {}, r"sampler='euler_maruyama': one of \[.*'dpm_solver'"),
+        ("euler_maruyama", {}, r"sampler must be one of \[.*'dpm_solver'.*got 'euler_maruyama'"),
         ("rk45", {}, "deterministic, on a time grid"),
         ("dpm_solver", {"options": {"spacing": "logsnr"}}, r"\['spacing'\] are set by optimize_timesteps"),
         ("dpm_solver", {"options": {"order": 4}}, r"options.order=4: one of \[1, 2, 3\]"),
@@ -115,8 +125,17 @@ def test_app_on_the_oracle_writes_grids_figure_metrics_and_a_wandb_run(tmp_path)
     for budget, grid in saved["grids"].items():
         t = torch.tensor(grid, dtype=torch.float64)
         assert len(t) == int(budget) and t[0] == SDE.T and t[-1] == T_MIN and (t.diff() < 0).all()  # NFE − 1 steps
-        x = sample(SDE, SCORE, (64, 2), "dpm_solver", len(t) - 1, x_T=x_T, dtype=torch.float64, spacing="custom",
-                   timesteps=grid, **saved["options"])  # fmt: skip
+        x = sample(
+            SDE,
+            SCORE,
+            (64, 2),
+            "dpm_solver",
+            len(t) - 1,
+            spacing="custom",
+            timesteps=grid,
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+            **saved["options"],
+        )
         assert x.nfe == int(budget)
         held_out = m["budgets"][budget]["held_out"]
         assert held_out["tuned"] == pytest.approx(flow_error(x.x, exact(x_T)), rel=1e-9)

@@ -15,7 +15,7 @@ from sde_diffusion import VPSDE, eight_gaussians
 from sde_diffusion.apps import ConfigError
 from sde_diffusion.core.metrics import energy_distance
 from sde_diffusion.core.schedules import PolynomialBeta
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import summarize  # noqa: E402
@@ -53,8 +53,17 @@ def test_a_3_trial_optuna_search_gives_3_runs_in_one_group_and_names_its_best_tr
     sde = VPSDE(PolynomialBeta(**{k.split(".")[1]: v for k, v in result.best_params.items()}))
     oracle, sc = eight_gaussians(), OmegaConf.load(ROOT / "conf" / "sampler" / "dpm_solver.yaml")
     x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0))
-    res = sample(sde, oracle.score_fn(sde), (n, 2), sampler="dpm_solver", steps=10, t_min=sc.t_min, denoise=sc.denoise,
-                 x_T=x_T, **{**sc.options, "spacing": "time_uniform"})  # fmt: skip
+    res = sample(
+        sde,
+        oracle.score_fn(sde),
+        (n, 2),
+        sampler="dpm_solver",
+        steps=10,
+        t_min=sc.t_min,
+        denoise=sc.denoise,
+        setup=SampleSetup(x_T=x_T),
+        **{**sc.options, "spacing": "time_uniform"},
+    )
     reference = oracle.sample(n, torch.Generator().manual_seed(500)).float()
     assert result.best_value == pytest.approx(energy_distance(res.x.float(), reference), rel=1e-6)
 

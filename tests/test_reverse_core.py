@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE, eight_gaussians
 from sde_diffusion.likelihood.ode import _rhs
-from sde_diffusion.sampling import INVERSE, SAMPLERS, sample, sampler_table
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SampleSetup, sample, sampler_table
 from sde_diffusion.sampling.common import drift, tweedie_denoise
 from sde_diffusion.sampling.dpm_solver import _Model
 from sde_diffusion.sampling.inverse import Measurement
@@ -108,8 +108,15 @@ def test_nfe_is_what_the_spec_declares(name):
     spec, sde = SPECS[name], VPSDE()
     steps = max(spec.min_steps, 50)  # DDPM's chain needs β_i = β(t_i)/N < 1
     measured = {"measurement": Measurement(torch.eye(2)[:1], torch.zeros(1), 0.1)} if spec.measured else {}
-    r = sample(sde, MIX.score_fn(sde), (16, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0),
-               **measured)  # fmt: skip
+    r = sample(
+        sde,
+        MIX.score_fn(sde),
+        (16, 2),
+        sampler=name,
+        steps=steps,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+        **measured,
+    )
     assert r.nfe == spec.nfe(steps, spec.defaults()) + 1
 
 

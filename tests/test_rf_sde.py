@@ -7,7 +7,7 @@ import torch
 from sde_diffusion import VESDE, VPSDE, CosineBeta, SubVPSDE
 from sde_diffusion.core.analytic import GaussianMixture
 from sde_diffusion.core.sde import RectifiedFlowSDE
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 
 def test_marginal_matches_euler_maruyama_monte_carlo():
@@ -54,7 +54,12 @@ def test_probability_flow_of_the_exact_score_transports_the_prior_to_the_data():
     the data's mean and covariance (a 2-D Gaussian), within 4 standard errors of 20 000 draws (var: 0.5·√(2/n))."""
     sde = RectifiedFlowSDE()
     gm = GaussianMixture(torch.ones(1), torch.tensor([[1.0, -2.0]]), torch.tensor([[[0.5, 0.2], [0.2, 0.3]]]))
-    x = sample(sde, gm.score_fn(sde), (20_000, 2), sampler="rk45",
-               generator=torch.Generator().manual_seed(0), dtype=torch.float64).x  # fmt: skip
+    x = sample(
+        sde,
+        gm.score_fn(sde),
+        (20_000, 2),
+        sampler="rk45",
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+    ).x
     torch.testing.assert_close(x.mean(0), gm.means[0], atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), gm.covs[0], atol=0.02, rtol=0)

@@ -12,7 +12,7 @@ from sde_diffusion import VESDE, VPSDE, GaussianMixture, LinearBeta, SubVPSDE
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error
 from sde_diffusion.core.sde import PriorMismatchWarning
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import SampleSetup, sample
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 with warnings.catch_warnings():  # ending at moderate noise (λ_T ≈ −0.3) on purpose: one step's x̂₀ term is large
@@ -27,9 +27,17 @@ def gaussian(mean, var) -> GaussianMixture:
 
 
 def run(sde, mix, x_T, steps, t_min=1e-3, seed=1, **opts):
-    return sample(sde, mix.score_fn(sde), tuple(x_T.shape), sampler="sa_solver", steps=steps, t_min=t_min,
-                  denoise=False, x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed),
-                  **opts)  # fmt: skip
+    return sample(
+        sde,
+        mix.score_fn(sde),
+        tuple(x_T.shape),
+        sampler="sa_solver",
+        steps=steps,
+        t_min=t_min,
+        denoise=False,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+        **opts,
+    )
 
 
 @pytest.mark.parametrize("name", SDES)
@@ -37,8 +45,16 @@ def test_order_one_without_noise_is_ddim(name):
     sde, mix = SDES[name], gaussian([1.0, -2.0], [0.05, 2.0])
     x_T = sde.prior_std * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sa = run(sde, mix, x_T, 7, tau=0.0, predictor_order=1, corrector_order=0).x
-    ddim = sample(sde, mix.score_fn(sde), (16, 2), sampler="dpm_solver", steps=7, denoise=False, x_T=x_T,
-                  dtype=torch.float64, order=1).x  # fmt: skip
+    ddim = sample(
+        sde,
+        mix.score_fn(sde),
+        (16, 2),
+        sampler="dpm_solver",
+        steps=7,
+        denoise=False,
+        order=1,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+    ).x
     torch.testing.assert_close(sa, ddim, rtol=1e-10, atol=1e-10)
 
 
@@ -114,6 +130,14 @@ def test_nfe_is_one_per_step(p, c):
         calls.append(1)
         return mix.score_fn(sde)(x, t)
 
-    r = sample(sde, score, (5, 1), sampler="sa_solver", steps=7, generator=torch.Generator().manual_seed(0),
-               predictor_order=p, corrector_order=c)  # fmt: skip
+    r = sample(
+        sde,
+        score,
+        (5, 1),
+        sampler="sa_solver",
+        steps=7,
+        predictor_order=p,
+        corrector_order=c,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+    )
     assert r.nfe == len(calls) == 8  # 7 steps + the Tweedie step

@@ -8,7 +8,7 @@ import torch
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, LinearBeta, eight_gaussians
 from sde_diffusion.core.analytic import exact_flow_map
 from sde_diffusion.core.metrics import flow_error, mmd2, mode_weight_error, sliced_wasserstein
-from sde_diffusion.sampling import SAMPLERS, sample
+from sde_diffusion.sampling import SAMPLERS, SampleSetup, sample
 from sde_diffusion.sampling.ancestral import chain_times, ddpm_posterior
 
 SDE = VPSDE()
@@ -51,8 +51,14 @@ def test_every_sampler_reaches_the_floor(name, floor):
     ref, hi = floor
     if name not in GENEROUS:
         pytest.fail(f"add {name!r} to GENEROUS in tests/test_sampling.py")
-    x = sample(SDE, MIX.score_fn(SDE), (2000, 2), sampler=name, steps=GENEROUS[name],
-               generator=torch.Generator().manual_seed(1)).x.double()  # fmt: skip
+    x = sample(
+        SDE,
+        MIX.score_fn(SDE),
+        (2000, 2),
+        sampler=name,
+        steps=GENEROUS[name],
+        setup=SampleSetup(generator=torch.Generator().manual_seed(1)),
+    ).x.double()
     assert sliced_wasserstein(x, ref) < hi[0]
     assert mmd2(x, ref) < hi[1]
     assert mode_weight_error(MIX, x) < hi[2]
@@ -66,8 +72,15 @@ def _variance_error(name: str, steps: int, n: int = 200_000) -> float:
     g = gaussian([0.5], [0.3])
     p_T = g.marginal(SDE, SDE.T)
     x_T = p_T.sample(n, torch.Generator().manual_seed(0))
-    x = sample(SDE, g.score_fn(SDE), (n, 1), sampler=name, steps=steps, denoise=False, x_T=x_T, dtype=torch.float64,
-               generator=torch.Generator().manual_seed(1)).x  # fmt: skip
+    x = sample(
+        SDE,
+        g.score_fn(SDE),
+        (n, 1),
+        sampler=name,
+        steps=steps,
+        denoise=False,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+    ).x
     return abs(x.var().item() - g.marginal(SDE, 1e-3).covs[0, 0, 0].item())
 
 
@@ -85,11 +98,20 @@ def test_torchsde_euler_agrees_in_distribution_with_euler_maruyama():
     x_T = g.marginal(SDE, SDE.T).sample(n, torch.Generator().manual_seed(0))
     exact = g.marginal(SDE, 1e-3).covs[0, 0, 0].item()
     var = {
-        name: sample(SDE, g.score_fn(SDE), (n, 1), sampler=name, steps=10, denoise=False, x_T=x_T,
-                     spacing="time_uniform", dtype=torch.float64,
-                     generator=torch.Generator().manual_seed(2)).x.var().item()
+        name: sample(
+            SDE,
+            g.score_fn(SDE),
+            (n, 1),
+            sampler=name,
+            steps=10,
+            denoise=False,
+            spacing="time_uniform",
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
+        )
+        .x.var()
+        .item()
         for name in ("euler_maruyama", "torchsde")
-    }  # fmt: skip
+    }
     se = exact * math.sqrt(2 / n)
     assert abs(var["torchsde"] - var["euler_maruyama"]) < 4 * se * math.sqrt(2)
     assert abs(var["euler_maruyama"] - exact) > 10 * se
@@ -100,10 +122,21 @@ def _flow_errors(name: str, steps: list[int], mix: GaussianMixture, n: int = 200
     exact = exact_flow_map(SDE, mix, x_T, 1e-3)
     score = mix.score_fn(SDE)
     return [
-        flow_error(sample(SDE, score, x_T.shape, sampler=name, steps=s, denoise=False, x_T=x_T,
-                          dtype=torch.float64, **opts).x, exact)
+        flow_error(
+            sample(
+                SDE,
+                score,
+                x_T.shape,
+                sampler=name,
+                steps=s,
+                denoise=False,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+                **opts,
+            ).x,
+            exact,
+        )
         for s in steps
-    ]  # fmt: skip
+    ]
 
 
 def test_ode_euler_order_one_and_heun_order_two_on_the_flow_error():
@@ -136,8 +169,18 @@ def test_dpm_solver_order_one_is_a_ddim_step(algorithm, sde):
         eps_hat = -sde.sigma(s[None]) * score(x, s.expand(16))
         x0_hat = (x - sde.sigma(s[None]) * eps_hat) / sde.scale(s[None])
         x = sde.scale(u[None]) * x0_hat + sde.sigma(u[None]) * eps_hat
-    out = sample(sde, score, (16, 2), sampler="dpm_solver", steps=2, denoise=False, x_T=x_T, dtype=torch.float64,
-                 order=1, algorithm=algorithm, spacing="time_uniform").x  # fmt: skip
+    out = sample(
+        sde,
+        score,
+        (16, 2),
+        sampler="dpm_solver",
+        steps=2,
+        denoise=False,
+        order=1,
+        algorithm=algorithm,
+        spacing="time_uniform",
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+    ).x
     torch.testing.assert_close(out, x, rtol=1e-10, atol=1e-10)
 
 
@@ -168,8 +211,14 @@ def test_ancestral_sampler_takes_the_ddpm_step_and_denoise_is_ddpm_last_step():
     t = chain_times(sde, chain)
     torch.testing.assert_close(sde.sigma(t) ** 2, 1 - chain.alphas_cumprod, rtol=1e-9, atol=1e-12)
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sample(sde, score, (8, 2), sampler="ancestral", steps=2, x_T=x_T, dtype=torch.float64,
-                 generator=torch.Generator().manual_seed(5)).x  # fmt: skip
+    out = sample(
+        sde,
+        score,
+        (8, 2),
+        sampler="ancestral",
+        steps=2,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(5)),
+    ).x
     z = torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x = (x_T + chain.betas[1] * score(x_T, t[1].expand(8))) / chain.alphas[1].sqrt() + chain.betas[1].sqrt() * z
     x = (x + chain.betas[0] * score(x, t[0].expand(8))) / chain.alphas[0].sqrt()

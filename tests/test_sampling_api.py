@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sde_diffusion import VESDE, VPSDE, eight_gaussians
-from sde_diffusion.sampling import INVERSE, SAMPLERS, SolverError, sample, timesteps
+from sde_diffusion.core.checks import ArgumentError
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SampleSetup, SolverError, sample, timesteps
 from sde_diffusion.sampling.inverse import Measurement
 
 SDE = VPSDE()
@@ -29,8 +30,15 @@ def test_any_rank_dtype_reproducible_and_no_graph(name):
 
     def run(seed):
         extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
-        return sample(SDE, score, (6, 1, 2, 1), sampler=name, steps=STEPS.get(name, 8), dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
+        return sample(
+            SDE,
+            score,
+            (6, 1, 2, 1),
+            sampler=name,
+            steps=STEPS.get(name, 8),
+            setup=SampleSetup(dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+            **extra,
+        )
 
     a, b, c = run(0), run(0), run(1)
     assert a.x.shape == (6, 1, 2, 1) and a.x.dtype == torch.float64 and not a.x.requires_grad
@@ -59,7 +67,15 @@ def test_nfe_is_counted_honestly(name, steps, opts, nfe):
         calls.append(1)
         return MIX.score_fn(SDE)(x, t)
 
-    r = sample(SDE, score, (5, 2), sampler=name, steps=steps, generator=torch.Generator().manual_seed(0), **opts)
+    r = sample(
+        SDE,
+        score,
+        (5, 2),
+        sampler=name,
+        steps=steps,
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+        **opts,
+    )
     assert r.nfe == len(calls) == nfe
 
 
@@ -70,7 +86,9 @@ def test_rk45_nfe_is_the_solvers():
         calls.append(1)
         return MIX.score_fn(SDE)(x, t)
 
-    r = sample(SDE, score, (5, 2), sampler="rk45", denoise=False, generator=torch.Generator().manual_seed(0))
+    r = sample(
+        SDE, score, (5, 2), sampler="rk45", denoise=False, setup=SampleSetup(generator=torch.Generator().manual_seed(0))
+    )
     assert r.nfe == len(calls) > 20
 
 
@@ -82,9 +100,11 @@ def test_batch_size_chunks_give_the_same_samples_for_deterministic_solvers(name,
     """float64: fixed grids agree to rounding; rk45 picks its steps per chunk, so to its tolerance (global error
     of a 1e-9 local tolerance over one unit of time, with room)."""
     x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    run = dict(sampler=name, steps=STEPS.get(name, 10), x_T=x_T, dtype=torch.float64, **opts)
-    whole = sample(SDE, MIX.score_fn(SDE), (10, 2), **run)
-    chunked = sample(SDE, MIX.score_fn(SDE), (10, 2), batch_size=3, **run)
+    run = dict(sampler=name, steps=STEPS.get(name, 10), **opts)
+    whole = sample(SDE, MIX.score_fn(SDE), (10, 2), setup=SampleSetup(x_T=x_T, dtype=torch.float64), **run)
+    chunked = sample(
+        SDE, MIX.score_fn(SDE), (10, 2), setup=SampleSetup(x_T=x_T, dtype=torch.float64, batch_size=3), **run
+    )
     torch.testing.assert_close(chunked.x, whole.x, rtol=0, atol=atol)
 
 
@@ -92,12 +112,22 @@ def test_chunks_draw_their_noise_from_the_one_generator_in_chunk_order():
     """batch_size=3 is the chunks 3, 3, 3, 1 sampled one after the other from the same generator, bit for bit."""
     x_T = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
     run = dict(sampler="euler_maruyama", steps=10)
-    chunked = sample(SDE, MIX.score_fn(SDE), (10, 2), x_T=x_T, batch_size=3, generator=torch.Generator().manual_seed(1),
-                     **run).x  # fmt: skip
+    chunked = sample(
+        SDE,
+        MIX.score_fn(SDE),
+        (10, 2),
+        setup=SampleSetup(x_T=x_T, batch_size=3, generator=torch.Generator().manual_seed(1)),
+        **run,
+    ).x
     g = torch.Generator().manual_seed(1)
-    parts = [sample(SDE, MIX.score_fn(SDE), tuple(c.shape), x_T=c, generator=g, **run).x for c in x_T.split(3)]
+    parts = [
+        sample(SDE, MIX.score_fn(SDE), tuple(c.shape), setup=SampleSetup(x_T=c, generator=g), **run).x
+        for c in x_T.split(3)
+    ]
     torch.testing.assert_close(chunked, torch.cat(parts), rtol=0, atol=0)
-    once = sample(SDE, MIX.score_fn(SDE), (10, 2), x_T=x_T, generator=torch.Generator().manual_seed(1), **run).x
+    once = sample(
+        SDE, MIX.score_fn(SDE), (10, 2), setup=SampleSetup(x_T=x_T, generator=torch.Generator().manual_seed(1)), **run
+    ).x
     assert not torch.equal(chunked, once)  # the noise of a chunk is not the whole batch's rows
 
 
@@ -107,14 +137,16 @@ def test_rk45_failure_names_the_time_reached():
         return out if float(t[0]) > 0.5 else out * float("nan")
 
     with pytest.raises(SolverError, match=r"rk45 stopped at t=(1|0\.[5-9]\d*) .*not finite at t=0\.[0-4]"):
-        sample(SDE, score, (4, 2), sampler="rk45", generator=torch.Generator().manual_seed(0))
+        sample(SDE, score, (4, 2), sampler="rk45", setup=SampleSetup(generator=torch.Generator().manual_seed(0)))
 
 
 @pytest.mark.parametrize("name", [n for n in SAMPLERS if n not in ("rk45", "torchsde", "adaptive_sde")])
 def test_tensors_stay_on_the_input_device(name):
     """The meta device stands in for an accelerator: any hidden .cpu() or float() of a sample would fail."""
     x_T = torch.randn(4, 3, device="meta")
-    r = sample(SDE, lambda x, t: -x * t[:, None], (4, 3), sampler=name, steps=STEPS.get(name, 5), x_T=x_T)
+    r = sample(
+        SDE, lambda x, t: -x * t[:, None], (4, 3), sampler=name, steps=STEPS.get(name, 5), setup=SampleSetup(x_T=x_T)
+    )
     assert r.x.device.type == "meta"
 
 
@@ -123,8 +155,15 @@ def test_tensors_stay_on_the_input_device(name):
 def test_cuda_samples_stay_on_cuda(name):
     g = torch.Generator(device="cuda").manual_seed(0)
     extra = {k: v for k, v in MEASURED.items() if k in INVERSE[name].options} if name in INVERSE else {}
-    r = sample(SDE, MIX.score_fn(SDE), (16, 2), sampler=name, steps=STEPS.get(name, 10), generator=g, device="cuda",
-               **extra)  # fmt: skip
+    r = sample(
+        SDE,
+        MIX.score_fn(SDE),
+        (16, 2),
+        sampler=name,
+        steps=STEPS.get(name, 10),
+        setup=SampleSetup(generator=g, device="cuda"),
+        **extra,
+    )
     assert r.x.device.type == "cuda" and torch.isfinite(r.x).all()
 
 
@@ -154,12 +193,19 @@ def test_cuda_samples_stay_on_cuda(name):
         ({"sampler": "ancestral", "steps": 1}, r"steps=1: an int >= 2"),
         ({"t_min": 0.0}, r"t_min=0\.0: a number in \(0, T=1\)"),
         ({"batch_size": 0}, r"batch_size=0"),
-        ({"x_T": torch.zeros(3, 2)}, r"x_T .*\(3, 2\).*shape=\(4, 2\)"),
+        ({"x_T": torch.zeros(3, 2)}, r"x_T must be of shape=\(4, 2\), got \(3, 2\)"),
     ],
 )
 def test_bad_input_raises_value_error_naming_key_and_value(kwargs, match):
+    setup = {k: v for k, v in kwargs.items() if k in SampleSetup.__dataclass_fields__}
+    options = {k: v for k, v in kwargs.items() if k not in setup}
     with pytest.raises(ValueError, match=match):
-        sample(SDE, MIX.score_fn(SDE), (4, 2), **{"steps": 10, **kwargs})
+        sample(SDE, MIX.score_fn(SDE), (4, 2), setup=SampleSetup(**setup), **{"steps": 10, **options})
+
+
+def test_a_setup_field_given_as_an_option_says_where_it_goes():
+    with pytest.raises(ArgumentError, match=r"generator must be given as setup=SampleSetup\(generator=...\)"):
+        sample(SDE, MIX.score_fn(SDE), (4, 2), steps=10, generator=torch.Generator())
 
 
 def test_ancestral_needs_a_vp_sde():
@@ -174,7 +220,15 @@ def test_a_custom_grid_is_the_grid_it_names(name):
     spacing = "time_uniform" if name == "torchsde" else "logsnr"
     grid = timesteps(SDE, 6, 1e-3, spacing).tolist()
     runs = [
-        sample(SDE, MIX.score_fn(SDE), (5, 2), sampler=name, steps=6, generator=torch.Generator().manual_seed(0), **o)
+        sample(
+            SDE,
+            MIX.score_fn(SDE),
+            (5, 2),
+            sampler=name,
+            steps=6,
+            setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+            **o,
+        )
         for o in ({"spacing": spacing}, {"spacing": "custom", "timesteps": grid}, {"timesteps": grid})
     ]
     for run in runs[1:]:
@@ -189,8 +243,17 @@ def test_the_sampler_walks_the_grid_sample_builds():
     x = x_T
     for s, u in zip(t[:-1], t[1:], strict=True):
         x = x + (u - s) * SDE.reverse_drift(x, s, score(x, s.expand(5)), True)
-    out = sample(SDE, score, (5, 2), "ode_euler", 4, 0.01, denoise=False, x_T=x_T, dtype=torch.float64,
-                 spacing="time_quadratic").x  # fmt: skip
+    out = sample(
+        SDE,
+        score,
+        (5, 2),
+        "ode_euler",
+        4,
+        0.01,
+        denoise=False,
+        spacing="time_quadratic",
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+    ).x
     torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
 
 
@@ -210,11 +273,30 @@ def test_options_not_given_or_none_are_the_defaults_for_these_steps(name):
     spec = SAMPLERS[name]
     for steps in sorted({*spec.by_steps, max(spec.by_steps) + 1}):
         x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
-        run = dict(sampler=name, steps=steps, x_T=x_T, dtype=torch.float64)
+        run = dict(sampler=name, steps=steps)
         given = spec.defaults(steps)
-        plain = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run).x
-        nulls = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run,
-                       **dict.fromkeys(given)).x  # fmt: skip
-        full = sample(SDE, MIX.score_fn(SDE), (5, 2), generator=torch.Generator().manual_seed(0), **run, **given).x
+        plain = sample(
+            SDE,
+            MIX.score_fn(SDE),
+            (5, 2),
+            setup=SampleSetup(torch.Generator().manual_seed(0), x_T=x_T, dtype=torch.float64),
+            **run,
+        ).x
+        nulls = sample(
+            SDE,
+            MIX.score_fn(SDE),
+            (5, 2),
+            setup=SampleSetup(torch.Generator().manual_seed(0), x_T=x_T, dtype=torch.float64),
+            **run,
+            **dict.fromkeys(given),
+        ).x
+        full = sample(
+            SDE,
+            MIX.score_fn(SDE),
+            (5, 2),
+            setup=SampleSetup(torch.Generator().manual_seed(0), x_T=x_T, dtype=torch.float64),
+            **run,
+            **given,
+        ).x
         torch.testing.assert_close(plain, full, rtol=0, atol=0)
         torch.testing.assert_close(nulls, full, rtol=0, atol=0)

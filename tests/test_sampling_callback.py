@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sde_diffusion import VPSDE, eight_gaussians
-from sde_diffusion.sampling import INVERSE, SAMPLERS, sample
+from sde_diffusion.sampling import INVERSE, SAMPLERS, SampleSetup, sample
 from sde_diffusion.sampling.dpm_solver import singlestep_orders
 from sde_diffusion.sampling.inverse import Measurement
 
@@ -23,8 +23,16 @@ STEPS = {"ancestral": 50, "rk45": None, "adaptive_sde": None}  # DDPM's chain ne
 def run(name: str, callback=None, denoise: bool = True, **options):
     if name in INVERSE:
         options["measurement"] = Measurement(A, Y, 0.1)
-    return sample(SDE, SCORE, (16, 2), name, STEPS.get(name, 8), denoise=denoise, callback=callback, **F64,
-                  generator=torch.Generator().manual_seed(0), **options)  # fmt: skip
+    return sample(
+        SDE,
+        SCORE,
+        (16, 2),
+        name,
+        STEPS.get(name, 8),
+        denoise=denoise,
+        setup=SampleSetup(callback=callback, generator=torch.Generator().manual_seed(0), **F64),
+        **options,
+    )
 
 
 def record(name: str, **options):

@@ -7,7 +7,7 @@ import torch
 import torchsde
 
 from sde_diffusion import VESDE, VPSDE, GaussianMixture, SubVPSDE, eight_gaussians
-from sde_diffusion.sampling import sample, timesteps
+from sde_diffusion.sampling import SampleSetup, sample, timesteps
 
 MIX = eight_gaussians()
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
@@ -30,8 +30,15 @@ def _x_T(sde, n=64):
 @pytest.mark.parametrize("lower_order_final", [True, False])
 def test_eta_zero_is_dpm_solver_plus_plus(sde, order, method, lower_order_final):
     x_T, score = _x_T(sde), MIX.score_fn(sde)
-    run = dict(steps=8, denoise=False, x_T=x_T, dtype=torch.float64, spacing="karras", order=order, method=method,
-               lower_order_final=lower_order_final)  # fmt: skip
+    run = dict(
+        steps=8,
+        denoise=False,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+        spacing="karras",
+        order=order,
+        method=method,
+        lower_order_final=lower_order_final,
+    )
     ours = sample(sde, score, x_T.shape, sampler="sde_dpm_solver", eta=0.0, **run).x
     dpm = sample(sde, score, x_T.shape, sampler="dpm_solver", algorithm="dpmsolver++", **run).x
     torch.testing.assert_close(ours, dpm, rtol=1e-10, atol=1e-10)
@@ -43,9 +50,19 @@ def test_2m_is_k_diffusions_dpmpp_2m_sde_midpoint(sde, eta):
     """k-diffusion's sample_dpmpp_2m_sde (solver_type="midpoint") on D(x̃, σ̃) = E[x₀ | x_t], x̃ = x/s, σ̃ = σ/s, with the
     same normals; its `eta` is ours."""
     x_T, score = _x_T(sde, 16), MIX.score_fn(sde)
-    out = sample(sde, score, x_T.shape, sampler="sde_dpm_solver", steps=6, denoise=False, x_T=x_T, dtype=torch.float64,
-                 order=2, eta=eta, spacing="karras", lower_order_final=False,
-                 generator=torch.Generator().manual_seed(3)).x  # fmt: skip
+    out = sample(
+        sde,
+        score,
+        x_T.shape,
+        sampler="sde_dpm_solver",
+        steps=6,
+        denoise=False,
+        order=2,
+        eta=eta,
+        spacing="karras",
+        lower_order_final=False,
+        setup=SampleSetup(x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+    ).x
     t = timesteps(sde, 6, 1e-3, "karras")
     s, sig = sde.scale(t), sde.sigma(t) / sde.scale(t)
     g = torch.Generator().manual_seed(3)
@@ -74,9 +91,22 @@ def test_one_order_one_step_has_the_exact_mean_and_the_posterior_variance(sde):
     cov_ts, var_s = a_t * a_s * c2 + a_s / a_t * sg_t**2, a_s**2 * c2 + sg_s**2  # Cov(x_t, x_s), Var(x_s)
     mean = a_t * mu + cov_ts / var_s * (x_s - a_s * mu)
     var = sg_t**2 - a_s**2 * sg_t**4 / (a_t**2 * sg_s**2)
-    x = sample(sde, gaussian([mu, mu], [c2, c2]).score_fn(sde), (n, 2), sampler="sde_dpm_solver", steps=1, t_min=0.3,
-               denoise=False, order=1, eta=1.0, x_T=torch.full((n, 2), x_s, dtype=torch.float64), dtype=torch.float64,
-               generator=torch.Generator().manual_seed(0)).x  # fmt: skip
+    x = sample(
+        sde,
+        gaussian([mu, mu], [c2, c2]).score_fn(sde),
+        (n, 2),
+        sampler="sde_dpm_solver",
+        steps=1,
+        t_min=0.3,
+        denoise=False,
+        order=1,
+        eta=1.0,
+        setup=SampleSetup(
+            x_T=torch.full((n, 2), x_s, dtype=torch.float64),
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(0),
+        ),
+    ).x
     assert abs(x.mean().item() - mean) < 4 * math.sqrt(var / (2 * n))
     assert abs(x.var().item() - var) < 4 * var * math.sqrt(2 / (2 * n))
 
@@ -89,9 +119,25 @@ def _variance_errors(order: int, method: str, n: int = 20_000) -> list[float]:
     bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=(n, 1), dtype=torch.float64, entropy=7)
 
     def var(steps: int, order: int, method: str) -> float:
-        return sample(sde, g.score_fn(sde), (n, 1), sampler="sde_dpm_solver", steps=steps, denoise=False, x_T=x_T,
-                      dtype=torch.float64, order=order, method=method, eta=1.0, spacing="logsnr",
-                      lower_order_final=False, bm=bm).x.var().item()  # fmt: skip
+        return (
+            sample(
+                sde,
+                g.score_fn(sde),
+                (n, 1),
+                sampler="sde_dpm_solver",
+                steps=steps,
+                denoise=False,
+                order=order,
+                method=method,
+                eta=1.0,
+                spacing="logsnr",
+                lower_order_final=False,
+                bm=bm,
+                setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+            )
+            .x.var()
+            .item()
+        )
 
     ref = var(320, 3, "multistep")
     assert abs(ref - g.marginal(sde, 1e-3).covs[0, 0, 0].item()) < 4 * 0.3 * math.sqrt(2 / n)
@@ -125,9 +171,20 @@ def test_one_brownian_path_gives_the_same_sample_as_steps_double(order, method):
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def run(steps: int, bm: torchsde.BrownianInterval) -> torch.Tensor:
-        return sample(sde, g.score_fn(sde), (n, 2), sampler="sde_dpm_solver", steps=steps, x_T=x_T,
-                      dtype=torch.float64, order=order, method=method, eta=1.0, spacing="logsnr",
-                      lower_order_final=False, bm=bm).x  # fmt: skip
+        return sample(
+            sde,
+            g.score_fn(sde),
+            (n, 2),
+            sampler="sde_dpm_solver",
+            steps=steps,
+            order=order,
+            method=method,
+            eta=1.0,
+            spacing="logsnr",
+            lower_order_final=False,
+            bm=bm,
+            setup=SampleSetup(x_T=x_T, dtype=torch.float64),
+        ).x
 
     def rms(a: torch.Tensor, b: torch.Tensor) -> float:
         return (a - b).pow(2).sum(1).mean().sqrt().item()
@@ -148,6 +205,14 @@ def test_singlestep_nfe_is_steps(steps, order):
         calls.append(1)
         return MIX.score_fn(VPSDE())(x, t)
 
-    r = sample(VPSDE(), score, (5, 2), sampler="sde_dpm_solver", steps=steps, order=order, method="singlestep",
-               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = sample(
+        VPSDE(),
+        score,
+        (5, 2),
+        sampler="sde_dpm_solver",
+        steps=steps,
+        order=order,
+        method="singlestep",
+        setup=SampleSetup(generator=torch.Generator().manual_seed(0)),
+    )
     assert r.nfe == len(calls) == steps + 1

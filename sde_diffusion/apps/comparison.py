@@ -86,8 +86,9 @@ def _log_axes(ax: plt.Axes, metric: str) -> None:
         ax.set_yscale("log")
 
 
-def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2",
-         "flow_error")) -> None:  # fmt: skip
+def plot(
+    rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] = ("sw2", "mmd2", "flow_error")
+) -> None:
     """Metric vs NFE (log x), one line per sampler (SDE samplers solid with circles, ODE ones dashed with squares),
     one row per data set; the floor's mean as a grey line with its ± sd band."""
     datas = list(floors)
@@ -105,8 +106,14 @@ def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] 
                 pts = [p for p in pts if not math.isnan(p[1])]
                 if pts:
                     ls, marker = STYLE[kind[label]]
-                    ax.plot(*zip(*pts, strict=True), ls=ls, marker=marker, ms=3, color=color[label],
-                            label=f"{label} ({kind[label]})")  # fmt: skip
+                    ax.plot(
+                        *zip(*pts, strict=True),
+                        ls=ls,
+                        marker=marker,
+                        ms=3,
+                        color=color[label],
+                        label=f"{label} ({kind[label]})",
+                    )
             if metric in floors[data][0]:
                 mean, sd = floors[data][0][metric], floors[data][1].get(metric, 0.0)
                 ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.2, lw=0)
@@ -117,8 +124,9 @@ def plot(rows: list[dict], floors: Floors, path: Path, metrics: tuple[str, ...] 
             _log_axes(ax, metric)
             ax.set(xlabel="NFE", ylabel=metric, title=f"{data}: {metric}")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("solid, circles: SDE samplers (stochastic) · dashed, squares: ODE samplers (probability flow)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "solid, circles: SDE samplers (stochastic) · dashed, squares: ODE samplers (probability flow)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -177,8 +185,16 @@ def legend_lines(keys: list[str]) -> str:
     return "\nLegend:\n\n" + "".join(f"- {k}: {text}\n" for k, text in legend(keys).items())
 
 
-def write(out: Path, rows: list[dict], floors: Floors, model: dict, sde: str, plot_metrics: tuple[str, ...],
-          one_point: bool, extra: dict) -> dict:  # fmt: skip
+def write(
+    out: Path,
+    rows: list[dict],
+    floors: Floors,
+    model: dict,
+    sde: str,
+    plot_metrics: tuple[str, ...],
+    one_point: bool,
+    extra: dict,
+) -> dict:
     """comparison.md (titled with `sde`, naming the `model`), comparison.csv, quality_vs_nfe.png and metrics.json
     (with the model, a legend and `extra`: main_metric, timesteps) into `out`; returns the metrics' tree. A β(t)
     study (several schedules) gets its own table and plot; `one_point` (a job of a sampler sweep) nests metrics.json

@@ -42,6 +42,8 @@ def check_samples(
         if non_finite or absurd:
             bad.append(f"{name}: {non_finite} non-finite and {absurd} beyond ±{limit:.3g} of its centre, of {len(x)}")
     if bad:
-        raise RunError(f"diverged samples: {'; '.join(bad)} (centre and ±: the data's range, {factor:g}x wider; the "
-                       "outputs are written: look at the sampler or the model)")  # fmt: skip
+        raise RunError(
+            f"diverged samples: {'; '.join(bad)} (centre and ±: the data's range, {factor:g}x wider; the "
+            "outputs are written: look at the sampler or the model)"
+        )
     log.info("samples checked: all finite and within %gx the data's half-range", factor)

@@ -81,8 +81,9 @@ def start_tracker(
     start = instantiate(cfg.logger, _partial_=True, _convert_="all")
     try:
         kw = {"history": history} if history else {}
-        return start(dir=str(output_dir), config=config, group=group, name=name, job_type=job_type, resume_id=resume_id,
-                     **kw)  # fmt: skip
+        return start(
+            dir=str(output_dir), config=config, group=group, name=name, job_type=job_type, resume_id=resume_id, **kw
+        )
     except ArgumentError as err:
         raise argument_error("logger", err) from None
 

@@ -38,8 +38,9 @@ def find_tuned(checkpoint: str | Path, sampler: str, roots: tuple[str, ...] = TU
         except (OSError, ValueError):
             continue
         if isinstance(saved, dict) and (saved.get("checkpoint"), saved.get("sampler")) == (
-            tuned_record(checkpoint), sampler,
-        ):  # fmt: skip
+            tuned_record(checkpoint),
+            sampler,
+        ):
             found.append(path.resolve())
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .scipy_ode import solve
+from .checks import ArgumentError
+from .scipy_ode import Solver, solve
 from .sde import SDE, ScoreFn
 
 
@@ -28,10 +29,12 @@ class GaussianMixture:
                 f"covs {tuple(self.covs.shape)}; expected (K,), (K, D), (K, D, D)"
             )
         if not bool((self.weights > 0).all()) or abs(float(self.weights.sum()) - 1) > 1e-9:
-            raise ValueError("weights must be positive and sum to 1")
+            raise ArgumentError("weights", self.weights.tolist(), "positive and summing to 1")
         self._eigvals, self._eigvecs = torch.linalg.eigh(self.covs)
         if not bool((self._eigvals > 0).all()):
-            raise ValueError("covs must be symmetric positive definite")
+            raise ArgumentError(
+                "covs", f"eigenvalues down to {float(self._eigvals.min()):.3g}", "symmetric positive definite"
+            )
 
     @property
     def dim(self) -> int:
@@ -110,7 +113,7 @@ class GaussianMixture:
         idx = [k] if isinstance(k, int) else list(k)
         n = len(self.weights)
         if not idx or len(set(idx)) < len(idx) or not all(isinstance(i, int) and 0 <= i < n for i in idx):
-            raise ValueError(f"a class must be a component index or distinct indices in [0, {n}), got {k!r}")
+            raise ArgumentError("class", k, f"a component index or distinct indices in [0, {n})")
         return idx
 
     def given_class(self, k: int | Sequence[int]) -> GaussianMixture:
@@ -175,7 +178,7 @@ class GaussianMixture:
         if A.ndim != 2 or A.shape[1] != self.dim or y.shape != A.shape[:1]:
             raise ValueError(f"A must be (m, D={self.dim}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
         if not (math.isfinite(noise_std) and noise_std > 0):
-            raise ValueError(f"noise_std must be finite and > 0 (use inpainting_posterior for 0), got {noise_std}")
+            raise ArgumentError("noise_std", noise_std, "finite and > 0 (use inpainting_posterior for 0)")
         return self._reweighted(*self._condition(A, y, noise_std**2))
 
     def inpainting_posterior(self, mask: Tensor, y_obs: Tensor) -> GaussianMixture:
@@ -192,7 +195,9 @@ class GaussianMixture:
                 f"coordinates, got dtype {mask.dtype}, shape {tuple(mask.shape)}, {int(mask.sum())} True"
             )
         if y_obs.shape != (int(mask.sum()),):
-            raise ValueError(f"y_obs must hold one value per observed coordinate, got shape {tuple(y_obs.shape)}")
+            raise ArgumentError(
+                "y_obs", tuple(y_obs.shape), "of shape (observed coordinates,): one value per observed coordinate"
+            )
         log_w, means, covs = self._condition(torch.eye(self.dim, dtype=torch.float64)[mask], y_obs, 0.0)
         u = ~mask
         return self._reweighted(log_w, means[:, u], covs[:, u][:, :, u])
@@ -278,14 +283,14 @@ class PerturbedScore:
         length_scale: float = 1.0,
     ):
         if kind not in self.KINDS:
-            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+            raise ArgumentError("kind", kind, f"one of {self.KINDS}")
         size = self.SIZES.get(size, size) if isinstance(size, str) else size
         if isinstance(size, str) or not math.isfinite(size) or (kind == "scale" and size <= -1):
             raise ValueError(
                 f"size must be one of {tuple(self.SIZES)} or a finite number (> −1 for scale), got {size!r}"
             )
         if not length_scale > 0:
-            raise ValueError(f"length_scale must be > 0, got {length_scale}")
+            raise ArgumentError("length_scale", length_scale, "> 0")
         self.oracle, self.sde, self.kind, self.size = oracle, sde, kind, float(size)
         self._score = oracle.score_fn(sde)
         g = torch.Generator().manual_seed(seed)
@@ -337,7 +342,7 @@ def exact_flow_map(
         tt = torch.full((y.shape[0],), t, dtype=torch.float64)
         return sde.reverse_drift(y, tt, score(y, tt), probability_flow=True)
 
-    x, _ = solve(drift, x, sde.T if T is None else T, t_min, "DOP853", rtol, atol, desc="exact_flow_map")
+    x, _ = solve(drift, x, sde.T if T is None else T, t_min, Solver("DOP853", rtol, atol), desc="exact_flow_map")
     if denoise:
         te = torch.full((x.shape[0],), t_min, dtype=torch.float64)
         x = sde.tweedie(x, te, score(x, te))

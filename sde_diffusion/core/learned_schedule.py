@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
+from .checks import ArgumentError
 from .schedules import BetaSchedule
 
 
@@ -40,13 +41,13 @@ class LearnedBeta(nn.Module, BetaSchedule):
     ):
         super().__init__()
         if not gamma_1 > gamma_0:
-            raise ValueError(f"gamma_1 must be > gamma_0, got gamma_1={gamma_1} <= gamma_0={gamma_0}")
+            raise ArgumentError("gamma_1", gamma_1, f"> gamma_0={gamma_0}")
         if hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {hidden}")
+            raise ArgumentError("hidden", hidden, ">= 1")
         if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
+            raise ArgumentError("T", T, "> 0")
         if not 0 < t_zero < T:
-            raise ValueError(f"t_zero must lie in (0, T={T}), got {t_zero}")
+            raise ArgumentError("t_zero", t_zero, f"in (0, T={T})")
         self.T, self.t_zero = float(T), float(t_zero)
         gen = torch.Generator().manual_seed(seed)
         self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_0), dtype=torch.float64))

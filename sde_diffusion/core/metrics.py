@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture
+from .checks import ArgumentError
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -20,7 +21,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int
     2011); the 1-D W₂ compares quantiles (sorted samples; interpolated when the sizes differ)."""
     x, y = _flat(x), _flat(y)
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+        raise ArgumentError("y", tuple(y.shape), f"of the same dimension as x, {tuple(x.shape)}")
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64).to(x.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
@@ -70,7 +71,7 @@ def energy_distance(x: Tensor, y: Tensor, chunk: int = 1024) -> float:
     if len(x) < 2 or len(y) < 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y need >= 2 samples each and one dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise ArgumentError("chunk", chunk, ">= 1")
 
     def mean_distance(a: Tensor, b: Tensor, pairs: int) -> Tensor:
         return sum(torch.cdist(a[i : i + chunk], b).sum() for i in range(0, len(a), chunk)) / pairs

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import ArgumentError
+
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
 
 
 def _positive(name: str, value: float) -> float:
     if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise ArgumentError(name, value, "> 0")
     return float(value)
 
 
@@ -92,7 +94,7 @@ class LinearBeta(BetaSchedule):
         self.beta_max = float(beta_max)
         self.T = _positive("T", T)
         if self.beta_max < self.beta_min:
-            raise ValueError(f"beta_max must be >= beta_min, got beta_max={beta_max} < beta_min={beta_min}")
+            raise ArgumentError("beta_max", beta_max, f">= beta_min={beta_min}")
         self.validate(self.T)
 
     def beta(self, t: Tensor) -> Tensor:
@@ -144,7 +146,7 @@ class CosineBeta(BetaSchedule):
         self._rate = math.pi / (self.T * (1 + self.s))  # dφ/dt times 2
         self._phi0 = self.s / (1 + self.s) * math.pi / 2
         if self.beta_max <= self._rate * math.tan(self._phi0):
-            raise ValueError(f"beta_max={beta_max} is below the cosine schedule's β(0); raise beta_max")
+            raise ArgumentError("beta_max", beta_max, "above the cosine schedule's β(0)")
         phi_c = math.atan(self.beta_max / self._rate)
         self.t_clip = self.T * (phi_c * 2 / math.pi * (1 + self.s) - self.s)
         self._b_clip = -2 * math.log(math.cos(phi_c) / math.cos(self._phi0))
@@ -183,7 +185,7 @@ class PolynomialBeta(BetaSchedule):
         self.p = _positive("p", p)
         self.T = _positive("T", T)
         if self.beta_max < self.beta_min:
-            raise ValueError(f"beta_max must be >= beta_min, got beta_max={beta_max} < beta_min={beta_min}")
+            raise ArgumentError("beta_max", beta_max, f">= beta_min={beta_min}")
         self.validate(self.T)
 
     def beta(self, t: Tensor) -> Tensor:
@@ -220,7 +222,7 @@ class SigmoidBeta(BetaSchedule):
         self, start: float = -3.0, end: float = 3.0, tau: float = 1.0, beta_max: float = 1000.0, T: float = 1.0
     ):
         if not end > start:
-            raise ValueError(f"end must be > start, got end={end} <= start={start}")
+            raise ArgumentError("end", end, f"> start={start}")
         self.start, self.end = float(start), float(end)
         self.tau = _positive("tau", tau)
         self.beta_max = _positive("beta_max", beta_max)
@@ -283,7 +285,7 @@ class LogSNRLinearBeta(BetaSchedule):
 
     def __init__(self, lambda_max: float = 6.65, lambda_min: float = -5.0, T: float = 1.0):
         if not (math.isfinite(lambda_max) and math.isfinite(lambda_min) and lambda_max > lambda_min):
-            raise ValueError(f"lambda_max must be > lambda_min, both finite, got {lambda_max} and {lambda_min}")
+            raise ArgumentError("lambda_max", lambda_max, f"finite and > lambda_min={lambda_min} (finite)")
         self.lambda_max, self.lambda_min = float(lambda_max), float(lambda_min)
         self.T = _positive("T", T)
         self._slope = (self.lambda_max - self.lambda_min) / self.T
@@ -320,7 +322,7 @@ class EDMBeta(BetaSchedule):
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, T: float = 1.0):
         self.sigma_min = _positive("sigma_min", sigma_min)
         if not sigma_max > sigma_min:
-            raise ValueError(f"sigma_max must be > sigma_min, got sigma_max={sigma_max} <= sigma_min={sigma_min}")
+            raise ArgumentError("sigma_max", sigma_max, f"> sigma_min={sigma_min}")
         self.sigma_max = float(sigma_max)
         self.rho = _positive("rho", rho)
         self.T = _positive("T", T)
@@ -354,7 +356,7 @@ class CallableBeta(BetaSchedule):
 
     def __init__(self, beta_fn: Callable[[Tensor], Tensor], T: float = 1.0):
         if not callable(beta_fn):
-            raise ValueError(f"beta_fn must be callable, got {type(beta_fn).__name__}")
+            raise ArgumentError("beta_fn", beta_fn, "callable")
         self.beta_fn = beta_fn
         self.T = _positive("T", T)
         self.validate(self.T)
@@ -363,5 +365,14 @@ class CallableBeta(BetaSchedule):
         return self.beta_fn(t)
 
 
-_SYMBOLS = {"beta_min": "β_min", "beta_max": "β_max", "beta_value": "β", "tau": "τ", "lambda_max": "λ_max",
-            "lambda_min": "λ_min", "sigma_min": "σ_min", "sigma_max": "σ_max", "rho": "ρ"}  # fmt: skip
+_SYMBOLS = {
+    "beta_min": "β_min",
+    "beta_max": "β_max",
+    "beta_value": "β",
+    "tau": "τ",
+    "lambda_max": "λ_max",
+    "lambda_min": "λ_min",
+    "sigma_min": "σ_min",
+    "sigma_max": "σ_max",
+    "rho": "ρ",
+}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .checks import ArgumentError
 from .schedules import BetaSchedule, LinearBeta
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -31,7 +32,7 @@ class SDE(ABC):
 
     def __init__(self, T: float = 1.0):
         if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
+            raise ArgumentError("T", T, "> 0")
         self.T = float(T)
 
     @abstractmethod
@@ -169,11 +170,13 @@ class VPSDE(_BetaSDE):
         O(T·max β/N + Σ β_j²): the continuous marginal s(t)² = e^{−B(t)} is the N → ∞ limit of ᾱ_i.
         """
         if N < 2:
-            raise ValueError(f"N must be >= 2, got {N}")
+            raise ArgumentError("N", N, ">= 2")
         t = torch.linspace(0, self.T, N, dtype=torch.float64)
         betas = self.schedule.beta(t) * self.T / N
         if not bool((betas < 1).all()):
-            raise ValueError(f"N={N} is too small for this schedule: β_i = β(t_i)·T/N reaches {betas.max():.3g} ≥ 1")
+            raise ArgumentError(
+                "N", N, f"large enough for this schedule that β_i = β(t_i)·T/N < 1 (it reaches {betas.max():.3g})"
+            )
         alphas = 1 - betas
         return DDPMSchedule(t=t, betas=betas, alphas=alphas, alphas_cumprod=torch.cumprod(alphas, 0))
 
@@ -198,9 +201,9 @@ class VESDE(SDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
         super().__init__(T)
         if not sigma_min > 0:
-            raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
+            raise ArgumentError("sigma_min", sigma_min, "> 0")
         if not sigma_max > sigma_min:
-            raise ValueError(f"sigma_max must be > sigma_min, got sigma_max={sigma_max} <= sigma_min={sigma_min}")
+            raise ArgumentError("sigma_max", sigma_max, f"> sigma_min={sigma_min}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
@@ -250,7 +253,7 @@ class RectifiedFlowSDE(SDE):
     def __init__(self, T: float = 0.999):
         super().__init__(T)
         if not T < 1:
-            raise ValueError(f"T must be < 1 for the rectified-flow path (s(1) = 0), got {T}")
+            raise ArgumentError("T", T, "< 1 for the rectified-flow path (s(1) = 0)")
 
     def f(self, t: Tensor) -> Tensor:
         return -1 / (1 - t)

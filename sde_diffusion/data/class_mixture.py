@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..core.analytic import mixture
+from ..core.checks import ArgumentError
 from .datasets import MixtureSet
 
 
@@ -17,7 +18,7 @@ class ClassMixtureData(MixtureSet):
 
     def __init__(self, dim: int = 16, k: int = 12, num_classes: int = 4, seed: int = 0):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= k:
-            raise ValueError(f"num_classes must be an int in [1, k={k}], got {num_classes!r}")
+            raise ArgumentError("num_classes", num_classes, f"an int in [1, k={k}]")
         super().__init__(mixture(dim, k, seed))
         self.num_classes = num_classes
         self.classes = [list(range(c, k, num_classes)) for c in range(num_classes)]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..core.analytic import GaussianMixture, eight_gaussians, mixture
-from ..core.checks import check_number
+from ..core.checks import ArgumentError, check_number
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Scaler:
 
     def __post_init__(self):
         if self.levels < 2:
-            raise ValueError(f"levels must be >= 2, got {self.levels}")
+            raise ArgumentError("levels", self.levels, ">= 2")
 
     @property
     def slope(self) -> float:
@@ -163,7 +163,7 @@ class _FiniteSet:
         if dequantise and scaler is None:
             raise ValueError("dequantise=true needs integer data (levels); this data set is already continuous")
         if not 0 <= holdout < n:
-            raise ValueError(f"holdout must be in [0, {n - 1}] for {n} examples, got {holdout}")
+            raise ArgumentError("holdout", holdout, f"in [0, {n - 1}] for {n} examples")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         self._train = data[perm[holdout:]]
         self._held_out = data[perm[:holdout]] if holdout else self._train
@@ -270,7 +270,7 @@ class TensorFile(_FiniteSet):
 def _held_out_count(holdout: float, n: int, what: str) -> int:
     """The number of examples a held-out fraction `holdout` of n sets aside: at least 1 when holdout > 0."""
     if not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
+        raise ArgumentError("holdout", holdout, "a fraction in [0, 1)")
     n_held = round(holdout * n)
     if holdout > 0 and not 1 <= n_held < n:
         raise ValueError(f"{what}: {n} examples are too few for holdout={holdout}")
@@ -346,11 +346,11 @@ class ImageFolder(_FiniteSet):
         split_seed: int = 0,
     ):
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+            raise ArgumentError("channels", channels, "1 (grayscale) or 3 (RGB)")
         if size is not None and not (isinstance(size, int) and size >= 1):
-            raise ValueError(f"size must be a positive integer or None (keep the images' shape), got {size!r}")
+            raise ArgumentError("size", size, "a positive integer or None (keep the images' shape)")
         if not (isinstance(levels, int) and 2 <= levels <= 256):
-            raise ValueError(f"levels must be an integer in [2, 256] (8-bit images), got {levels!r}")
+            raise ArgumentError("levels", levels, "an integer in [2, 256] (8-bit images)")
         files, labels, self.classes = _image_files(Path(path))
         images = _read_images(files, "L" if channels == 1 else "RGB", size)
         if levels < 256:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
+
 
 def _flat(x: Tensor) -> Tensor:
     return x.detach().flatten(1).to(torch.float64).cpu()
@@ -19,7 +21,7 @@ def knn_radii(x: Tensor, k: int = 3) -> Tensor:
     """(n,) distance of each point of x to its k-th nearest other point of x."""
     x = _flat(x)
     if not 1 <= k < len(x):
-        raise ValueError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
+        raise ArgumentError("k", k, f"in [1, {len(x) - 1}] for {len(x)} points")
     d = torch.cdist(x, x)
     return d.kthvalue(k + 1, dim=1).values  # the 0 to itself is the first
 

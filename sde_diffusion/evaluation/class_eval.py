@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.checks import check_number
+from ..core.checks import ArgumentError, check_number
 from ..core.sde import SDE
-from ..sampling import SamplerRun, sample
+from ..sampling import SamplerRun, SampleSetup, sample
 from ..sampling.guidance.conditional import classifier_free
 
 
@@ -77,7 +77,7 @@ class GuidedEvaluator:
         self, sampler: SamplerRun | Mapping[str, Any], *, scales: Sequence[float], per_class: int, seed: int = 0
     ):
         if isinstance(scales, str | bytes) or not isinstance(scales, Sequence) or not scales:
-            raise ValueError(f"scales must be a non-empty list of guidance scales w >= 0, got {scales!r}")
+            raise ArgumentError("scales", scales, "a non-empty list of guidance scales w >= 0")
         for w in scales:
             check_number("scales", w, ge=0)
         check_number("per_class", per_class, integer=True, ge=1)
@@ -96,11 +96,24 @@ class GuidedEvaluator:
             score = classifier_free(model, y.to(device), w, null_label=c)
             generator = torch.Generator(device).manual_seed(self.seed + 1)
             t0 = time.perf_counter()
-            res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                         denoise=run.denoise, x_T=x_T, generator=generator, device=device, **run.options)  # fmt: skip
+            res = sample(
+                sde,
+                score,
+                tuple(x_T.shape),
+                sampler=run.name,
+                steps=run.steps,
+                t_min=run.t_min,
+                denoise=run.denoise,
+                setup=SampleSetup(x_T=x_T, generator=generator, device=device),
+                **run.options,
+            )
             x = res.x.float().cpu()
             hit = (judge.predict(x) == y).double()
-            rows[w] = {"accuracy": float(hit.mean()), "per_class": hit.view(c, -1).mean(1).tolist(), "nfe": res.nfe,
-                       "wall_s": time.perf_counter() - t0}  # fmt: skip
+            rows[w] = {
+                "accuracy": float(hit.mean()),
+                "per_class": hit.view(c, -1).mean(1).tolist(),
+                "nfe": res.nfe,
+                "wall_s": time.perf_counter() - t0,
+            }
             samples[w] = x
         return GuidedEvaluation(rows, samples, y, judge)

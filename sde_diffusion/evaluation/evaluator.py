@@ -18,10 +18,10 @@ from torch import Tensor
 
 from ..core import metrics
 from ..core.analytic import GaussianMixture, exact_flow_map
-from ..core.checks import check_choice, check_number
+from ..core.checks import ArgumentError, check_choice, check_number
 from ..core.sde import SDE, ScoreFn
 from ..infra import distributed
-from ..sampling import DETERMINISTIC, SamplerRun, sample
+from ..sampling import DETERMINISTIC, SamplerRun, SampleSetup, sample
 
 Draw = Callable[[int, torch.Generator], Tensor]
 
@@ -110,8 +110,12 @@ def headline(ev: Evaluation, slot: str | None = None) -> dict[str, Any]:
         return {"name": f"{slot}/sw2", "value": row["sw2"], "floor": ev.floor["sw2"], "floor_sd": ev.floor_sd["sw2"]}
     recall = {"name": f"{slot}/mode_weight_error", "value": row["mode_weight_error"]}
     recall |= {"floor": ev.floor["mode_weight_error"], "floor_sd": ev.floor_sd["mode_weight_error"]}
-    return {"name": f"{slot}/nll_excess", "value": row["nll_excess"], "floor_sd": ev.floor_sd["nll_excess"],
-            "recall": recall}  # fmt: skip
+    return {
+        "name": f"{slot}/nll_excess",
+        "value": row["nll_excess"],
+        "floor_sd": ev.floor_sd["nll_excess"],
+        "recall": recall,
+    }
 
 
 class Evaluator:
@@ -143,19 +147,24 @@ class Evaluator:
         check_number("floor_repeats", floor_repeats, integer=True, ge=2)
         check_choice("flow_error", flow_error, (True, False))
         if not samplers:
-            raise ValueError("samplers must hold at least one sampler, got none")
+            raise ArgumentError("samplers", samplers, "at least one sampler")
         self.samplers = {k: v if isinstance(v, SamplerRun) else SamplerRun(**v) for k, v in samplers.items()}
         self.n, self.seed, self.batch_size, self.floor_repeats, self.flow_error = (
-            n_samples, seed, batch_size, floor_repeats, flow_error,
-        )  # fmt: skip
+            n_samples,
+            seed,
+            batch_size,
+            floor_repeats,
+            flow_error,
+        )
         self.metric_kw = {"n_projections": n_projections, "mmd_samples": mmd_samples, "seed": seed}
 
     def reference(self, draw: Draw) -> Tensor:
         """The held-out draw every sampler is scored against: `draw(n_samples)` seeded with `seed + 500`."""
         return draw(self.n, torch.Generator().manual_seed(self.seed + 500)).float()
 
-    def metrics(self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
-              ) -> dict[str, float]:  # fmt: skip
+    def metrics(
+        self, x: Tensor, reference: Tensor, floor: dict[str, float], oracle: GaussianMixture | None = None
+    ) -> dict[str, float]:
         """Every metric of samples `x` against `reference`, `sw2_over_floor` (SW₂ over the floor's mean) and, with an
         oracle, `nll_excess` (the NLL under the exact density over the data's)."""
         row = sample_metrics(x, reference, oracle, **self.metric_kw)
@@ -165,10 +174,14 @@ class Evaluator:
     def floor(self, draw: Draw, reference: Tensor, oracle: GaussianMixture | None) -> tuple[dict, dict]:
         """(mean, sd) of every metric over `floor_repeats` independent data draws against `reference`."""
         rows = [
-            sample_metrics(draw(self.n, torch.Generator().manual_seed(self.seed + 1000 + k)).float(), reference,
-                           oracle, **self.metric_kw)
+            sample_metrics(
+                draw(self.n, torch.Generator().manual_seed(self.seed + 1000 + k)).float(),
+                reference,
+                oracle,
+                **self.metric_kw,
+            )
             for k in range(self.floor_repeats)
-        ]  # fmt: skip
+        ]
         mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
         sd = {k: statistics.stdev(r[k] for r in rows) for k in rows[0]}
         if oracle is not None:  # the data's own NLL excess: 0 by definition, with the spread of its NLL
@@ -199,9 +212,19 @@ class Evaluator:
             generator = torch.Generator(device).manual_seed(distributed.rank_seed(self.seed + 1, rank))
             t0 = time.perf_counter()
             try:
-                res = sample(sde, score_fn, tuple(mine.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                             denoise=run.denoise, x_T=mine, generator=generator, device=device,
-                             batch_size=self.batch_size, progress=progress, **run.options)  # fmt: skip
+                res = sample(
+                    sde,
+                    score_fn,
+                    tuple(mine.shape),
+                    sampler=run.name,
+                    steps=run.steps,
+                    t_min=run.t_min,
+                    denoise=run.denoise,
+                    setup=SampleSetup(
+                        x_T=mine, generator=generator, device=device, batch_size=self.batch_size, progress=progress
+                    ),
+                    **run.options,
+                )
             except (RuntimeError, ValueError) as err:
                 raise SamplerFailed(slot, run.name, err) from err
             x, nfe = distributed.gather(res.x.float()).cpu(), distributed.all_reduce_max(res.nfe)

@@ -22,7 +22,7 @@ from ..core.analytic import GaussianMixture
 from ..core.checks import check_choice, check_number
 from ..core.sde import SDE, ScoreFn
 from ..likelihood.dequantise import Quantiser, discrete_elbo
-from ..likelihood.ode import bits_per_dim, log_likelihood
+from ..likelihood.ode import FlowOptions, bits_per_dim, log_likelihood
 from ..objectives.elbo import elbo
 
 METHODS = ("ode", "elbo")
@@ -48,6 +48,7 @@ class NLLEstimator:
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
+        self._flow = FlowOptions(**self.options) if self.method == "ode" else None  # checked here, once
 
     def __call__(self, xb: Tensor, generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], float]:
         sde, score_fn, scaler, oracle = self.sde, self.score_fn, self.scaler, self.oracle
@@ -61,10 +62,10 @@ class NLLEstimator:
             )
             rows["nll"], rows["mc_sem"], nfe = res.nll, res.sem, res.nfe
         elif scaler is not None:
-            res = bits_per_dim(sde, score_fn, xb, scaler, n_draws=n_draws, generator=generator, **options)
+            res = bits_per_dim(sde, score_fn, xb, scaler, n_draws, generator, self._flow)
             rows["nll"], nfe = res.bpd * xb[0].numel() * math.log(2), res.nfe / n_draws
         else:
-            res = log_likelihood(sde, score_fn, xb, generator=generator, **options)
+            res = log_likelihood(sde, score_fn, xb, self._flow, generator)
             rows["nll"], nfe = -res.log_p, res.nfe
             if oracle is not None:
                 p_T = oracle.marginal(sde, sde.T)

@@ -93,8 +93,9 @@ def image_grid(
     height, width = image.shape[:2]
     fig = plt.figure(figsize=((width + label_px) / dpi, (height + title_px) / dpi), dpi=dpi)
     ax = fig.add_axes((label_px / (width + label_px), 0, width / (width + label_px), height / (height + title_px)))
-    ax.imshow(image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")  # fmt: skip
+    ax.imshow(
+        image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest"
+    )
     ax.axis("off")
     for r, label in enumerate(row_labels or []):
         ax.text(-4, gap + r * (h * k + gap) + h * k / 2, label, ha="right", va="center", fontsize=8)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ..core.checks import ArgumentError
+
 TRAINER_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng")
 
 
@@ -182,9 +184,9 @@ def export_safetensors(source: dict | torch.nn.Module, config: dict, out_dir: st
     elif isinstance(source, dict) and "ema" in source:
         weights = source["ema"]
     else:
-        raise ValueError(f"source must be a training checkpoint dict (with 'ema') or a model, got {type(source)}")
+        raise ArgumentError("source", type(source), "a training checkpoint dict (with 'ema') or a model")
     if not isinstance(config, dict):
-        raise ValueError(f"config must be a plain dict (e.g. OmegaConf.to_container(cfg)), got {type(config)}")
+        raise ArgumentError("config", type(config), "a plain dict (e.g. OmegaConf.to_container(cfg))")
     from safetensors.torch import save_file
 
     out = Path(out_dir)

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.sde import SDE, ScoreFn, expand_as
 from ..objectives.elbo import diffusion_term, elbo, prior_kl
 
@@ -132,11 +133,11 @@ def discrete_elbo(
     `n_draws` draws of the dequantisation (or of the decoder's noise); SE from their spread. τ: truncnormal's scale,
     in levels."""
     if dequantisation not in DEQUANTISATIONS:
-        raise ValueError(f"dequantisation must be one of {DEQUANTISATIONS}, got {dequantisation!r}")
+        raise ArgumentError("dequantisation", dequantisation, f"one of {DEQUANTISATIONS}")
     if n_draws < 2:
-        raise ValueError(f"n_draws must be >= 2 (the SE needs two), got {n_draws}")
+        raise ArgumentError("n_draws", n_draws, ">= 2 (the SE needs two)")
     if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+        raise ArgumentError("tau", tau, "> 0")
     opts = {"t_min": t_min, "n_t": n_t, "importance": importance, "tau": tau}
     with torch.no_grad():
         draws = torch.stack([_bound(sde, score_fn, x, scaler, dequantisation, opts, generator) for _ in range(n_draws)])

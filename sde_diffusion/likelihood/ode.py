@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core.scipy_ode import solve
+from ..core.checks import ArgumentError
+from ..core.scipy_ode import Solver, solve
 from ..core.sde import SDE, ScoreFn
 from .dequantise import Quantiser, quantised_levels
 
@@ -90,7 +90,7 @@ def _solve_rk45(rhs: Rhs, x: Tensor, t_min: float, T: float, rtol: float, atol: 
         return torch.cat([drift.flatten(), div])
 
     y0 = torch.cat([x.detach().flatten(), x.new_zeros(n)])
-    y, nfe = solve(fun, y0, t_min, T, "RK45", rtol, atol, desc="likelihood RK45")
+    y, nfe = solve(fun, y0, t_min, T, Solver("RK45", rtol, atol), desc="likelihood RK45")
     return y[:-n].view(x.shape), y[-n:], nfe
 
 
@@ -109,44 +109,57 @@ def _solve_fixed(rhs: Rhs, x: Tensor, t_min: float, T: float, steps: int, heun: 
     return x, integral, steps * (2 if heun else 1)
 
 
+@dataclass(frozen=True)
+class FlowOptions:
+    """How `log_likelihood` solves the PF-ODE from t_min to T: the divergence ("exact" or "hutchinson", with probes
+    of `noise`), the `solver` ("rk45" to `rtol`/`atol`, or fixed-step "euler"/"heun" of `steps` steps). Checked on
+    construction (checks.ArgumentError naming the field); t_min < T is checked against the SDE by the solve."""
+
+    divergence: str = "exact"
+    noise: str = "rademacher"
+    solver: str = "rk45"
+    steps: int = 1000
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    t_min: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("divergence", self.divergence, DIVERGENCES),
+            ("noise", self.noise, NOISES),
+            ("solver", self.solver, SOLVERS),
+        ):
+            if value not in allowed:
+                raise ArgumentError(name, value, f"one of {allowed}")
+        for name in ("t_min", "rtol", "atol"):
+            if not getattr(self, name) > 0:
+                raise ArgumentError(name, getattr(self, name), "> 0")
+        if self.steps < 1:
+            raise ArgumentError("steps", self.steps, ">= 1")
+
+
 def log_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
-    divergence: str = "exact",
-    noise: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_min: float = 1e-5,
+    flow: FlowOptions = FlowOptions(),
     generator: torch.Generator | None = None,
-    solver: str = "rk45",
-    steps: int = 1000,
 ) -> Likelihood:
     """log p_tmin(x) = log π(x_T) + ∫_tmin^T ∇·f̃(x_t, t) dt along the PF-ODE (Song et al. 2021, App. D.2).
 
-    x: a batch (batch, …) read as a sample at time t_min. `noise` and `generator` only matter for "hutchinson";
-    `rtol`/`atol` only for "rk45"; `steps` only for "euler"/"heun". The returned tensors have x's device and dtype.
+    x: a batch (batch, …) read as a sample at time t_min; `flow`: the divergence and solver (`FlowOptions`).
+    `generator` draws Hutchinson's probes. The returned tensors have x's device and dtype.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not flow.t_min < sde.T:
+        raise ArgumentError("t_min", flow.t_min, f"in (0, T={sde.T})")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch of shape (batch, ...), got {tuple(x.shape)}")
-    probe = _probe(x, noise, generator) if divergence == "hutchinson" else None
+    probe = _probe(x, flow.noise, generator) if flow.divergence == "hutchinson" else None
     rhs = _rhs(sde, score_fn, probe)
-    if solver == "rk45":
-        z, integral, nfe = _solve_rk45(rhs, x, t_min, sde.T, rtol, atol)
+    if flow.solver == "rk45":
+        z, integral, nfe = _solve_rk45(rhs, x, flow.t_min, sde.T, flow.rtol, flow.atol)
     else:
-        z, integral, nfe = _solve_fixed(rhs, x.detach(), t_min, sde.T, steps, heun=solver == "heun")
+        z, integral, nfe = _solve_fixed(rhs, x.detach(), flow.t_min, sde.T, flow.steps, heun=flow.solver == "heun")
     prior_logp = sde.prior_logp(z)
     return Likelihood(prior_logp + integral, prior_logp, integral, z, nfe)
 
@@ -167,7 +180,7 @@ def bits_per_dim(
     scaler: Quantiser,
     n_draws: int = 5,
     generator: torch.Generator | None = None,
-    **options: Any,
+    flow: FlowOptions = FlowOptions(),
 ) -> BitsPerDim:
     """−E_u[log p(k + u − ½)]/(D log 2), u ~ U[0, 1)^D: the dequantisation bound (Theis et al. 2016; Ho et al. 2019).
 
@@ -176,10 +189,10 @@ def bits_per_dim(
     on to_model(k), so the bins sit around its data), and y = k + u − ½ maps to model space by the scaler's own
     affine map x = a·y + b, read off as a = to_model(1) − to_model(0) per element; its log-Jacobian Σ log|a| is
     the whole "offset" (score_sde hard-codes 7 bits). The bound ≥ the discrete NLL by Jensen; it averages the
-    log-likelihood over `n_draws` draws of u. `options` go to `log_likelihood` (divergence, rtol, solver, …).
+    log-likelihood over `n_draws` draws of u, each solved as `flow` says (`log_likelihood`).
     """
     if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        raise ArgumentError("n_draws", n_draws, ">= 1")
     k, a, b = quantised_levels(x, scaler)
     log_det = a.abs().log().flatten(1).sum(1)  # log |∂x/∂y| per sample
     d = x[0].numel()
@@ -189,7 +202,7 @@ def bits_per_dim(
         x_deq = scaler.to_model(y)
         if not torch.allclose(x_deq, a * y + b, rtol=1e-5, atol=1e-5):
             raise ValueError("scaler.to_model must be affine on [-1/2, levels - 1/2] to dequantise with it")
-        ll = log_likelihood(sde, score_fn, x_deq, generator=generator, **options)
+        ll = log_likelihood(sde, score_fn, x_deq, flow, generator)
         draws.append(-(ll.log_p + log_det) / (d * math.log(2)))
         nfe += ll.nfe
     draws = torch.stack(draws)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import ArgumentError
+
 
 class LabelEmbedding(nn.Embedding):
     """Rows 0 … C − 1 embed the classes, row C the null label ∅ that classifier-free guidance's p(x) uses.
@@ -14,7 +16,7 @@ class LabelEmbedding(nn.Embedding):
 
     def __init__(self, num_classes: int, dim: int):
         if not (isinstance(num_classes, int) and num_classes >= 1):
-            raise ValueError(f"num_classes must be an integer >= 1 or None (unconditional), got {num_classes!r}")
+            raise ArgumentError("num_classes", num_classes, "an integer >= 1 or None (unconditional)")
         super().__init__(num_classes + 1, dim)
         self.num_classes = num_classes
 

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import ArgumentError
 from .label_embedding import add_label, label_embedding
 from .time_embedding import time_features as make_time_features
 
@@ -29,7 +30,8 @@ class MLP(nn.Module):
     ):
         super().__init__()
         if hidden < 1 or layers < 1:
-            raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+            bad = "hidden" if hidden < 1 else "layers"
+            raise ArgumentError(bad, hidden if bad == "hidden" else layers, ">= 1")
         self.shape = tuple(shape)
         d = math.prod(self.shape)
         self.time = make_time_features(time_features, time_dim)

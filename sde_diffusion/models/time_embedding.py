@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import ArgumentError
+
 
 class GaussianFourierFeatures(nn.Module):
     """[sin 2πWτ, cos 2πWτ] with fixed W ~ N(0, scale²) (Tancik et al. 2020; score_sde's NCSN++ embedding)."""
@@ -14,7 +16,7 @@ class GaussianFourierFeatures(nn.Module):
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"time feature dim must be an even number >= 2, got {dim}")
+            raise ArgumentError("dim", dim, "an even number >= 2 (time features)")
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, tau: Tensor) -> Tensor:
@@ -28,7 +30,7 @@ class SinusoidalFeatures(nn.Module):
     def __init__(self, dim: int, max_period: float = 10_000.0):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"time feature dim must be an even number >= 2, got {dim}")
+            raise ArgumentError("dim", dim, "an even number >= 2 (time features)")
         half = dim // 2
         self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half))
 
@@ -43,5 +45,5 @@ TIME_FEATURES = {"fourier": GaussianFourierFeatures, "sinusoidal": SinusoidalFea
 def time_features(kind: str, dim: int) -> nn.Module:
     """The time-feature module named `kind` (one of TIME_FEATURES) with `dim` outputs."""
     if kind not in TIME_FEATURES:
-        raise ValueError(f"time_features must be one of {sorted(TIME_FEATURES)}, got {kind!r}")
+        raise ArgumentError("time_features", kind, f"one of {sorted(TIME_FEATURES)}")
     return TIME_FEATURES[kind](dim)

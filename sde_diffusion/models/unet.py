@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.checks import ArgumentError
 from .label_embedding import add_label, label_embedding
 from .time_embedding import time_features as make_time_features
 
@@ -68,11 +69,12 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if len(shape) != 3:
-            raise ValueError(f"shape must be (C, H, W) for a UNet, got {tuple(shape)}")
+            raise ArgumentError("shape", tuple(shape), "(C, H, W) for a UNet")
         if channels % groups or channels < 1:
-            raise ValueError(f"channels must be a positive multiple of groups={groups}, got {channels}")
+            raise ArgumentError("channels", channels, f"a positive multiple of groups={groups}")
         if not mults or res_blocks < 1:
-            raise ValueError(f"mults must be non-empty and res_blocks >= 1, got mults={mults}, res_blocks={res_blocks}")
+            bad = "mults" if not mults else "res_blocks"
+            raise ArgumentError(bad, mults if bad == "mults" else res_blocks, "non-empty" if bad == "mults" else ">= 1")
         self.shape = tuple(shape)
         emb = 4 * channels
         self.time = nn.Sequential(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.sde import SDE, ScoreFn, expand_as
 from .noise_levels import UniformLevels
 
@@ -125,11 +126,11 @@ def elbo(
     x: a batch (batch, …) of continuous data; `n_t` stratified (t, ε) draws per sample; `importance` draws λ uniformly;
     `control_variate`: see `diffusion_term`. For discrete data see `sde_diffusion.likelihood.dequantise`."""
     if not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
+        raise ArgumentError("t_min", t_min, f"in (0, T={sde.T})")
     if n_t < 1:
-        raise ValueError(f"n_t must be >= 1, got {n_t}")
+        raise ArgumentError("n_t", n_t, ">= 1")
     if control_variate is not None and not control_variate > 0:
-        raise ValueError(f"control_variate must be > 0 or None, got {control_variate}")
+        raise ArgumentError("control_variate", control_variate, "> 0 or None")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch of shape (batch, ...), got {tuple(x.shape)}")
     with torch.no_grad():

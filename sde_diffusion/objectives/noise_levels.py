@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.sde import SDE
 
 
@@ -106,7 +107,8 @@ class UniformLevels(NoiseLevels):
         self.lo = self.lam_min if lo is None else max(float(lo), self.lam_min)
         self.hi = self.lam_max if hi is None else min(float(hi), self.lam_max)
         if not self.hi > self.lo:
-            raise ValueError(f"lam_min/lam_max must leave a range inside [{self.lam_min:.3g}, {self.lam_max:.3g}]")
+            allowed = f"bounds leaving a range inside [{self.lam_min:.3g}, {self.lam_max:.3g}]"
+            raise ArgumentError("lo/hi", (lo, hi), allowed)
 
     def lam(self, u: Tensor) -> Tensor:
         return self.lo + (self.hi - self.lo) * u

@@ -12,7 +12,7 @@ import pkgutil
 from ..core.scipy_ode import SolverError
 from .common import Callback, Reverse, tweedie_denoise
 from .optimize import TunedGrid, optimize_timesteps
-from .sample import SampleResult, sample
+from .sample import SampleResult, SampleSetup, sample
 from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerRun, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
 
@@ -29,6 +29,7 @@ __all__ = [
     "Callback",
     "Reverse",
     "SampleResult",
+    "SampleSetup",
     "SamplerArgError",
     "SamplerRun",
     "SamplerSpec",

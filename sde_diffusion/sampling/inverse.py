@@ -202,8 +202,10 @@ def _resample(log_w: Tensor, generator: torch.Generator | None, t: float, every:
     log_w = torch.where(log_w.isfinite(), log_w, -math.inf)  # NaN and ±inf: the particle is dropped
     dead = log_w.isneginf().all(1)
     if bool(dead.any()):
-        raise FloatingPointError(f"tds: every particle of group {int(dead.nonzero()[0])} has a non-finite weight at "
-                                 f"t={t:.4g}: the score or x̂₀ is not finite there")  # fmt: skip
+        raise FloatingPointError(
+            f"tds: every particle of group {int(dead.nonzero()[0])} has a non-finite weight at "
+            f"t={t:.4g}: the score or x̂₀ is not finite there"
+        )
     w = torch.softmax(log_w, 1)
     low = (1 / w.square().sum(1) < k / 2) | every
     c = w.cumsum(1)

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.checks import check_number
+from ..core.checks import ArgumentError, check_number
 from ..core.metrics import flow_error
 from ..core.sde import SDE, ScoreFn
 from .common import Reverse, tweedie_denoise
-from .sample import sample
+from .sample import SampleSetup, sample
 from .specs import GRID, SAMPLERS, check_sampler
 from .timesteps import SPACINGS, timesteps
 
@@ -51,7 +51,9 @@ def rk45_reference(sde: SDE, score_fn: ScoreFn, t_min: float, tol: float = 1e-7)
 
     def reference(x_T: Tensor) -> Tensor:
         tols = {"rtol": tol, "atol": tol}
-        return sample(sde, score_fn, tuple(x_T.shape), "rk45", t_min=t_min, x_T=x_T, dtype=x_T.dtype, **tols).x
+        return sample(
+            sde, score_fn, tuple(x_T.shape), "rk45", t_min=t_min, setup=SampleSetup(x_T=x_T, dtype=x_T.dtype), **tols
+        ).x
 
     return reference
 
@@ -125,7 +127,7 @@ def optimize_timesteps(
     """
     options = dict(options or {})
     if sampler not in tunable():
-        raise ValueError(f"sampler={sampler!r}: one of {tunable()} (deterministic, on a time grid)")
+        raise ArgumentError("sampler", sampler, f"one of {tunable()} (deterministic, on a time grid)")
     spec = check_sampler(sampler, steps=steps, t_min=t_min, options=options, sde_type=type(sde), T=sde.T)
     if fixed := {k for k, v in options.items() if k in GRID and v is not None}:
         raise ValueError(f"options={options}: {sorted(fixed)} are set by optimize_timesteps; leave them out")

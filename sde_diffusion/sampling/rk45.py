@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.scipy_ode import solve
+from ..core.scipy_ode import Solver, solve
 from .common import Reverse
 from .specs import POSITIVE, register
 
@@ -34,5 +34,5 @@ def rk45(run: Reverse, x: Tensor, t: Tensor, *, rtol: float = 1e-5, atol: float 
         seen.clear()
 
     watch = on_step if run.callback is not None else None
-    x, _ = solve(dxdt, x, float(t[0]), float(t[-1]), "RK45", rtol, atol, run.progress, "rk45", on_step=watch)
+    x, _ = solve(dxdt, x, float(t[0]), float(t[-1]), Solver("RK45", rtol, atol), run.progress, "rk45", on_step=watch)
     return x

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.checks import ArgumentError
 from ..core.sde import SDE, ScoreFn
 from .common import Callback, Reverse, tweedie_denoise
 from .specs import SamplerArgError, SamplerSpec, check_sampler
@@ -58,6 +59,22 @@ def _check(spec: SamplerSpec, batch_size: Any, dtype: torch.dtype, denoise: Any)
         raise SamplerArgError(spec.name, "denoise", denoise, "True: an inverse method ends with its own Tweedie step")
 
 
+@dataclass(frozen=True)
+class SampleSetup:
+    """How `sample` draws and runs, apart from the sampler: the prior noise from `generator` (or start from `x_T`,
+    cast to `dtype`, on its device unless `device` is given), in `dtype` on `device`, the batch in chunks of
+    `batch_size` samples (bounds memory; the noise comes from the one generator in chunk order), with a progress
+    bar and `callback(i, t, x, denoised)` once per step of each chunk (`Reverse`) and at the final time."""
+
+    generator: torch.Generator | None = None
+    x_T: Tensor | None = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device | str | None = None
+    batch_size: int | None = None
+    progress: bool = False
+    callback: Callback | None = None
+
+
 def sample(
     sde: SDE,
     score_fn: ScoreFn,
@@ -66,44 +83,38 @@ def sample(
     steps: int | None = None,
     t_min: float | None = None,
     denoise: bool = True,
-    *,
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    batch_size: int | None = None,
-    callback: Callback | None = None,
+    setup: SampleSetup = SampleSetup(),
     **options: object,
 ) -> SampleResult:
     """Draw samples by solving the reverse SDE or probability-flow ODE (Song et al. 2021) from T to t_min, or, with
     an inverse method (`INVERSE`) and its `measurement`, samples of p(x | y).
 
     steps and t_min: None takes specs.STEPS = 1000 and T_MIN = 1e-3 where the sampler takes them (an adaptive
-    sampler takes no steps, `ancestral` no t_min: given, they are an error). x_T: start from this noise (cast to
-    `dtype`; its device unless `device` is given) instead of drawing it from the prior with `generator`. denoise:
-    finish with Tweedie's step (x + σ²∇log p)/s at the final time (one more NFE; an inverse method always ends
-    with its own). batch_size: solve the batch in chunks of this many samples (bounds memory; the noise comes from
-    the one generator in chunk order). callback(i, t, x, denoised): once per step of each chunk (`Reverse`), and
-    at the final time with the x̂₀ returned. No autograd graph is built. nfe counts score calls per sample path, i.e.
-    per chunk (the largest count over chunks for adaptive solvers), vjp those differentiated through. Every
-    argument is checked against the sampler's spec first (`check_sampler`: a ValueError naming the key, the value
-    and what is allowed); options not given, or given as None, take the sampler's defaults for `steps` (README).
+    sampler takes no steps, `ancestral` no t_min: given, they are an error). denoise: finish with Tweedie's step
+    (x + σ²∇log p)/s at the final time (one more NFE; an inverse method always ends with its own). setup: the
+    generator, x_T, dtype, device, batch_size, progress bar and callback (`SampleSetup`). No autograd graph is
+    built. nfe counts score calls per sample path, i.e. per chunk (the largest count over chunks for adaptive
+    solvers), vjp those differentiated through. Every argument is checked against the sampler's spec first
+    (`check_sampler`: a ValueError naming the key, the value and what is allowed); options not given, or given as
+    None, take the sampler's defaults for `steps` (README).
     """
+    generator, x_T, dtype, device = setup.generator, setup.x_T, setup.dtype, setup.device
+    if moved := sorted(set(options) & set(SampleSetup.__dataclass_fields__)):
+        raise ArgumentError(moved[0], options[moved[0]], f"given as setup=SampleSetup({moved[0]}=...)")
     spec = check_sampler(sampler, steps=steps, t_min=t_min, options=options, sde_type=type(sde), T=sde.T)
-    _check(spec, batch_size, dtype, denoise)
+    _check(spec, setup.batch_size, dtype, denoise)
     timed = spec.grid(sde, steps, t_min, options)
     shape = tuple(shape)
     if x_T is None:
         x_T = sde.prior_sampling(shape, generator, dtype, generator.device if generator is not None else device)
     elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected shape={shape}")
+        raise ArgumentError("x_T", tuple(x_T.shape), f"of shape={shape}")
     x_T = x_T.to(device=device or x_T.device, dtype=dtype)
     outs, nfe, vjp = [], 0, 0
     with torch.no_grad():
-        for chunk in x_T.split(batch_size or max(len(x_T), 1)):
+        for chunk in x_T.split(setup.batch_size or max(len(x_T), 1)):
             counted = _Counted(score_fn)
-            run = Reverse(sde, counted, generator, callback, progress)
+            run = Reverse(sde, counted, generator, setup.callback, setup.progress)
             outs.append(_finish(spec, run, spec.fn(run, chunk, timed.t, **timed.options), timed.t, denoise))
             nfe, vjp = max(nfe, counted.calls), max(vjp, counted.vjp)
     return SampleResult(x=torch.cat(outs), nfe=nfe, vjp=vjp)

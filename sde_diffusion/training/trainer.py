@@ -143,8 +143,13 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_value,
-                "skipped_steps": self.skipped_steps}  # fmt: skip
+        return {
+            "step": self.step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_value,
+            "skipped_steps": self.skipped_steps,
+        }
 
     def _loss(self, x0: Tensor, y: Tensor | None) -> tuple[Tensor, Draw]:
         """The objective per example of this rank's slice of the global batch x₀ (labels y), and the slice's draw:

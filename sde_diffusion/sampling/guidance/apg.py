@@ -8,6 +8,7 @@ import math
 
 from torch import Tensor
 
+from ...core.checks import ArgumentError
 from ...core.sde import SDE, ScoreFn, expand_as
 from .conditional import PairFn
 
@@ -27,9 +28,9 @@ def adaptive_projected(pair: PairFn, sde: SDE, w: float, eta: float = 0.0, thres
     adaptive samplers do not call in step order. Each call is one `pair` call (two network evaluations)."""
     for name, v in (("w", w), ("eta", eta)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+            raise ArgumentError(name, v, "a finite number")
     if not threshold > 0:
-        raise ValueError(f"threshold must be > 0 (inf for no clipping), got {threshold!r}")
+        raise ArgumentError("threshold", threshold, "> 0 (inf for no clipping)")
 
     def score(x: Tensor, t: Tensor) -> Tensor:
         cond, uncond = pair(x, t)

@@ -10,6 +10,7 @@ import math
 
 from torch import Tensor
 
+from ...core.checks import ArgumentError
 from ...core.sde import ScoreFn
 
 
@@ -23,7 +24,7 @@ def autoguidance(model: ScoreFn, guide: ScoreFn, w: float) -> ScoreFn:
     Each call is one call of each: the network evaluations of the model plus the guide's.
     """
     if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
-        raise ValueError(f"w must be a finite number, got {w!r}")
+        raise ArgumentError("w", w, "a finite number")
 
     def score(x: Tensor, t: Tensor) -> Tensor:
         return (1 + w) * model(x, t) - w * guide(x, t)

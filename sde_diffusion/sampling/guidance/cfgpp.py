@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import trange
 
+from ...core.checks import ArgumentError
 from ...core.sde import SDE, ScoreFn
 from .. import SampleResult, timesteps
 from ..common import at, randn_like
@@ -82,14 +83,13 @@ def cfgpp_sample(
     finishing with Tweedie's x̂₀(ε̂_λ) at t_min if `denoise`. `nfe` counts the steps' score calls, as `sampling.sample`
     does: each is a (conditional, unconditional) pair, two network evaluations, or one outside `interval`."""
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam):
-        raise ValueError(f"lam must be a finite number (the paper's range is [0, 1]), got {lam!r}")
+        raise ArgumentError("lam", lam, "a finite number (the paper's range is [0, 1])")
     if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+        raise ArgumentError("eta", eta, "in [0, 1]")
     interval = None if interval is None else check_interval(interval)
     t = timesteps(sde, steps, t_min, spacing)
     with torch.no_grad():
-        x = cfgpp_ddim(sde, pair, cond, lam, x_T, t, eta=eta, interval=interval, generator=generator,
-                       progress=progress)  # fmt: skip
+        x = cfgpp_ddim(sde, pair, cond, lam, x_T, t, eta=eta, interval=interval, generator=generator, progress=progress)
         if denoise:
             x = cfgpp_target(sde, pair, cond, lam, x, t[-1], interval)[1]
     return SampleResult(x=x, nfe=steps + int(denoise))

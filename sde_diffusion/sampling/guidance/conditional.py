@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ...core.checks import ArgumentError
 from ...core.sde import ScoreFn
 
 CondScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -28,9 +29,9 @@ def _check(labels: int | Tensor, w: float) -> None:
                 f"{tuple(labels.shape)}"
             )
     elif isinstance(labels, bool) or not isinstance(labels, int):
-        raise ValueError(f"labels must be an int or a (batch,) integer tensor, got {labels!r}")
+        raise ArgumentError("labels", labels, "an int or a (batch,) integer tensor")
     if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
-        raise ValueError(f"w must be a finite number, got {w!r}")
+        raise ArgumentError("w", w, "a finite number")
 
 
 def _per_sample(labels: int | Tensor, x: Tensor) -> Tensor:
@@ -66,7 +67,7 @@ def cond_uncond(model: CondScoreFn, labels: int | Tensor, null_label: int) -> Pa
     network evaluations. Every guidance built from the two scores takes this pair."""
     _check(labels, 0.0)
     if isinstance(null_label, bool) or not isinstance(null_label, int):
-        raise ValueError(f"null_label must be an int, got {null_label!r}")
+        raise ArgumentError("null_label", null_label, "an int")
 
     def pair(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         y = _per_sample(labels, x)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import Tensor
 
 from ...core.checks import ArgumentError, check_choice, check_number
 from ...core.sde import SDE, ScoreFn
-from .. import SampleResult, sample
+from .. import SampleResult, SampleSetup, sample
 from ..specs import SamplerRun
 from .apg import adaptive_projected
 from .autoguidance import autoguidance
@@ -88,24 +86,54 @@ def guided_score(
 
 
 def guided_sample(
-    g: Guidance, sde: SDE, model: CondScoreFn, labels: Tensor, null_label: int, x_T: Tensor, run: SamplerRun,
-    guide: CondScoreFn | None = None, generator: torch.Generator | None = None, **kwargs: Any,
-) -> tuple[SampleResult, dict[str, float]]:  # fmt: skip
-    """Samples of `run` from x_T guided by `g` (cfgpp: run must be ddim; its η option, default 0 as in the paper),
-    and the network evaluations per sample: {"model": …, "guide": …}. `kwargs` go to `sampling.sample`."""
-    net, weak = CountedNet(model), CountedNet(guide) if guide is not None else None
+    g: Guidance,
+    sde: SDE,
+    model: CondScoreFn,
+    labels: Tensor,
+    null_label: int,
+    run: SamplerRun,
+    guide: CondScoreFn | None = None,
+    *,
+    setup: SampleSetup,
+) -> tuple[SampleResult, dict[str, float]]:
+    """Samples of `run` from setup.x_T guided by `g` (cfgpp: run must be ddim; its η option, default 0 as in the
+    paper), and the network evaluations per sample: {"model": …, "guide": …}. `setup` as in `sampling.sample`
+    (x_T required: the labels are per row of it)."""
+    if setup.x_T is None:
+        raise ArgumentError("setup.x_T", None, "the starting noise, one row per label")
+    x_T, net, weak = setup.x_T, CountedNet(model), CountedNet(guide) if guide is not None else None
     if g.method == "cfgpp":
         if run.name != "ddim":
             raise ArgumentError("sampler", run.name, "ddim for guidance=cfgpp (CFG++ is defined for DDIM's step)")
         eta, spacing = run.options.get("eta"), run.options.get("spacing")
-        x_T = x_T.to(kwargs.get("device") or x_T.device)
-        res = cfgpp_sample(sde, cond_uncond(net, labels, null_label), conditional(net, labels), g.w, x_T, run.steps,
-                           t_min=run.t_min, denoise=run.denoise, eta=0.0 if eta is None else eta,
-                           spacing=spacing or "logsnr", interval=g.interval and tuple(g.interval),
-                           generator=generator, progress=kwargs.get("progress", False))  # fmt: skip
+        x_T = x_T.to(setup.device or x_T.device)
+        res = cfgpp_sample(
+            sde,
+            cond_uncond(net, labels, null_label),
+            conditional(net, labels),
+            g.w,
+            x_T,
+            run.steps,
+            t_min=run.t_min,
+            denoise=run.denoise,
+            eta=0.0 if eta is None else eta,
+            spacing=spacing or "logsnr",
+            interval=g.interval and tuple(g.interval),
+            generator=setup.generator,
+            progress=setup.progress,
+        )
     else:
         score = guided_score(g, sde, net, labels, null_label, weak)
-        res = sample(sde, score, tuple(x_T.shape), sampler=run.name, steps=run.steps, t_min=run.t_min,
-                     denoise=run.denoise, x_T=x_T, generator=generator, **run.options, **kwargs)  # fmt: skip
+        res = sample(
+            sde,
+            score,
+            tuple(x_T.shape),
+            sampler=run.name,
+            steps=run.steps,
+            t_min=run.t_min,
+            denoise=run.denoise,
+            setup=setup,
+            **run.options,
+        )
     n = x_T.shape[0]
     return res, {"model": net.rows / n, "guide": weak.rows / n if weak is not None else 0.0}

@@ -11,16 +11,17 @@ import math
 import torch
 from torch import Tensor
 
+from ...core.checks import ArgumentError
 from ...core.sde import SDE, ScoreFn, expand_as
 
 
 def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
     """(λ_lo, λ_hi) with λ_lo ≤ λ_hi, neither NaN (±inf allowed: an open end)."""
     if isinstance(interval, str | bytes) or len(interval) != 2:
-        raise ValueError(f"interval must be [λ_lo, λ_hi], got {interval!r}")
+        raise ArgumentError("interval", interval, "[λ_lo, λ_hi]")
     lo, hi = (float(v) for v in interval)
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
-        raise ValueError(f"interval must be [λ_lo, λ_hi] with λ_lo <= λ_hi (±inf for an open end), got {interval!r}")
+        raise ArgumentError("interval", interval, "[λ_lo, λ_hi] with λ_lo <= λ_hi (±inf for an open end)")
     return lo, hi
 
 
