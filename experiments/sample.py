@@ -59,7 +59,7 @@ from sde_diffusion.evaluation import plots
 from sde_diffusion.evaluation.evaluator import legend
 from sde_diffusion.infra.checkpoint import CheckpointError
 from sde_diffusion.infra.runtime import resolve_device
-from sde_diffusion.sampling import SamplerRun, SampleSetup, sample
+from sde_diffusion.sampling import SamplerRun, SampleSetup
 from sde_diffusion.sampling.guidance.guided import Guidance, guided_sample
 
 log = logging.getLogger("sample")
@@ -144,17 +144,7 @@ def draw(
         for chunk in chunks:
             setup = SampleSetup(generator, chunk, device=device, progress=cfg.progress and len(chunks) == 1)
             if labels is None:
-                res = sample(
-                    sde,
-                    model,
-                    tuple(chunk.shape),
-                    sampler=run.name,
-                    steps=run.steps,
-                    t_min=run.t_min,
-                    denoise=run.denoise,
-                    setup=setup,
-                    **run.options,
-                )
+                res = run.sample(sde, model, tuple(chunk.shape), setup)
             else:
                 y = labels[done : done + len(chunk)].to(device)
                 res, e = guided_sample(guided[0], sde, model, y, model.num_classes, run, guided[1], setup=setup)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.checks import ArgumentError, check_number
 from ..core.sde import SDE
-from ..sampling import SamplerRun, SampleSetup, sample
+from ..sampling import SamplerRun, SampleSetup
 from ..sampling.guidance.conditional import classifier_free
 
 
@@ -96,17 +96,7 @@ class GuidedEvaluator:
             score = classifier_free(model, y.to(device), w, null_label=c)
             generator = torch.Generator(device).manual_seed(self.seed + 1)
             t0 = time.perf_counter()
-            res = sample(
-                sde,
-                score,
-                tuple(x_T.shape),
-                sampler=run.name,
-                steps=run.steps,
-                t_min=run.t_min,
-                denoise=run.denoise,
-                setup=SampleSetup(x_T=x_T, generator=generator, device=device),
-                **run.options,
-            )
+            res = run.sample(sde, score, tuple(x_T.shape), SampleSetup(x_T=x_T, generator=generator, device=device))
             x = res.x.float().cpu()
             hit = (judge.predict(x) == y).double()
             rows[w] = {

@@ -12,8 +12,8 @@ import pkgutil
 from ..core.scipy_ode import SolverError
 from .common import Callback, Reverse, tweedie_denoise
 from .optimize import TunedGrid, optimize_timesteps
-from .sample import SampleResult, SampleSetup, sample
-from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerRun, SamplerSpec, check_sampler, sampler_table
+from .sample import SampleResult, SamplerRun, SampleSetup, sample
+from .specs import INVERSE, SAMPLERS, SamplerArgError, SamplerSpec, check_sampler, sampler_table
 from .timesteps import SPACINGS, timesteps
 
 for _module in pkgutil.iter_modules(__path__):

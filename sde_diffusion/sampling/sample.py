@@ -4,13 +4,14 @@ the arguments against the sampler's spec, builds its times once (`SamplerSpec.gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core.checks import ArgumentError
+from ..core.checks import ArgumentError, check_choice
 from ..core.sde import SDE, ScoreFn
 from .common import Callback, Reverse, tweedie_denoise
 from .specs import SamplerArgError, SamplerSpec, check_sampler
@@ -118,3 +119,26 @@ def sample(
             outs.append(_finish(spec, run, spec.fn(run, chunk, timed.t, **timed.options), timed.t, denoise))
             nfe, vjp = max(nfe, counted.calls), max(vjp, counted.vjp)
     return SampleResult(x=torch.cat(outs), nfe=nfe, vjp=vjp)
+
+
+@dataclass(frozen=True)
+class SamplerRun:
+    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, t_min=t_min, denoise=denoise,
+    **options)` (steps None for an adaptive sampler, t_min None for `ancestral`), run by `sample`."""
+
+    name: str
+    steps: int | None
+    t_min: float | None = 1e-3
+    denoise: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self, sde: SDE) -> None:
+        """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
+        check_sampler(self.name, steps=self.steps, t_min=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
+        check_choice("denoise", self.denoise, (True, False))
+
+    def sample(self, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], setup: SampleSetup) -> SampleResult:
+        """`sampling.sample` of this sampler, its steps, t_min, denoise and options, from `setup`."""
+        return sample(
+            sde, score_fn, shape, self.name, self.steps, self.t_min, self.denoise, setup=setup, **self.options
+        )

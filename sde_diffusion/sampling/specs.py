@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.checks import check_choice
 from ..core.sde import SDE
 from .timesteps import SPACINGS, timesteps
 
@@ -279,20 +278,3 @@ def sampler_table() -> str:
         times = grid.get(s.times) if isinstance(s.times, str) else (s.times.__doc__ or "").strip().splitlines()[0]
         rows.append(f"| `{s.name}` | {kind} | {s.nfe_text} | {needs} | {times} | {own} | {by or '—'} |")
     return "\n".join(rows) + "\n"
-
-
-@dataclass(frozen=True)
-class SamplerRun:
-    """One sampler as in conf/sampler/: `sample(..., sampler=name, steps=steps, t_min=t_min, denoise=denoise,
-    **options)` (steps None for an adaptive sampler, t_min None for `ancestral`)."""
-
-    name: str
-    steps: int | None
-    t_min: float | None = 1e-3
-    denoise: bool = True
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def check(self, sde: SDE) -> None:
-        """Every argument against the sampler's spec for this SDE (sampling.SamplerArgError naming the key)."""
-        check_sampler(self.name, steps=self.steps, t_min=self.t_min, options=self.options, sde_type=type(sde), T=sde.T)
-        check_choice("denoise", self.denoise, (True, False))

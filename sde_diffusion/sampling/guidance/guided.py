@@ -20,8 +20,8 @@ from torch import Tensor
 
 from ...core.checks import ArgumentError, check_choice, check_number
 from ...core.sde import SDE, ScoreFn
-from .. import SampleResult, SampleSetup, sample
-from ..specs import SamplerRun
+from .. import SampleResult, SampleSetup
+from ..sample import SamplerRun
 from .apg import adaptive_projected
 from .autoguidance import autoguidance
 from .cfgpp import cfgpp_sample
@@ -124,16 +124,6 @@ def guided_sample(
         )
     else:
         score = guided_score(g, sde, net, labels, null_label, weak)
-        res = sample(
-            sde,
-            score,
-            tuple(x_T.shape),
-            sampler=run.name,
-            steps=run.steps,
-            t_min=run.t_min,
-            denoise=run.denoise,
-            setup=setup,
-            **run.options,
-        )
+        res = run.sample(sde, score, tuple(x_T.shape), setup)
     n = x_T.shape[0]
     return res, {"model": net.rows / n, "guide": weak.rows / n if weak is not None else 0.0}
